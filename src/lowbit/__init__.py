@@ -1,0 +1,30 @@
+"""lowbit: quantize transformer checkpoints to 2–8 bits, load and save them, run them fast.
+
+    import lowbit
+    cfg = lowbit.config("int4", group_size=128)
+    model = lowbit.from_pretrained("dir/", quantization=cfg)
+    lowbit.save_pretrained(model, "out/")
+"""
+
+__version__ = "0.1.0"
+
+from lowbit import errors  # noqa: E402
+from lowbit import methods as _methods  # noqa: E402,F401  (registers the built-in methods)
+from lowbit.api import Inspection, LayerInfo, inspect, quantize_  # noqa: E402
+from lowbit.config import ComputeDtype, QuantConfig  # noqa: E402
+from lowbit.loading.checkpoint import verify_checkpoint as verify  # noqa: E402
+from lowbit.loading.pipeline import from_pretrained  # noqa: E402
+from lowbit.loading.save import save_pretrained  # noqa: E402
+from lowbit.methods.rtn import RtnConfig  # noqa: E402
+from lowbit.quantizer import Quantizer  # noqa: E402
+from lowbit.registry import build_config as config  # noqa: E402
+from lowbit.registry import config_from_dict, register_alias, register_method  # noqa: E402
+from lowbit.registry import names as methods  # noqa: E402
+
+Int8Config = Int4Config = RtnConfig  # int8/int4 are rtn with bits preset: lowbit.config("int4") fills them in
+
+__all__ = [
+    "ComputeDtype", "Inspection", "Int4Config", "Int8Config", "LayerInfo", "QuantConfig", "Quantizer", "RtnConfig",
+    "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "register_alias",
+    "register_method", "save_pretrained", "verify",
+]

@@ -1,0 +1,193 @@
+"""Checkpoint folders: find and check config.json and the safetensors shards before anything loads.
+
+Everything here raises :class:`CheckpointError` with a one-line message; nothing runs code from the
+checkpoint and no pickle is ever read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from lowbit.errors import CheckpointError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "tf_model.h5", "model.ckpt.index")
+_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    path: Path
+    config: dict
+    weight_map: dict[str, str]  # tensor name → shard file name
+    index: dict | None  # the index file's content, if any
+
+    @property
+    def shards(self) -> list[str]:
+        return sorted(set(self.weight_map.values()))
+
+    @property
+    def quantization_config(self) -> dict | None:
+        return self.config.get("quantization_config")
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; expected the {what} of the checkpoint; re-download or re-save it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); expected the {what}; re-download or re-save it") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}; expected an object ({what})")
+    return data
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Check the folder, config.json and every shard's header; return what to load."""
+    folder = Path(path)
+    if not folder.exists():
+        raise CheckpointError(f"model folder {str(folder)!r} does not exist; expected a folder with config.json and "
+                              "*.safetensors; check the path")
+    if not folder.is_dir():
+        raise CheckpointError(f"{str(folder)!r} is a file; expected a model folder with config.json and *.safetensors; "
+                              "pass the folder that contains it")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{str(folder)!r} has no config.json; expected a Hugging Face model folder; "
+                              "point at the folder that holds config.json")
+    config = read_json(folder / "config.json", "model config")
+    archs = config.get("architectures")
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise CheckpointError(f"{folder / 'config.json'} has architectures={archs!r}; expected a list naming the model "
+                              "class, e.g. [\"LlamaForCausalLM\"]; add it to config.json")
+    if (folder / INDEX_NAME).exists():
+        index = read_json(folder / INDEX_NAME, "shard index")
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{folder / INDEX_NAME} has no valid weight_map; expected tensor → shard file names; "
+                                  "re-save the checkpoint")
+        for shard in sorted(set(weight_map.values())):
+            _check_shard_name(folder, shard)
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"shard {shard!r} is listed in {INDEX_NAME} but missing from {folder}; "
+                                      "re-download the checkpoint")
+    elif (folder / SINGLE_NAME).is_file():
+        index, weight_map = None, None
+    else:
+        pickles = [n for n in PICKLE_NAMES if (folder / n).exists()]
+        if pickles:
+            raise CheckpointError(f"{folder} holds {pickles[0]} (a pickle checkpoint), which lowbit refuses to read since "
+                                  "unpickling can run code; convert it to safetensors first, e.g. in a trusted env: "
+                                  "transformers' model.save_pretrained(dir, safe_serialization=True)")
+        raise CheckpointError(f"{folder} has no {SINGLE_NAME} or {INDEX_NAME}; expected safetensors weights; "
+                              "re-download or re-save the checkpoint")
+    headers = {}
+    for shard in sorted(set(weight_map.values())) if weight_map else [SINGLE_NAME]:
+        headers[shard] = read_header(folder / shard)
+    if weight_map is None:
+        weight_map = {name: SINGLE_NAME for name in headers[SINGLE_NAME]}
+    for name, shard in weight_map.items():
+        if name not in headers[shard]:
+            raise CheckpointError(f"tensor {name!r} is listed in {INDEX_NAME} for {shard} but the shard does not hold it; "
+                                  "re-download the checkpoint")
+    return Checkpoint(folder, config, weight_map, index)
+
+
+def _check_shard_name(folder: Path, shard: str) -> None:
+    if not _SAFE_NAME.match(shard) or shard in (".", ".."):
+        raise CheckpointError(f"shard name {shard!r} in {folder / INDEX_NAME} is not a plain file name; expected e.g. "
+                              "model-00001-of-00002.safetensors; the index may be malicious or damaged")
+
+
+def read_header(path: Path) -> dict[str, dict]:
+    """Parse and check a safetensors header: sizes, offsets and dtypes must agree with the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is {size} bytes, too short for a safetensors file; re-download it")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, MAX_HEADER):
+                raise CheckpointError(f"{path} declares a {n}-byte header but the file has {size} bytes; "
+                                      "the file is truncated or not safetensors; re-download it")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}; check the file's permissions") from None
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} has a header that is not JSON; expected a safetensors file; re-download it") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a header that is not a JSON object; expected a safetensors file")
+    header.pop("__metadata__", None)
+    body = size - 8 - n
+    for name, info in header.items():
+        try:
+            dtype, shape, (start, stop) = info["dtype"], info["shape"], info["data_offsets"]
+            numel = 1
+            for d in shape:
+                numel *= int(d)
+            nbytes = numel * _DTYPE_SIZES[dtype] if dtype != "F4" else (numel + 1) // 2
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}; re-download the file") from None
+        if not (0 <= start <= stop <= body) or stop - start != nbytes:
+            raise CheckpointError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes but its offsets "
+                                  f"[{start}, {stop}] do not fit the {body}-byte body; the file is truncated or damaged")
+    return header
+
+
+def iter_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) one at a time, shard by shard."""
+    by_shard: dict[str, list[str]] = {}
+    for name, shard in ckpt.weight_map.items():
+        by_shard.setdefault(shard, []).append(name)
+    for shard, names in sorted(by_shard.items()):
+        try:
+            with safe_open(str(ckpt.path / shard), framework="pt", device="cpu") as f:
+                for name in names:
+                    yield name, f.get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            if isinstance(e, (KeyboardInterrupt, MemoryError)):
+                raise
+            raise CheckpointError(f"cannot read {ckpt.path / shard}: {e}; re-download or re-save the checkpoint") from None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checkpoint(path: str | Path) -> dict[str, str]:
+    """Check every shard against the sha256 recorded in the index; returns shard → hash."""
+    ckpt = open_checkpoint(path)
+    hashes = (ckpt.index or {}).get("metadata", {}).get("sha256")
+    if not isinstance(hashes, dict) or not hashes:
+        raise CheckpointError(f"{ckpt.path} records no shard hashes; expected a folder saved by lowbit.save_pretrained; "
+                              "re-save it with lowbit to add them")
+    for shard in ckpt.shards:
+        if shard not in hashes:
+            raise CheckpointError(f"shard {shard} has no recorded hash in {INDEX_NAME}; re-save the model with lowbit")
+        actual = file_sha256(ckpt.path / shard)
+        if actual != hashes[shard]:
+            raise CheckpointError(f"{ckpt.path / shard} has sha256 {actual[:12]}…, expected {hashes[shard][:12]}… from the "
+                                  "index: the file was changed or damaged; re-save or re-download it")
+    return {s: hashes[s] for s in ckpt.shards}

@@ -1,0 +1,207 @@
+"""``lowbit.from_pretrained``: DESIGN.md §3, streaming one tensor at a time."""
+
+from __future__ import annotations
+
+import re
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lowbit.config import QuantConfig
+from lowbit.errors import CheckpointError, ConfigError
+from lowbit.loading.checkpoint import Checkpoint, iter_tensors, open_checkpoint, verify_checkpoint
+from lowbit.loading.resolve import resolve_dtype, resolve_quantization
+from lowbit.loading.skeleton import build_skeleton
+from lowbit.nn.holder import QuantHolder
+from lowbit.quantizer import Quantizer
+from lowbit.registry import get
+
+
+def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = None, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | str | None = None, device_map: str | dict | None = None,
+                    max_memory: dict | None = None, verify: bool = False, progress: bool = False) -> nn.Module:
+    """Load a checkpoint, quantizing on the fly, or a pre-quantized lowbit folder (no config needed).
+
+    Never holds the whole model at full precision: each tensor is read, quantized on its target device,
+    assigned and dropped.
+    """
+    ckpt = open_checkpoint(path)
+    if verify:
+        verify_checkpoint(ckpt.path)
+    cfg, pre_quantized, layers = resolve_quantization(ckpt.quantization_config, quantization)
+    device = _device(device)
+    dtype = resolve_dtype(dtype, ckpt.config)
+    quantizer = None
+    if cfg is not None:
+        quantizer = get(cfg.method).quantizer_cls(cfg, pre_quantized=pre_quantized)
+        quantizer.layers.update(layers)
+        quantizer.validate_environment(device, dtype)
+        dtype = quantizer.update_dtype(dtype) or dtype
+    model = build_skeleton(ckpt.path, ckpt.config, dtype)
+    if quantizer is not None:
+        quantizer.preprocess_model(model)
+    placement = _placement(model, quantizer, device, dtype, device_map, max_memory)
+    _stream(model, ckpt, quantizer, placement, dtype, progress)
+    if quantizer is None or not quantizer.tied_head:
+        model.tie_weights()
+    _check_complete(model, ckpt)
+    if quantizer is not None:
+        quantizer.postprocess_model(model, device if not placement.multi else torch.device("cpu"), dtype)
+        attach(model, quantizer)
+    if placement.multi:
+        from accelerate import dispatch_model
+
+        dispatch_model(model, placement.device_map)
+    model.lowbit_source = str(ckpt.path)
+    model.eval()
+    return model
+
+
+def attach(model: nn.Module, quantizer: Quantizer) -> None:
+    """Record the quantization on the model so saving writes it; route ``model.save_pretrained`` to lowbit."""
+    from lowbit.loading.save import save_pretrained
+
+    qc = quantizer.config.to_dict()
+    if quantizer.layers:
+        qc["layers"] = {k: dict(v) for k, v in sorted(quantizer.layers.items())}
+    model.config.quantization_config = qc
+    model.lowbit_quantizer = quantizer
+    model.save_pretrained = types.MethodType(lambda self, out, **kw: save_pretrained(self, out, **kw), model)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not a device; expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={str(device)!r} but this torch has no usable CUDA ({torch.__version__}); "
+                          "use device='cpu' or install a CUDA build of torch")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={str(device)!r} but only {torch.cuda.device_count()} GPU(s) are visible; pick one of them")
+    return device
+
+
+class _Placement:
+    def __init__(self, device: torch.device, device_map: dict[str, Any] | None) -> None:
+        self.device, self.device_map = device, device_map
+        self.multi = bool(device_map) and len({str(v) for v in device_map.values()}) > 1
+        self._prefixes = sorted(device_map, key=len, reverse=True) if device_map else []
+
+    def device_of(self, name: str) -> torch.device:
+        for prefix in self._prefixes:
+            if prefix == "" or name == prefix or name.startswith(prefix + "."):
+                target = self.device_map[prefix]
+                return torch.device(f"cuda:{target}" if isinstance(target, int) else target)
+        return self.device
+
+
+def _placement(model, quantizer, device, dtype, device_map, max_memory) -> _Placement:
+    if device_map is None:
+        return _Placement(device, None)
+    if quantizer is not None:
+        device_map = quantizer.update_device_map(device_map)
+        max_memory = quantizer.adjust_max_memory(max_memory)
+    if isinstance(device_map, str):
+        from accelerate import infer_auto_device_map
+        from accelerate.utils import get_balanced_memory
+
+        if device_map not in ("auto", "balanced", "sequential"):
+            raise ConfigError(f"device_map={device_map!r} is not supported; expected 'auto', 'balanced', 'sequential' or a dict")
+        no_split = getattr(model, "_no_split_modules", None) or []
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
+        # The shells hold meta buffers of their packed shapes, so these sizes are the quantized ones.
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
+    if not isinstance(device_map, dict):
+        raise ConfigError(f"device_map={device_map!r} is not supported; expected 'auto' or a dict of module → device")
+    if any(v == "disk" for v in device_map.values()):
+        raise ConfigError("device_map places modules on 'disk', which lowbit does not support; raise max_memory or "
+                          "use a stronger quantization")
+    return _Placement(device, device_map)
+
+
+def _key_mapper(model: nn.Module, keys: list[str]):
+    """Checkpoint names → model names, adding or removing the base-model prefix ("bert.", "model.") if needed."""
+    own = set(model.state_dict(keep_vars=True))
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if not prefix or any(k in own for k in keys[:50]):
+        return lambda k: k
+    if any(f"{prefix}.{k}" in own for k in keys[:50]):
+        return lambda k: f"{prefix}.{k}"
+    return lambda k: k[len(prefix) + 1:] if k.startswith(prefix + ".") else k
+
+
+def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, progress: bool) -> None:
+    modules = dict(model.named_modules())
+    to_model = _key_mapper(model, list(ckpt.weight_map))
+    ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    unexpected, bar = [], tqdm(total=len(ckpt.weight_map), desc="loading", unit="tensor", disable=not progress)
+    for key, tensor in iter_tensors(ckpt):
+        bar.update()
+        name = to_model(key)
+        module_name, _, attr = name.rpartition(".")
+        module = modules.get(module_name)
+        target = placement.device_of(name)
+        if isinstance(module, QuantHolder) and quantizer is not None:
+            if quantizer.pre_quantized and attr in module.tensor_names():
+                module.set_quant_tensor(attr, tensor.to(target), name)
+                continue
+            if not quantizer.pre_quantized and attr == "weight":
+                _check_finite(name, tensor)
+                if tuple(tensor.shape) != module.weight_shape:
+                    raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(module.weight_shape)} "
+                                          "from config.json; the checkpoint does not match its config")
+                module.load_quantized(quantizer.quantize_tensor(module_name, tensor.to(target)), name)
+                continue
+        if module is not None and attr in module._parameters:
+            _assign(module, attr, tensor, target, dtype, key, is_param=True)
+        elif module is not None and attr in module._buffers and attr not in module._non_persistent_buffers_set:
+            _assign(module, attr, tensor, target, dtype, key, is_param=False)
+        elif module is not None and attr in module._non_persistent_buffers_set or any(p.search(key) for p in ignore):
+            continue  # rebuilt by the model itself
+        else:
+            unexpected.append(key)
+        del tensor
+    bar.close()
+    if unexpected:
+        raise CheckpointError(f"{ckpt.path} holds {len(unexpected)} tensor(s) the model does not have: "
+                              f"{_names(unexpected)}; expected only {type(model).__name__}'s tensors; "
+                              "the checkpoint does not match config.json")
+
+
+def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, key: str, is_param: bool) -> None:
+    old = module._parameters[attr] if is_param else module._buffers[attr]
+    if old is not None and tuple(old.shape) != tuple(tensor.shape):
+        raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(old.shape)} from config.json; "
+                              "the checkpoint does not match its config")
+    if tensor.is_floating_point():
+        tensor = tensor.to(dtype if old is None or old.is_floating_point() else old.dtype)
+    tensor = tensor.to(device)
+    if is_param:
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
+    else:
+        module._buffers[attr] = tensor
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"{name} has {bad} NaN/Inf value(s); expected finite weights to quantize; "
+                              "the checkpoint is damaged or diverged: fix the weights first")
+
+
+def _check_complete(model: nn.Module, ckpt: Checkpoint) -> None:
+    missing = [n for n, t in model.state_dict(keep_vars=True).items() if t is not None and t.device.type == "meta"]
+    if missing:
+        raise CheckpointError(f"{ckpt.path} lacks {len(missing)} tensor(s) the model needs: {_names(missing)}; "
+                              "the checkpoint is incomplete or does not match config.json")
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" … (+{len(names) - limit} more)" if len(names) > limit else "")

@@ -1,0 +1,164 @@
+"""``lowbit.save_pretrained``: canonical tensors in safetensors shards, hashes in the index, atomic swap.
+
+Shards are written to ``.OUT.tmp-<pid>`` beside the target; when complete, an existing target is renamed
+to ``.OUT.old-<pid>``, the temporary folder takes the target's name and the old one is removed. A crash
+at any point leaves the old or the new model whole; leftovers of dead processes are removed next time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from lowbit import __version__
+from lowbit.errors import SaveError
+from lowbit.loading.checkpoint import INDEX_NAME, file_sha256
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.txt",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)$")
+
+
+def parse_size(size: int | str) -> int:
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", str(size), re.IGNORECASE)
+    if not m:
+        raise SaveError(f"max_shard_size={size!r} is not a size; expected bytes or a string like '2GB' or '500MB'")
+    unit = m.group(2).upper()
+    base = 1024 if "I" in unit else 1000
+    return int(float(m.group(1)) * base ** {"K": 1, "M": 2, "G": 3}[unit[0]])
+
+
+def save_pretrained(model: nn.Module, out: str | Path, max_shard_size: int | str = "2GB", *, overwrite: bool = False,
+                    tokenizer_from: str | Path | None = None) -> Path:
+    """Write ``model`` (quantized or not) to ``out`` atomically; returns the folder."""
+    quantizer = getattr(model, "lowbit_quantizer", None)
+    if quantizer is not None and not quantizer.is_serializable:
+        raise SaveError(f"method {quantizer.config.method!r} cannot be saved; keep the full-precision checkpoint and "
+                        "quantize on load instead")
+    out = Path(out)
+    limit = parse_size(max_shard_size)
+    _check_target(out, overwrite)
+    _clean_leftovers(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        _write(model, tmp, limit, tokenizer_from or getattr(model, "lowbit_source", None))
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise SaveError(f"output {str(out)!r} is a file; expected a folder path; choose another output or remove the file")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists() and not overwrite:
+        raise SaveError(f"output folder {str(out)!r} is not empty and holds no model; refusing to replace it; "
+                        "choose an empty folder or pass overwrite=True (--overwrite)")
+    parent = out.parent if str(out.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise SaveError(f"cannot write in {str(parent)!r} (permission denied); choose a writable output folder")
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove temp folders of dead saves. A save killed between its two renames left the old model as
+    ``.OUT.old-<pid>`` and no ``OUT``: put it back first."""
+    parent = out.parent if str(out.parent) else Path(".")
+    for entry in sorted(parent.iterdir(), key=lambda e: ".old-" not in e.name):
+        m = _LEFTOVER.match(entry.name)
+        if not m or m.group("name") != out.name or _alive(int(m.group("pid"))):
+            continue
+        if ".old-" in entry.name and not out.exists():
+            os.replace(entry, out)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftover from an earlier failed call
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Canonical tensors, each storage once (tied weights are tied again on load)."""
+    seen: dict[tuple, str] = {}
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.device.type == "meta":
+            raise SaveError(f"{name} is still on the meta device; load the model fully before saving")
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def _write(model: nn.Module, tmp: Path, limit: int, tokenizer_from) -> None:
+    state = _state(model)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    weight_map, hashes = {}, {}
+    for fname, shard in zip(names, shards):
+        save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+        _fsync(tmp / fname)
+        hashes[fname] = file_sha256(tmp / fname)
+        weight_map.update({k: fname for k in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total, "lowbit_version": __version__, "sha256": hashes}, "weight_map": weight_map}
+    (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
+    model.config.save_pretrained(str(tmp))
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and getattr(model, "can_generate", lambda: False)():
+        gen.save_pretrained(str(tmp))
+    if tokenizer_from:
+        for fname in TOKENIZER_FILES:
+            src = Path(tokenizer_from) / fname
+            if src.is_file():
+                shutil.copy2(src, tmp / fname)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)

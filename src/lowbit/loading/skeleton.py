@@ -1,0 +1,29 @@
+"""Step 3 of loading: the model's skeleton on the meta device, from transformers' own classes."""
+
+from __future__ import annotations
+
+import transformers
+from accelerate import init_empty_weights
+from torch import nn
+
+from lowbit.errors import CheckpointError
+
+
+def build_skeleton(path, raw_config: dict, dtype) -> nn.Module:
+    """Instantiate ``architectures[0]`` on meta. No remote code: the class must ship with transformers."""
+    arch = raw_config["architectures"][0]
+    cls = getattr(transformers, arch, None)
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
+        raise CheckpointError(f"architecture {arch!r} is not a class of transformers {transformers.__version__}; "
+                              "expected a built-in model class (lowbit never runs code from a checkpoint); "
+                              "upgrade transformers or fix config.json's architectures")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as e:  # transformers raises ValueError/KeyError/OSError for bad configs
+        raise CheckpointError(f"{path}/config.json cannot be read by transformers ({str(e).splitlines()[0]}); "
+                              "fix or re-download config.json") from None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with init_empty_weights(include_buffers=False):
+        model = cls._from_config(config, dtype=dtype)
+    return model

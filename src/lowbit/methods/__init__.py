@@ -1,0 +1,3 @@
+"""Methods: each module holds one config + Quantizer and registers itself on import."""
+
+from lowbit.methods import rtn  # noqa: F401  (registers rtn, int8, int4)

@@ -1,0 +1,58 @@
+"""Round-to-nearest integer quantization (``rtn``) and its aliases ``int8`` and ``int4``.
+
+Min/max per output channel or per group of ``group_size`` inputs. Asymmetric grids store an integer
+zero-point (the range always includes 0, as GPTQ and AWQ do); symmetric grids use absmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from lowbit.config import QuantConfig, check_choice
+from lowbit.errors import ConfigError
+from lowbit.formats import IntSpec
+from lowbit.quantizer import Quantizer
+from lowbit.registry import register_alias, register_method
+from lowbit.rtn import rtn_quantize
+
+GROUP_SIZES = (32, 64, 128, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class RtnConfig(QuantConfig):
+    """Round-to-nearest integer weights, per channel or per group."""
+
+    method = "rtn"
+    version = 1
+
+    bits: int = 4
+    group_size: int | None = 128  # None: one scale per output channel
+    symmetric: bool = False
+
+    def validate(self) -> None:
+        check_choice(self, "bits", (4, 8))
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
+            raise ConfigError(f"rtn.group_size={self.group_size!r} is out of range; expected one of {list(GROUP_SIZES)} "
+                              "or null for per-channel scales")
+
+
+class RtnQuantizer(Quantizer):
+    config_cls = RtnConfig
+
+    def weight_spec(self, name: str, module: nn.Linear) -> IntSpec:
+        cfg = self.config
+        group = self.group_size_for(name, module.in_features, cfg.group_size)
+        return IntSpec(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric)
+
+    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        return rtn_quantize(weight, self.specs[name])
+
+
+register_method(RtnConfig, RtnQuantizer)
+register_alias("int8", "rtn", bits=8, group_size=None, symmetric=True,
+               summary="int8 weights, symmetric, one scale per output channel")
+register_alias("int4", "rtn", bits=4, group_size=128, symmetric=False,
+               summary="int4 weights, asymmetric, groups of 128 inputs")

@@ -1,0 +1,93 @@
+"""QuantLinear: an ``nn.Linear`` whose weight is stored quantized; ``forward`` calls the chosen kernel."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.formats import IntSpec
+from lowbit.kernels import choose
+from lowbit.kernels.base import Kernel
+from lowbit.nn.holder import QuantHolder
+
+
+class QuantLinear(QuantHolder):
+    """Drop-in for ``nn.Linear``. Canonical tensors (what is saved) are persistent buffers; the kernel's
+    own layout is made by :meth:`prepare` after loading and again after ``.to(device)``.
+
+    When the chosen kernel can rebuild the canonical tensors from its own layout, the canonical copy is
+    dropped after :meth:`prepare`, so one copy of the weight is in memory; ``state_dict`` rebuilds it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, spec: IntSpec,
+                 device: torch.device | str | None = "meta", dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_quant(out_features, in_features, spec, device)
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
+        self.compute_dtype: torch.dtype = torch.float32
+        self.forced_kernel: str | None = None
+        self.kernel: Kernel | None = None
+        self.kernel_reason = ""
+        self._prepared: dict[str, torch.Tensor] = {}
+        self._dropped: set[str] = set()
+        self.tied_to: str | None = None  # an embedding whose int8 table this layer shares (saved there)
+
+    @classmethod
+    def shell(cls, linear: nn.Linear, spec: IntSpec) -> QuantLinear:
+        """An empty QuantLinear on the meta device with ``linear``'s shape."""
+        dtype = linear.bias.dtype if linear.bias is not None else None
+        return cls(linear.in_features, linear.out_features, linear.bias is not None, spec, "meta", dtype)
+
+    def extra_repr(self) -> str:
+        kernel = self.kernel.name if self.kernel else "unprepared"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"{self.spec.describe()}, kernel={kernel}")
+
+    # ---- canonical tensors ------------------------------------------------------------------
+    def canonical_tensors(self) -> dict[str, torch.Tensor]:
+        out = {n: self._buffers[n] for n in self.tensor_names() if n not in self._dropped}
+        if self._dropped:
+            out.update(self.kernel.canonical_from_prepared(self._prepared, self.spec, self.weight_shape))
+        return out
+
+    def on_tensors_changed(self) -> None:
+        self.kernel, self._prepared, self._dropped = None, {}, set()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+        if self.tied_to is None:
+            for name, tensor in self.canonical_tensors().items():
+                destination[prefix + name] = tensor
+
+    # ---- kernels -------------------------------------------------------------------------------
+    def prepare(self, compute_dtype: torch.dtype | None = None, forced_kernel: str | None = None) -> None:
+        """Choose the kernel for this device and build its layout."""
+        if compute_dtype is not None:
+            self.compute_dtype = compute_dtype
+        if forced_kernel is not None:
+            self.forced_kernel = forced_kernel
+        canon = self.canonical_tensors()
+        device = canon["qweight"].device
+        kernel, reason = choose(self.spec, device, self.weight_shape, self.compute_dtype, self.forced_kernel)
+        prepared = kernel.prepare(canon, self.spec, self.compute_dtype)
+        for name, tensor in canon.items():
+            self._buffers[name] = tensor
+        self.kernel, self.kernel_reason, self._prepared, self._dropped = kernel, reason, prepared, set()
+        rebuilt = kernel.canonical_from_prepared(prepared, self.spec, self.weight_shape) if prepared else None
+        for name in rebuilt or ():
+            self._buffers[name] = None
+            self._dropped.add(name)
+
+    def after_move(self, fn, target: torch.device) -> None:
+        was_prepared = self.kernel is not None
+        self.on_tensors_changed()
+        if was_prepared and target.type != "meta":
+            self.prepare()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is None:
+            self.prepare()
+        y = self.kernel.run(x.to(self.compute_dtype), self._buffers, self._prepared, self.spec, self.bias)
+        return y.to(x.dtype)

@@ -1,0 +1,36 @@
+"""The shared round-to-nearest helper: min/max (or absmax) grids, then nearest codes.
+
+Used by the ``rtn`` method, by int8 embeddings of every method, and as the starting point of
+methods that refine a grid (HQQ, GPTQ).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.formats import IntSpec, pack_bits, quantize_to_codes
+
+
+def rtn_params(w: torch.Tensor, spec: IntSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Min/max scales (and integer zero-points) of ``w`` [N, K] for ``spec``: ([N, G], [N, G] or None)."""
+    n, k = w.shape
+    g = w.float().reshape(n, spec.groups(k), -1)
+    if spec.symmetric:
+        scales = g.abs().amax(-1) / (spec.qtype.midpoint - 1)
+        scales = torch.where(scales > 0, scales, torch.ones_like(scales)).to(spec.scale_dtype)
+        return scales, None
+    lo = g.amin(-1).clamp(max=0)
+    hi = g.amax(-1).clamp(min=0)
+    scales = (hi - lo) / spec.qtype.qmax
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales)).to(spec.scale_dtype)
+    zeros = (-lo / scales.float()).round().clamp(0, spec.qtype.qmax).to(torch.uint8)
+    return scales, zeros
+
+
+def rtn_quantize(w: torch.Tensor, spec: IntSpec) -> dict[str, torch.Tensor]:
+    """The shared RTN helper: ``w`` [N, K] → stored tensors of ``spec``."""
+    scales, zeros = rtn_params(w, spec)
+    out = {"qweight": pack_bits(quantize_to_codes(w, spec, scales, zeros), spec.bits), "scales": scales}
+    if zeros is not None:
+        out["zeros"] = zeros
+    return out
