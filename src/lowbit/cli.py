@@ -1,0 +1,205 @@
+"""``lowbit`` command line: a thin layer over the API. Exit 0 ok, 2 for usage or input errors (one line)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+import warnings
+from pathlib import Path
+
+from lowbit import registry
+from lowbit.errors import LowbitError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, exit 2, no usage dump
+        self.exit(2, f"lowbit: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, choices=registry.names(), help="quantization method or alias")
+    p.add_argument("--bits", type=int, help="bits per weight (methods that take it)")
+    p.add_argument("--group-size", type=int, help="inputs per scale group; 0 for one scale per output channel")
+    p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None, help="symmetric grid")
+    p.add_argument("--skip", action="append", default=[], metavar="NAME", help="module name to keep unquantized (repeat)")
+    p.add_argument("--quantize-embeddings", action="store_true", help="store the input embedding as int8")
+    p.add_argument("--quantize-lm-head", action="store_true", help="store the output head as int8")
+    p.add_argument("--strict", action="store_true", help="error instead of falling back to a smaller group size")
+
+
+def _config_from_args(args) -> object:
+    fields = {}
+    if args.bits is not None:
+        fields["bits"] = args.bits
+    if args.group_size is not None:
+        fields["group_size"] = None if args.group_size == 0 else args.group_size
+    if args.symmetric is not None:
+        fields["symmetric"] = args.symmetric
+    if args.skip:
+        fields["modules_to_not_convert"] = tuple(args.skip)
+    for flag in ("quantize_embeddings", "quantize_lm_head", "strict"):
+        if getattr(args, flag):
+            fields[flag] = True
+    return registry.build_config(args.method, **fields)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lowbit", description="Quantize transformer checkpoints to 2-8 bits; load, save, inspect, evaluate.")
+    parser.add_argument("--version", action="version", version=f"lowbit {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("methods", help="list methods, aliases and their defaults")
+
+    q = sub.add_parser("quantize", help="quantize a checkpoint folder and save it")
+    q.add_argument("src", help="folder with config.json and *.safetensors")
+    q.add_argument("out", help="output folder")
+    _add_method_args(q)
+    q.add_argument("--device", default="cpu", help="device to quantize on (cpu, cuda, cuda:N)")
+    q.add_argument("--dtype", default=None, help="dtype of unquantized tensors (default: the checkpoint's)")
+    q.add_argument("--max-shard-size", default="2GB")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that holds no model")
+
+    i = sub.add_parser("inspect", help="per layer: method, bits, bytes, kernel and why")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    v = sub.add_parser("verify", help="check every shard against the sha256 in the index")
+    v.add_argument("path")
+
+    e = sub.add_parser("eval", help="perplexity over non-overlapping windows of a text file")
+    e.add_argument("path")
+    e.add_argument("--text", required=True, help="UTF-8 text file")
+    e.add_argument("--ctx", type=int, default=512)
+    e.add_argument("--max-tokens", type=int, default=None)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("demo", help="quantize a real model to int8 and int4 and show size, quality and speed")
+    d.add_argument("--model", choices=["gemma-3-270m", "minilm"], default=None)
+    d.add_argument("--max-tokens", type=int, default=2048, help="tokens of the bundled text to score")
+    d.add_argument("--gen-tokens", type=int, default=32)
+    return parser
+
+
+def _version() -> str:
+    from lowbit import __version__
+
+    return __version__
+
+
+def cmd_methods(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lowbit methods")
+    for col in ("name", "is", "defaults"):
+        table.add_column(col)
+    for name, method in sorted(registry.methods_table().items()):
+        table.add_row(name, method.summary, _defaults(method.config_cls()))
+    for name, alias in sorted(registry.aliases().items()):
+        cfg = registry.build_config(name)
+        table.add_row(name, f"{alias.method} preset: {alias.summary}", _defaults(cfg))
+    Console().print(table)
+    return 0
+
+
+def _defaults(cfg) -> str:
+    skip = {"modules_to_not_convert", "quantize_embeddings", "quantize_lm_head", "strict", "kernel"}
+    parts = []
+    for f in dataclasses.fields(cfg):
+        if f.name in skip:
+            continue
+        value = getattr(cfg, f.name)
+        parts.append(f"{f.name}={getattr(value, 'value', value)}")
+    return ", ".join(parts)
+
+
+def cmd_quantize(args) -> int:
+    import lowbit
+
+    cfg = _config_from_args(args)
+    start = time.perf_counter()
+    model = lowbit.from_pretrained(args.src, quantization=cfg, device=args.device, dtype=args.dtype, progress=True)
+    out = lowbit.save_pretrained(model, args.out, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
+    src_size = sum(p.stat().st_size for p in Path(args.src).glob("*.safetensors"))
+    print(f"wrote {out}: {size / 1e6:.1f} MB of weights ({src_size / max(size, 1):.2f}x smaller than {src_size / 1e6:.1f} MB) "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import lowbit
+
+    report = lowbit.inspect(args.path)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.path}: {report.method}, {report.quantized_bytes / 1e6:.1f} MB quantized of "
+                        f"{report.total_bytes / 1e6:.1f} MB in memory")
+    for col in ("layer", "format", "shape", "bits/weight", "bytes", "kernel", "why"):
+        table.add_column(col)
+    for layer in report.layers:
+        table.add_row(layer.name, layer.format, "x".join(map(str, layer.shape)), f"{layer.bits_per_weight:.3f}",
+                      f"{layer.nbytes:,}", layer.kernel, layer.reason)
+    Console(width=200).print(table)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    import lowbit
+
+    hashes = lowbit.verify(args.path)
+    print(f"{args.path}: {len(hashes)} shard(s) match their sha256")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import lowbit
+    from lowbit.eval import load_text, perplexity
+    from lowbit.loading.tokenizer import load_tokenizer
+
+    text = load_text(args.text)
+    model = lowbit.from_pretrained(args.path, device=args.device)
+    result = perplexity(model, load_tokenizer(args.path), text, ctx=args.ctx, max_tokens=args.max_tokens, progress=True)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+    else:
+        print(result)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from lowbit.demo import run_demo
+
+    return run_demo(args.model, max_tokens=args.max_tokens, gen_tokens=args.gen_tokens)
+
+
+COMMANDS = {"methods": cmd_methods, "quantize": cmd_quantize, "inspect": cmd_inspect, "verify": cmd_verify,
+            "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.formatwarning = lambda msg, cat, *a, **k: f"lowbit: warning: {msg}\n"
+            return COMMANDS[args.command](args)
+    except LowbitError as e:
+        print(f"lowbit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lowbit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""Evaluation helpers (perplexity)."""
+
+from lowbit.eval.perplexity import PerplexityResult, load_text, perplexity
+
+__all__ = ["PerplexityResult", "load_text", "perplexity"]
