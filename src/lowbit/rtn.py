@@ -16,15 +16,21 @@ def rtn_params(w: torch.Tensor, spec: IntSpec) -> tuple[torch.Tensor, torch.Tens
     n, k = w.shape
     g = w.float().reshape(n, spec.groups(k), -1)
     if spec.symmetric:
-        scales = g.abs().amax(-1) / (spec.qtype.midpoint - 1)
-        scales = torch.where(scales > 0, scales, torch.ones_like(scales)).to(spec.scale_dtype)
-        return scales, None
+        return _stored(g.abs().amax(-1) / (spec.qtype.midpoint - 1), spec), None
     lo = g.amin(-1).clamp(max=0)
     hi = g.amax(-1).clamp(min=0)
-    scales = (hi - lo) / spec.qtype.qmax
-    scales = torch.where(scales > 0, scales, torch.ones_like(scales)).to(spec.scale_dtype)
+    scales = _stored(((hi - lo) / spec.qtype.qmax), spec)
     zeros = (-lo / scales.float()).round().clamp(0, spec.qtype.qmax).to(torch.uint8)
     return scales, zeros
+
+
+def _stored(scales: torch.Tensor, spec: IntSpec) -> torch.Tensor:
+    """Scales in the format's dtype. All-zero groups get scale 1 (codes at zero, no division by zero);
+    tiny ones are raised to the dtype's smallest normal number, since fp16 subnormals would round the
+    scale by up to 50% and put the group's extremes off the grid."""
+    info = torch.finfo(spec.scale_dtype)
+    scales = torch.where(scales > 0, scales.clamp(info.tiny, info.max), torch.ones_like(scales))
+    return scales.to(spec.scale_dtype)
 
 
 def rtn_quantize(w: torch.Tensor, spec: IntSpec) -> dict[str, torch.Tensor]:

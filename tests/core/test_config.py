@@ -1,0 +1,86 @@
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lowbit
+from lowbit.config import QuantConfig
+from lowbit.errors import ConfigError
+
+
+def test_alias_equals_rtn_with_bits_preset():
+    assert lowbit.config("int4", group_size=128) == lowbit.config("rtn", bits=4, group_size=128)
+    int8 = lowbit.config("int8")
+    assert (int8.bits, int8.group_size, int8.symmetric) == (8, None, True)
+    int4 = lowbit.config("int4")
+    assert (int4.bits, int4.group_size, int4.symmetric) == (4, 128, False)
+
+
+def test_configs_are_frozen():
+    cfg = lowbit.config("int4")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.bits = 8
+
+
+def test_to_dict_layout():
+    d = lowbit.config("int4", group_size=64).to_dict()
+    assert d["quant_method"] == "lowbit" and d["method"] == "rtn" and d["version"] == 1
+    assert d["bits"] == 4 and d["group_size"] == 64 and d["symmetric"] is False
+    # loading-only fields say how to run, not what is stored
+    assert "kernel" not in d and "compute_dtype" not in d
+
+
+@given(bits=st.sampled_from([4, 8]), group=st.sampled_from([None, 32, 64, 128, 256]), sym=st.booleans(),
+       emb=st.booleans(), head=st.booleans(), skip=st.lists(st.sampled_from(["lm_head", "mlp.down_proj", "x"]), max_size=3))
+def test_round_trip(bits, group, sym, emb, head, skip):
+    cfg = lowbit.config("rtn", bits=bits, group_size=group, symmetric=sym, quantize_embeddings=emb,
+                        quantize_lm_head=head, modules_to_not_convert=tuple(skip))
+    assert lowbit.config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"bogus": 1}, "bogus"),
+    ({"bits": "4"}, "'4'"),
+    ({"bits": True}, "True"),
+    ({"bits": 5}, "5"),
+    ({"group_size": 48}, "48"),
+    ({"symmetric": "yes"}, "'yes'"),
+    ({"modules_to_not_convert": "lm_head"}, "lm_head"),
+    ({"version": 99}, "99"),
+    ({"version": "1"}, "'1'"),
+    ({"quant_method": "gptq"}, "gptq"),
+    ({"method": "nope"}, "nope"),
+])
+def test_from_dict_errors(change, needle):
+    d = {**lowbit.config("int4").to_dict(), **change}
+    with pytest.raises(ConfigError) as e:
+        lowbit.config_from_dict(d)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_newer_version_says_upgrade():
+    d = {**lowbit.config("int8").to_dict(), "version": 2}
+    with pytest.raises(ConfigError, match="newer.*upgrade"):
+        lowbit.config_from_dict(d)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"bits": 3}, "bits=3"), ({"group_size": 100}, "100"), ({"nonsense": 1}, "nonsense"),
+    ({"compute_dtype": "int8"}, "int8"), ({"strict": 1}, "strict"),
+])
+def test_constructor_errors(kwargs, needle):
+    with pytest.raises(ConfigError) as e:
+        lowbit.config("int4", **kwargs)
+    assert needle in str(e.value)
+
+
+def test_enum_fields_accept_strings():
+    cfg = lowbit.config("int4", compute_dtype="float32")
+    assert cfg.compute_dtype is lowbit.ComputeDtype.FLOAT32
+
+
+def test_from_dict_rejects_non_dict():
+    with pytest.raises(ConfigError, match="list"):
+        QuantConfig.from_dict([1, 2])
