@@ -83,10 +83,11 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     per = 8 // bits
     if per == 1:
         return codes.contiguous()
-    codes = (codes.to(torch.int16) & ((1 << bits) - 1)).to(torch.uint8)
+    codes = codes.view(torch.uint8) if codes.dtype in (torch.int8, torch.uint8) else codes.to(torch.uint8)
+    codes = codes & ((1 << bits) - 1)  # signed codes keep their two's complement low bits
     shaped = codes.reshape(*codes.shape[:-1], codes.shape[-1] // per, per)
-    out = torch.zeros(shaped.shape[:-1], dtype=torch.uint8, device=codes.device)
-    for i in range(per):
+    out = shaped[..., 0].clone()
+    for i in range(1, per):
         out |= shaped[..., i] << (bits * i)
     return out
 
@@ -105,25 +106,27 @@ def unpack_bits(packed: torch.Tensor, bits: int, signed: bool = False) -> torch.
     return codes
 
 
-def _expand(t: torch.Tensor, k: int) -> torch.Tensor:
-    """[N, G] per-group values → [N, K]."""
-    return t.repeat_interleave(k // t.shape[-1], dim=-1)
+def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """[N, K] → [N, G, K/G] view, to broadcast per-group [N, G, 1] values without copying them out."""
+    return t.reshape(t.shape[0], groups, -1)
 
 
 def quantize_to_codes(w: torch.Tensor, spec: IntSpec, scales: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
     """Round ``w`` [N, K] to the grid given by ``scales`` (and ``zeros``): uint8 codes, or int8 when symmetric."""
-    k = w.shape[-1]
-    q = w.float() / _expand(scales.float(), k)
+    groups = scales.shape[-1]
+    q = _grouped(w.float(), groups) / scales.float()[..., None]
     if spec.symmetric:
         top = spec.qtype.midpoint - 1
-        return q.round_().clamp_(-top, top).to(torch.int8)
-    return q.round_().add_(_expand(zeros.float(), k)).clamp_(0, spec.qtype.qmax).to(torch.uint8)
+        return q.round_().clamp_(-top, top).to(torch.int8).reshape(w.shape)
+    q = q.round_().add_(zeros.float()[..., None]).clamp_(0, spec.qtype.qmax)
+    return q.to(torch.uint8).reshape(w.shape)
 
 
 def dequantize(tensors: dict[str, torch.Tensor], spec: IntSpec, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Stored tensors → the [N, K] weight they represent, in ``dtype``."""
     q = unpack_bits(tensors["qweight"], spec.bits, signed=spec.symmetric).float()
-    k = q.shape[-1]
+    scales = tensors["scales"]
+    q = _grouped(q, scales.shape[-1])
     if not spec.symmetric:
-        q = q - _expand(tensors["zeros"].float(), k)
-    return (q * _expand(tensors["scales"].float(), k)).to(dtype)
+        q = q - tensors["zeros"].float()[..., None]
+    return (q * scales.float()[..., None]).reshape(q.shape[0], -1).to(dtype)

@@ -19,6 +19,7 @@ class Kernel:
 
     name: str = ""
     priority: int = 0  # higher is tried first
+    rebuilds_canonical: bool = False  # canonical_from_prepared works: the layer keeps one copy
 
     def handles(self, spec: IntSpec) -> bool:
         """Whether this kernel is about this kind of weight at all (others are not listed as declined)."""

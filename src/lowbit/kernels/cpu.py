@@ -121,6 +121,7 @@ class CpuInt8Kernel(Kernel):
 class CpuInt4Kernel(Kernel):
     name = "cpu_int4"
     priority = 10
+    rebuilds_canonical = True
 
     def handles(self, spec):
         return spec.bits == 4

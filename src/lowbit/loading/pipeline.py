@@ -189,7 +189,7 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, k
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+    if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
         bad = int((~torch.isfinite(tensor)).sum())
         raise CheckpointError(f"{name} has {bad} NaN/Inf value(s); expected finite weights to quantize; "
                               "the checkpoint is damaged or diverged: fix the weights first")

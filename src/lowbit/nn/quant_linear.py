@@ -75,10 +75,9 @@ class QuantLinear(QuantHolder):
         for name, tensor in canon.items():
             self._buffers[name] = tensor
         self.kernel, self.kernel_reason, self._prepared, self._dropped = kernel, reason, prepared, set()
-        rebuilt = kernel.canonical_from_prepared(prepared, self.spec, self.weight_shape) if prepared else None
-        for name in rebuilt or ():
-            self._buffers[name] = None
-            self._dropped.add(name)
+        if kernel.rebuilds_canonical and self.tied_to is None:
+            self._buffers["qweight"] = None  # the kernel layout holds the codes; state_dict rebuilds them
+            self._dropped.add("qweight")
 
     def after_move(self, fn, target: torch.device) -> None:
         was_prepared = self.kernel is not None
