@@ -21,7 +21,16 @@ from lowbit.registry import build_config as config  # noqa: E402
 from lowbit.registry import config_from_dict, register_alias, register_method  # noqa: E402
 from lowbit.registry import names as methods  # noqa: E402
 
-Int8Config = Int4Config = RtnConfig  # int8/int4 are rtn with bits preset: lowbit.config("int4") fills them in
+
+
+def Int8Config(**fields) -> RtnConfig:  # noqa: N802  (reads like the config class it builds)
+    """``rtn`` with the int8 presets (symmetric, per output channel); same as ``lowbit.config("int8", ...)``."""
+    return config("int8", **fields)
+
+
+def Int4Config(**fields) -> RtnConfig:  # noqa: N802
+    """``rtn`` with the int4 presets (asymmetric, group 128); same as ``lowbit.config("int4", ...)``."""
+    return config("int4", **fields)
 
 __all__ = [
     "ComputeDtype", "Inspection", "Int4Config", "Int8Config", "LayerInfo", "QuantConfig", "Quantizer", "RtnConfig",

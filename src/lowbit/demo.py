@@ -22,8 +22,8 @@ def sample_text() -> str:
 
 def _variants():
     return [("fp32 (original)", None),
-            ("int8 per-channel", lowbit.config("int8", quantize_embeddings=True)),
-            ("int4 g128", lowbit.config("int4", group_size=128, quantize_embeddings=True))]
+            ("int8 per-channel", lowbit.config("int8", quantize_embeddings=True, quantize_lm_head=True)),
+            ("int4 g128", lowbit.config("int4", group_size=128, quantize_embeddings=True, quantize_lm_head=True))]
 
 
 def _size_on_disk(model, tmp: Path, label: str) -> int:
@@ -71,10 +71,10 @@ def run_demo(name: str | None = None, max_tokens: int = 2048, gen_tokens: int = 
         f"; perplexity on {max_tokens} tokens of bundled Wikipedia text (lower is better)" if causal else
         f"; embedding cosine vs fp32 on {len(sentences)} sentences (higher is better)"))
     cols = ["model", "weights on disk", "smaller", "perplexity" if causal else "cosine vs fp32",
-            "generate tok/s" if causal else "sentences/s"] + (["greedy continuation"] if causal else [])
+            "generate tok/s" if causal else "sentences/s"]
     for col in cols:
-        table.add_column(col, overflow="fold")
-    base_size, ref = None, None
+        table.add_column(col)
+    base_size, ref, continuations = None, None, []
     with tempfile.TemporaryDirectory() as tmp:
         for label, cfg in _variants():
             with console.status(f"{label}: loading and quantizing"):
@@ -86,7 +86,8 @@ def run_demo(name: str | None = None, max_tokens: int = 2048, gen_tokens: int = 
                 if causal:
                     ppl = perplexity(model, tok, text, ctx=512, max_tokens=max_tokens)
                     speed, words = _generate(model, tok, gen_tokens)
-                    row += [f"{ppl.ppl:.2f}", f"{speed:.1f}", f"{PROMPT} … {words}"]
+                    row += [f"{ppl.ppl:.2f}", f"{speed:.1f}"]
+                    continuations.append(f"[bold]{label}[/bold]: {PROMPT} [italic]{words}[/italic]")
                 else:
                     emb, speed = _embed(model, tok, sentences)
                     ref = emb if ref is None else ref
@@ -94,5 +95,7 @@ def run_demo(name: str | None = None, max_tokens: int = 2048, gen_tokens: int = 
             table.add_row(*row)
             del model
     console.print(table)
+    for line in continuations:
+        console.print(line)
     console.print("int8/int4 rows also store the embedding table as int8. Try: lowbit quantize SRC OUT --method int4")
     return 0
