@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from lowbit import registry
-from lowbit.errors import LowbitError
+from lowbit.errors import ConfigError, LowbitError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,7 +121,11 @@ def _defaults(cfg) -> str:
 def cmd_quantize(args) -> int:
     import lowbit
 
+    from lowbit.loading.save import check_output, parse_size
+
     cfg = _config_from_args(args)
+    check_output(args.out, args.overwrite)  # before minutes of work, not after
+    parse_size(args.max_shard_size)
     start = time.perf_counter()
     model = lowbit.from_pretrained(args.src, quantization=cfg, device=args.device, dtype=args.dtype, progress=True)
     out = lowbit.save_pretrained(model, args.out, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
@@ -168,6 +172,9 @@ def cmd_eval(args) -> int:
 
     text = load_text(args.text)
     model = lowbit.from_pretrained(args.path, device=args.device)
+    if not (hasattr(model, "can_generate") and model.can_generate()):
+        raise ConfigError(f"{args.path} holds a {type(model).__name__}, which predicts no next token; "
+                          "expected a causal language model (…ForCausalLM) for perplexity")
     result = perplexity(model, load_tokenizer(args.path), text, ctx=args.ctx, max_tokens=args.max_tokens, progress=True)
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))

@@ -109,7 +109,7 @@ class Quantizer:
         emb_names = {n for n, m in model.named_modules() if m is in_emb}
         quant_head = cfg.quantize_lm_head or (tied and cfg.quantize_embeddings)
         quant_emb = cfg.quantize_embeddings or (tied and cfg.quantize_lm_head)
-        if tied and cfg.quantize_embeddings != cfg.quantize_lm_head:
+        if tied and cfg.quantize_embeddings != cfg.quantize_lm_head and not self.pre_quantized:
             warnings.warn("input and output embeddings are tied: both are quantized to int8 as one table", stacklevel=3)
         for name, module in list(model.named_modules()):
             if name in emb_names and quant_emb:
@@ -135,6 +135,9 @@ class Quantizer:
 
     def group_size_for(self, name: str, in_features: int, group_size: int | None) -> int | None:
         """DESIGN.md's fallback: the largest power of two dividing ``in_features``, recorded and warned once."""
+        recorded = self.layers.get(name, {}).get("group_size") if self.pre_quantized else None
+        if recorded is not None:
+            return recorded  # what the checkpoint says this layer stores
         if group_size is None or in_features % group_size == 0:
             return group_size
         fallback = in_features & -in_features  # largest power of two dividing it

@@ -125,6 +125,8 @@ def read_header(path: Path) -> dict[str, dict]:
                 raise CheckpointError(f"{path} declares a {n}-byte header but the file has {size} bytes; "
                                       "the file is truncated or not safetensors; re-download it")
             raw = f.read(n)
+    except CheckpointError:
+        raise
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}; check the file's permissions") from None
     try:

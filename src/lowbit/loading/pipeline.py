@@ -147,16 +147,16 @@ def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, pr
         module_name, _, attr = name.rpartition(".")
         module = modules.get(module_name)
         target = placement.device_of(name)
+        _check_finite(key, tensor)
         if isinstance(module, QuantHolder) and quantizer is not None:
             if quantizer.pre_quantized and attr in module.tensor_names():
-                module.set_quant_tensor(attr, tensor.to(target), name)
+                module.set_quant_tensor(attr, tensor.to(target), module_name)
                 continue
             if not quantizer.pre_quantized and attr == "weight":
-                _check_finite(name, tensor)
                 if tuple(tensor.shape) != module.weight_shape:
                     raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(module.weight_shape)} "
                                           "from config.json; the checkpoint does not match its config")
-                module.load_quantized(quantizer.quantize_tensor(module_name, tensor.to(target)), name)
+                module.load_quantized(quantizer.quantize_tensor(module_name, tensor.to(target)), module_name)
                 continue
         if module is not None and attr in module._parameters:
             _assign(module, attr, tensor, target, dtype, key, is_param=True)
@@ -188,10 +188,13 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, k
         module._buffers[attr] = tensor
 
 
+_CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
+    if tensor.dtype in _CHECKED and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
         bad = int((~torch.isfinite(tensor)).sum())
-        raise CheckpointError(f"{name} has {bad} NaN/Inf value(s); expected finite weights to quantize; "
+        raise CheckpointError(f"{name} has {bad} NaN/Inf value(s); expected finite values; "
                               "the checkpoint is damaged or diverged: fix the weights first")
 
 

@@ -34,7 +34,10 @@ def parse_size(size: int | str) -> int:
         raise SaveError(f"max_shard_size={size!r} is not a size; expected bytes or a string like '2GB' or '500MB'")
     unit = m.group(2).upper()
     base = 1024 if "I" in unit else 1000
-    return int(float(m.group(1)) * base ** {"K": 1, "M": 2, "G": 3}[unit[0]])
+    nbytes = int(float(m.group(1)) * base ** {"K": 1, "M": 2, "G": 3}[unit[0]])
+    if nbytes < 1:
+        raise SaveError(f"max_shard_size={size!r} is less than one byte; expected a positive size like '2GB'")
+    return nbytes
 
 
 def save_pretrained(model: nn.Module, out: str | Path, max_shard_size: int | str = "2GB", *, overwrite: bool = False,
@@ -46,12 +49,15 @@ def save_pretrained(model: nn.Module, out: str | Path, max_shard_size: int | str
                         "quantize on load instead")
     out = Path(out)
     limit = parse_size(max_shard_size)
-    _check_target(out, overwrite)
+    check_output(out, overwrite)
     _clean_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise SaveError(f"cannot write in {str(out.parent)!r} ({e.strerror}); choose a writable output folder") from None
     try:
         _write(model, tmp, limit, tokenizer_from or getattr(model, "lowbit_source", None))
         _swap(tmp, out)
@@ -61,14 +67,20 @@ def save_pretrained(model: nn.Module, out: str | Path, max_shard_size: int | str
     return out
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_output(out: str | Path, overwrite: bool = False) -> None:
+    """Fail early (before any work) when ``out`` cannot take a saved model."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise SaveError(f"output {str(out)!r} is a file; expected a folder path; choose another output or remove the file")
     if out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists() and not overwrite:
         raise SaveError(f"output folder {str(out)!r} is not empty and holds no model; refusing to replace it; "
                         "choose an empty folder or pass overwrite=True (--overwrite)")
     parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SaveError(f"cannot create the output's parent {str(parent)!r} ({e.strerror}); "
+                        "choose a writable output folder") from None
     if not os.access(parent, os.W_OK):
         raise SaveError(f"cannot write in {str(parent)!r} (permission denied); choose a writable output folder")
 
@@ -130,6 +142,7 @@ def _write(model: nn.Module, tmp: Path, limit: int, tokenizer_from) -> None:
     weight_map, hashes = {}, {}
     for fname, shard in zip(names, shards):
         save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+        os.chmod(tmp / fname, 0o666 & ~_umask())  # safetensors writes 0600; give shards the usual mode
         _fsync(tmp / fname)
         hashes[fname] = file_sha256(tmp / fname)
         weight_map.update({k: fname for k in shard})
@@ -145,6 +158,12 @@ def _write(model: nn.Module, tmp: Path, limit: int, tokenizer_from) -> None:
             src = Path(tokenizer_from) / fname
             if src.is_file():
                 shutil.copy2(src, tmp / fname)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

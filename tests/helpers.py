@@ -1,0 +1,217 @@
+"""Shared test helpers: tiny seeded Hugging Face checkpoints, folder snapshots, hand-made safetensors files.
+
+The tiny checkpoints are built with transformers' own classes and ``save_pretrained`` (safetensors), so they are
+ordinary HF folders, like the ones users load. Every builder is seeded: the same call gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, vocab_size=128, max_position_embeddings=128, tie_word_embeddings=False)
+TINY_BERT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
+                 max_position_embeddings=64, type_vocab_size=2)
+# hidden 96: group 64 does not divide q/k/v/o/gate/up (K = 96) -> fallback to 32 (the largest power of two dividing
+# 96); down_proj has K = intermediate = 192 = 3 * 64, which group 64 divides.
+ODD_LLAMA = dict(TINY_LLAMA, hidden_size=96, intermediate_size=192, num_attention_heads=4, num_key_value_heads=4)
+
+LLAMA_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+LLAMA_LINEARS_WEIGHT = tuple(f"{m}.weight" for m in LLAMA_LINEARS)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def _seeded_init(model: torch.nn.Module, seed: int) -> None:
+    """Draw every floating tensor from a seeded generator (transformers' init is seeded globally, not per call).
+
+    Weights ~ N(0, 0.05) and norms ~ 1 + N(0, 0.05): large enough that quantization changes logits measurably.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * 0.05
+            p.copy_(noise + 1.0 if "norm" in name and name.endswith("weight") else noise)
+
+
+def make_llama(folder: Path, *, seed: int = 0, tied: bool = False, max_shard_size: str | int | None = None,
+               dtype: torch.dtype = torch.float32, **overrides) -> Path:
+    """A tiny ``LlamaForCausalLM`` (hidden 64, 2 layers, vocab 128) saved as safetensors into ``folder``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _quiet_transformers()
+    cfg = LlamaConfig(**{**TINY_LLAMA, "tie_word_embeddings": tied, **overrides})
+    model = LlamaForCausalLM(cfg)
+    _seeded_init(model, seed)
+    if tied:
+        model.tie_weights()
+    model = model.to(dtype)
+    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(folder, **kwargs)
+    return Path(folder)
+
+
+def make_odd_llama(folder: Path, seed: int = 0) -> Path:
+    """A tiny Llama whose hidden size (96) group size 64 does not divide (see ODD_LLAMA)."""
+    return make_llama(folder, seed=seed, **{k: v for k, v in ODD_LLAMA.items() if k != "tie_word_embeddings"})
+
+
+def make_bert(folder: Path, *, seed: int = 0) -> Path:
+    """A tiny ``BertModel`` (hidden 64, 2 layers, vocab 128, with pooler) saved as safetensors into ``folder``."""
+    from transformers import BertConfig, BertModel
+
+    _quiet_transformers()
+    model = BertModel(BertConfig(**TINY_BERT))
+    _seeded_init(model, seed)
+    model.save_pretrained(folder)
+    return Path(folder)
+
+
+def token_ids(n: int = 12, vocab: int = 128, seed: int = 1, batch: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        out = model(input_ids=ids)
+    return (out.logits if hasattr(out, "logits") else out.last_hidden_state).detach().clone()
+
+
+# ---- folder snapshots ------------------------------------------------------------------------------------------
+
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every entry under ``folder`` (relative path → (kind, sha256 of bytes, mtime_ns)); compare before and after."""
+    folder = Path(folder)
+    out: dict[str, tuple] = {}
+    if not folder.exists():
+        return out
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            p = Path(root, d)
+            out[str(p.relative_to(folder))] = ("dir",)
+        for f in files:
+            p = Path(root, f)
+            st = p.lstat()
+            out[str(p.relative_to(folder))] = ("file", hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns)
+    return out
+
+
+def tree_names(folder: Path) -> list[str]:
+    return sorted(snapshot(folder))
+
+
+# ---- safetensors by hand -----------------------------------------------------------------------------------------
+
+def read_raw(path: Path) -> tuple[dict, bytes]:
+    """(header dict incl. __metadata__, body bytes) of a safetensors file."""
+    data = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def write_raw(path: Path, header: dict, body: bytes) -> None:
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def edit_config(folder: Path, **changes) -> dict:
+    """Update config.json in place (a value of ``DELETE`` removes the key); returns the new config."""
+    path = Path(folder) / "config.json"
+    cfg = json.loads(path.read_text())
+    for k, v in changes.items():
+        if v is DELETE:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    path.write_text(json.dumps(cfg, indent=2))
+    return cfg
+
+
+DELETE = object()
+
+
+def edit_quant_config(folder: Path, **changes) -> dict:
+    path = Path(folder) / "config.json"
+    cfg = json.loads(path.read_text())
+    qc = cfg["quantization_config"]
+    for k, v in changes.items():
+        if v is DELETE:
+            qc.pop(k, None)
+        else:
+            qc[k] = v
+    path.write_text(json.dumps(cfg, indent=2))
+    return qc
+
+
+def drop_tensor(folder: Path, name: str) -> None:
+    """Remove tensor ``name`` from a single-file lowbit folder: the shard and the index's weight_map."""
+    folder = Path(folder)
+    shard = folder / "model.safetensors"
+    tensors = load_tensors(shard)
+    del tensors[name]
+    save_tensors(shard, tensors)
+    index_path = folder / "model.safetensors.index.json"
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+        index["weight_map"].pop(name)
+        index_path.write_text(json.dumps(index, indent=2))
+
+
+def add_tensor(folder: Path, name: str, tensor: torch.Tensor, shard_name: str = "model.safetensors") -> None:
+    """Put tensor ``name`` into a shard of ``folder`` (and into the index's weight_map if there is one)."""
+    folder = Path(folder)
+    tensors = load_tensors(folder / shard_name)
+    tensors[name] = tensor
+    save_tensors(folder / shard_name, tensors)
+    index_path = folder / "model.safetensors.index.json"
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+        index["weight_map"][name] = shard_name
+        index_path.write_text(json.dumps(index, indent=2))
+
+
+# ---- subprocess CLI -------------------------------------------------------------------------------------------
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "200"
+    return env
+
+
+def run_cli(args: list[str], runner: list[str] | None = None, timeout: float = 300, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run ``lowbit ARGS`` in a subprocess (``python -m lowbit`` unless ``runner`` names the console script)."""
+    cmd = [*(runner or [sys.executable, "-m", "lowbit"]), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=timeout, cwd=cwd)
