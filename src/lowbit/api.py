@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from lowbit.config import QuantConfig
@@ -20,6 +21,9 @@ def quantize_(model: nn.Module, config: QuantConfig | str) -> nn.Module:
         config = build_config(config)
     if not isinstance(config, QuantConfig):
         raise ConfigError(f"config={config!r} is not a quantization config; expected lowbit.config(...) or a method name")
+    if isinstance(model, torch.nn.Linear):
+        raise ConfigError(f"quantize_ got a bare {type(model).__name__}, which cannot be replaced in place; "
+                          "expected a model that contains it: pass nn.Sequential(layer) or its parent module")
     quantizer = get(config.method).quantizer_cls(config)
     params = list(model.parameters())
     if not params:

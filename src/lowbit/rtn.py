@@ -33,10 +33,24 @@ def _stored(scales: torch.Tensor, spec: IntSpec) -> torch.Tensor:
     return scales.to(spec.scale_dtype)
 
 
+CHUNK_ELEMENTS = 1 << 21  # rows are quantized in blocks of about this many weights
+
+
 def rtn_quantize(w: torch.Tensor, spec: IntSpec) -> dict[str, torch.Tensor]:
-    """The shared RTN helper: ``w`` [N, K] → stored tensors of ``spec``."""
-    scales, zeros = rtn_params(w, spec)
-    out = {"qweight": pack_bits(quantize_to_codes(w, spec, scales, zeros), spec.bits), "scales": scales}
-    if zeros is not None:
-        out["zeros"] = zeros
-    return out
+    """The shared RTN helper: ``w`` [N, K] → stored tensors of ``spec``.
+
+    Works through blocks of rows so that its fp32 temporaries stay at a few MB whatever the layer's size:
+    quantizing on load then needs little more than the packed result and the tensor being read.
+    """
+    n, k = w.shape
+    rows = max(1, CHUNK_ELEMENTS // k)
+    parts = []
+    for block in w.split(rows):
+        scales, zeros = rtn_params(block, spec)
+        part = {"qweight": pack_bits(quantize_to_codes(block, spec, scales, zeros), spec.bits), "scales": scales}
+        if zeros is not None:
+            part["zeros"] = zeros
+        parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}

@@ -142,3 +142,19 @@ def test_quantize_rejects_bad_config():
         lowbit.quantize_(tiny_llama(), "int4-ish")
     with pytest.raises(ConfigError, match="42"):
         lowbit.quantize_(tiny_llama(), 42)
+
+
+def test_bare_linear_root_says_how_to_wrap_it():
+    with pytest.raises(ConfigError, match=r"bare Linear.*nn.Sequential"):
+        lowbit.quantize_(torch.nn.Linear(64, 32), lowbit.config("int8"))
+
+
+def test_rtn_in_row_blocks_equals_whole(monkeypatch):
+    from lowbit import rtn
+
+    w = torch.randn(96, 256)
+    spec = IntSpec(4, 64, False)
+    whole = rtn.rtn_quantize(w, spec)
+    monkeypatch.setattr(rtn, "CHUNK_ELEMENTS", 256 * 7)  # blocks of 7 rows, the last one short
+    blocked = rtn.rtn_quantize(w, spec)
+    assert all(torch.equal(whole[k], blocked[k]) for k in whole)

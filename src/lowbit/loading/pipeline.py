@@ -150,7 +150,7 @@ def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, pr
         _check_finite(key, tensor)
         if isinstance(module, QuantHolder) and quantizer is not None:
             if quantizer.pre_quantized and attr in module.tensor_names():
-                module.set_quant_tensor(attr, tensor.to(target), module_name)
+                module.set_quant_tensor(attr, tensor.to(target, copy=True), module_name)
                 continue
             if not quantizer.pre_quantized and attr == "weight":
                 if tuple(tensor.shape) != module.weight_shape:
@@ -168,6 +168,7 @@ def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, pr
             unexpected.append(key)
         del tensor
     bar.close()
+    release_freed_memory()
     if unexpected:
         raise CheckpointError(f"{ckpt.path} holds {len(unexpected)} tensor(s) the model does not have: "
                               f"{_names(unexpected)}; expected only {type(model).__name__}'s tensors; "
@@ -181,7 +182,8 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, k
                               "the checkpoint does not match its config")
     if tensor.is_floating_point():
         tensor = tensor.to(dtype if old is None or old.is_floating_point() else old.dtype)
-    tensor = tensor.to(device)
+    # an owned copy: a tensor read from a shard may still be a view of the memory-mapped file
+    tensor = tensor.to(device, copy=True)
     if is_param:
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
     else:
@@ -189,6 +191,17 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, k
 
 
 _CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the per-tensor temporaries back to the OS (glibc keeps it otherwise, and the
+    process would look as big as the largest moment of loading)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:

@@ -111,42 +111,60 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Canonical tensors, each storage once (tied weights are tied again on load)."""
-    seen: dict[tuple, str] = {}
-    out = {}
-    for name, tensor in model.state_dict().items():
-        if tensor.device.type == "meta":
-            raise SaveError(f"{name} is still on the meta device; load the model fully before saving")
-        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
-        if key in seen:
-            continue
-        seen[key] = name
-        out[name] = tensor.detach().to("cpu").contiguous()
-    return out
+def _tensors(model: nn.Module):
+    """(name, tensor) of the canonical state, module by module, each storage once.
+
+    One module's tensors at a time: a layer whose kernel holds the only copy rebuilds its canonical
+    tensors here, and they are written and dropped before the next layer rebuilds its own.
+    """
+    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()] if t.device.type != "meta"}
+    seen: set[tuple] = set()
+    for prefix, module in model.named_modules():
+        local: dict[str, torch.Tensor] = {}
+        module._save_to_state_dict(local, f"{prefix}." if prefix else "", False)
+        for name, tensor in local.items():
+            if tensor is None:
+                continue
+            if tensor.device.type == "meta":
+                raise SaveError(f"{name} is still on the meta device; load the model fully before saving")
+            ptr = tensor.untyped_storage().data_ptr()
+            key = (tensor.device, ptr, tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+            if ptr in owned:  # rebuilt tensors are fresh: only the model's own storages can be shared
+                if key in seen:
+                    continue  # tied weights are tied again on load
+                seen.add(key)
+            yield name, tensor.detach().to("cpu").contiguous()
 
 
 def _write(model: nn.Module, tmp: Path, limit: int, tokenizer_from) -> None:
-    state = _state(model)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, tensor in state.items():
+    parts: list[tuple[Path, list[str], str]] = []
+    shard: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        path = tmp / f"part-{len(parts) + 1:05d}.safetensors"
+        save_file(shard, str(path), metadata={"format": "pt"})
+        os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600; give shards the usual mode
+        _fsync(path)
+        parts.append((path, list(shard), file_sha256(path)))
+        shard.clear()
+
+    for name, tensor in _tensors(model):
         nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > limit:
-            shards.append({})
+        if shard and size + nbytes > limit:
+            flush()
             size = 0
-        shards[-1][name] = tensor
+        shard[name] = tensor
         size += nbytes
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        total += nbytes
+    if shard or not parts:
+        flush()
     weight_map, hashes = {}, {}
-    for fname, shard in zip(names, shards):
-        save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-        os.chmod(tmp / fname, 0o666 & ~_umask())  # safetensors writes 0600; give shards the usual mode
-        _fsync(tmp / fname)
-        hashes[fname] = file_sha256(tmp / fname)
-        weight_map.update({k: fname for k in shard})
-    total = sum(t.numel() * t.element_size() for t in state.values())
+    for i, (path, names, digest) in enumerate(parts):
+        final = "model.safetensors" if len(parts) == 1 else f"model-{i + 1:05d}-of-{len(parts):05d}.safetensors"
+        os.replace(path, tmp / final)
+        hashes[final] = digest
+        weight_map.update({k: final for k in names})
     index = {"metadata": {"total_size": total, "lowbit_version": __version__, "sha256": hashes}, "weight_map": weight_map}
     (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
     model.config.save_pretrained(str(tmp))
