@@ -21,6 +21,7 @@ from lowbit.formats import IntSpec, tensor_names
 from lowbit.nn import QuantEmbedding, QuantLinear
 from lowbit.nn.quant_embedding import EMBEDDING_SPEC
 from lowbit.rtn import rtn_quantize
+from lowbit.utils import release_freed_memory
 
 
 class Quantizer:
@@ -178,6 +179,7 @@ class Quantizer:
         for module in model.modules():
             if isinstance(module, QuantLinear):
                 module.prepare(compute, self.config.kernel)
+                release_freed_memory()
 
 
 def _embeddings(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:

@@ -128,3 +128,13 @@ def test_compile_fullgraph():
     x = torch.randn(4, 64)
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x), layer(x))
+
+
+@pytest.mark.parametrize("n, k", [(48, 128), (1024, 4096), (2080, 4096)])  # 256-row blocks at K=4096
+def test_blockwise_cpu_packing_equals_whole_layer(n, k):
+    from lowbit.formats import pack_bits
+    from lowbit.kernels.cpu import _pack_for_cpu
+
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32)
+    whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    assert torch.equal(_pack_for_cpu(pack_bits(codes.to(torch.uint8), 4), symmetric=False), whole)

@@ -87,6 +87,21 @@ def unpack_int4pack_cpu(packed: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def _pack_for_cpu(qweight: torch.Tensor, symmetric: bool) -> torch.Tensor:
+    """Canonical packed codes → the built-in's layout, 64 rows at a time (its permutation stays within
+    blocks of 64 rows), so the int32 codes it wants never exist for the whole layer at once."""
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    rows = max(1, (1 << 20) // (k * _ROW_BLOCK)) * _ROW_BLOCK  # about 1M codes (4 MB of int32) at a time
+    out = torch.empty_like(qweight)
+    for start in range(0, n, rows):
+        block = qweight[start:start + rows]
+        codes = unpack_bits(block, 4).to(torch.int32)
+        if symmetric:
+            codes ^= 8  # tinygemm codes are unsigned with zero 8: a signed code c is c + 8
+        out[start:start + block.shape[0]] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    return out
+
+
 def _cpu_checks(device: torch.device, compute_dtype: torch.dtype) -> str | None:
     if device.type != "cpu":
         return f"device is {device.type}, this kernel runs on cpu"
@@ -139,10 +154,7 @@ class CpuInt4Kernel(Kernel):
 
     def prepare(self, tensors, spec, compute_dtype):
         # tinygemm codes are unsigned with zero 8: a symmetric code c is c + 8 (flip the sign bit).
-        codes = unpack_bits(tensors["qweight"], 4).to(torch.int32)
-        if spec.symmetric:
-            codes ^= 8
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        packed = _pack_for_cpu(tensors["qweight"], spec.symmetric)
         scales = tensors["scales"].float()
         zeros = tensors.get("zeros")
         offsets = torch.zeros_like(scales) if zeros is None else zero_to_float_offset(zeros, scales, spec.qtype.midpoint)

@@ -19,6 +19,7 @@ from lowbit.loading.skeleton import build_skeleton
 from lowbit.nn.holder import QuantHolder
 from lowbit.quantizer import Quantizer
 from lowbit.registry import get
+from lowbit.utils import release_freed_memory
 
 
 def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = None, *, device: str | torch.device = "cpu",
@@ -157,6 +158,8 @@ def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, pr
                     raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(module.weight_shape)} "
                                           "from config.json; the checkpoint does not match its config")
                 module.load_quantized(quantizer.quantize_tensor(module_name, tensor.to(target)), module_name)
+                del tensor
+                release_freed_memory()  # else the freed temporaries fragment the heap between packed weights
                 continue
         if module is not None and attr in module._parameters:
             _assign(module, attr, tensor, target, dtype, key, is_param=True)
@@ -188,6 +191,9 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, k
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
     else:
         module._buffers[attr] = tensor
+
+
+_CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 _CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
