@@ -27,7 +27,7 @@ def reference(layer, x):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
-@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("m", [1, 7, 33, 130])  # 130: int8's dense path for long inputs
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16, torch.float32])
 def test_fast_kernels_match_reference(spec, m, compute):
     n, k = 48, 576 if spec.group_size in (None, 32, 64) else 640

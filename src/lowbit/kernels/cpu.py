@@ -17,13 +17,19 @@ from lowbit.qtypes import zero_to_float_offset
 
 _HALF = (torch.bfloat16, torch.float16, torch.float32)
 INT4_GROUPS = (32, 64, 128, 256)
+INT8_DENSE_MIN_M = 128  # rows of activations from which int8 runs as convert + dense matmul
 
 
 @torch.library.custom_op("lowbit::int8_linear_cpu", mutates_args=())
 def int8_linear_cpu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ (weight * scales[:, None]).T``: int8 [N, K] weight, per-channel scales in x's dtype."""
     x2, lead = flat(x)
-    y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), weight, scales)
+    if x2.shape[0] >= INT8_DENSE_MIN_M:
+        # prefill: the built-in's time grows linearly with M; converting the codes once and using the
+        # dense matmul is faster from here on (benchmarks/cpu_linear.py)
+        y = torch.nn.functional.linear(x2, weight.to(x2.dtype)) * scales
+    else:
+        y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), weight, scales)
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.reshape(*lead, weight.shape[0])
@@ -123,7 +129,8 @@ class CpuInt8Kernel(Kernel):
             return False, why
         if spec.bits != 8 or spec.group_size is not None or not spec.symmetric:
             return False, f"needs int8 symmetric per-channel, got {spec.describe()}"
-        return True, "aten._weight_int8pack_mm (int8 per-channel)"
+        return True, (f"aten._weight_int8pack_mm (int8 per-channel); convert + dense matmul from "
+                      f"M={INT8_DENSE_MIN_M}")
 
     def prepare(self, tensors, spec, compute_dtype):
         # The canonical int8 codes are this kernel's layout already: only the scales change dtype.
