@@ -44,6 +44,7 @@ class Quantizer:
         self.specs: dict[str, IntSpec] = {}  # module name → what it stores
         self.tables: set[str] = set()  # embeddings and lm_head, quantized to int8 when asked
         self.tied_head: tuple[str, str] | None = None
+        self.model_type: str | None = None  # set by preprocess_model; keys the architecture data
         self._warned_fallback = False
 
     # ---- capability -----------------------------------------------------------------------------
@@ -96,7 +97,7 @@ class Quantizer:
 
     def should_quantize(self, name: str, module: nn.Module) -> bool:
         """Whether a Linear converts: not in the skip list nor the architecture's skip data."""
-        patterns = self.skip + arch_info(getattr(self, "model_type", None)).skip
+        patterns = self.skip + arch_info(self.model_type).skip
         return not any(name_matches(name, p) for p in patterns)
 
     def preprocess_model(self, model: nn.Module) -> None:
