@@ -36,7 +36,7 @@ class RtnConfig(QuantConfig):
         check_choice(self, "bits", (4, 8))
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise ConfigError(f"rtn.group_size={self.group_size!r} is out of range; expected one of {list(GROUP_SIZES)} "
-                              "or null for per-channel scales")
+                              "or null for per-channel scales (--group-size 0 on the command line)")
 
 
 class RtnQuantizer(Quantizer):
