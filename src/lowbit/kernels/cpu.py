@@ -20,7 +20,14 @@ INT4_GROUPS = (32, 64, 128, 256)
 INT8_DENSE_MIN_M = 128  # rows of activations from which int8 runs as convert + dense matmul
 
 
-@torch.library.custom_op("lowbit::int8_linear_cpu", mutates_args=())
+# Defined with torch.library.define/impl rather than custom_op: the dispatcher then calls the CPU
+# implementation directly, which saves 10-20 µs a call at M=1 (benchmarks/cpu_linear.py).
+torch.library.define("lowbit::int8_linear_cpu", "(Tensor x, Tensor weight, Tensor scales, Tensor? bias) -> Tensor")
+torch.library.define("lowbit::int4_linear_cpu",
+                     "(Tensor x, Tensor packed, Tensor scales_and_zeros, int group_size, Tensor? bias) -> Tensor")
+
+
+@torch.library.impl("lowbit::int8_linear_cpu", "CPU")
 def int8_linear_cpu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ (weight * scales[:, None]).T``: int8 [N, K] weight, per-channel scales in x's dtype."""
     x2, lead = flat(x)
@@ -35,12 +42,12 @@ def int8_linear_cpu(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
     return y.reshape(*lead, weight.shape[0])
 
 
-@int8_linear_cpu.register_fake
+@torch.library.register_fake("lowbit::int8_linear_cpu")
 def _(x, weight, scales, bias):
     return fake_linear(x, weight.shape[0])
 
 
-@torch.library.custom_op("lowbit::int4_linear_cpu", mutates_args=())
+@torch.library.impl("lowbit::int4_linear_cpu", "CPU")
 def int4_linear_cpu(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
                     bias: torch.Tensor | None) -> torch.Tensor:
     """tinygemm form ``w = (q - 8) * s + m``; ``scales_and_zeros`` is [K / group, N, 2] in x's dtype."""
@@ -52,7 +59,7 @@ def int4_linear_cpu(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: tor
     return y.reshape(*lead, n)
 
 
-@int4_linear_cpu.register_fake
+@torch.library.register_fake("lowbit::int4_linear_cpu")
 def _(x, packed, scales_and_zeros, group_size, bias):
     return fake_linear(x, scales_and_zeros.shape[1])
 
