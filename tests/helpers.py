@@ -19,6 +19,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
+
+def data_dir() -> Path:
+    """The calibration/evaluation text: ``$LOWBIT_DATA``, else ``shared/data`` beside the repository."""
+    if os.environ.get("LOWBIT_DATA"):
+        return Path(os.environ["LOWBIT_DATA"])
+    return REPO / ".." / "shared" / "data"
+
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, vocab_size=128, max_position_embeddings=128, tie_word_embeddings=False)
 TINY_BERT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
@@ -145,31 +152,27 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def edit_config(folder: Path, **changes) -> dict:
     """Update config.json in place (a value of ``DELETE`` removes the key); returns the new config."""
-    path = Path(folder) / "config.json"
-    cfg = json.loads(path.read_text())
-    for k, v in changes.items():
-        if v is DELETE:
-            cfg.pop(k, None)
-        else:
-            cfg[k] = v
-    path.write_text(json.dumps(cfg, indent=2))
-    return cfg
+    return _edit_json(Path(folder) / "config.json", None, changes)
 
 
 DELETE = object()
 
 
 def edit_quant_config(folder: Path, **changes) -> dict:
-    path = Path(folder) / "config.json"
-    cfg = json.loads(path.read_text())
-    qc = cfg["quantization_config"]
+    return _edit_json(Path(folder) / "config.json", "quantization_config", changes)
+
+
+def _edit_json(path: Path, key: str | None, changes: dict) -> dict:
+    """Apply ``changes`` to the JSON object in ``path`` (or to its ``key`` entry); ``DELETE`` removes a key."""
+    data = json.loads(path.read_text())
+    target = data if key is None else data[key]
     for k, v in changes.items():
         if v is DELETE:
-            qc.pop(k, None)
+            target.pop(k, None)
         else:
-            qc[k] = v
-    path.write_text(json.dumps(cfg, indent=2))
-    return qc
+            target[k] = v
+    path.write_text(json.dumps(data, indent=2))
+    return target
 
 
 def drop_tensor(folder: Path, name: str) -> None:

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-if str(Path(__file__).resolve().parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for helpers.py
 
 import helpers  # noqa: E402
 
@@ -146,17 +142,11 @@ def test_usage_errors(llama, tmp_path, runner, case):
 
 # ---- eval on a real model ----------------------------------------------------------------------------------------
 
-def _data_dir() -> Path:
-    if os.environ.get("LOWBIT_DATA"):
-        return Path(os.environ["LOWBIT_DATA"])
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
 @pytest.mark.realmodel
 def test_eval_matches_api_perplexity_on_gemma_int4(tmp_path):
     from lowbit import realmodels
 
-    eval_file = _data_dir() / "wiki.eval.txt"
+    eval_file = helpers.data_dir() / "wiki.eval.txt"
     if not eval_file.is_file():
         pytest.skip(f"{eval_file} not found; set LOWBIT_DATA to the folder holding wiki.eval.txt")
     if not realmodels.available("gemma-3-270m"):

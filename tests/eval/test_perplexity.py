@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,15 +11,10 @@ import torch
 from lowbit.errors import CheckpointError, ConfigError
 from lowbit.eval import PerplexityResult, load_text, perplexity
 from lowbit.eval.perplexity import adds_bos
+from helpers import data_dir  # noqa: E402
 
 VOCAB = 40
 BOS = 1
-
-
-def data_dir() -> Path:
-    if os.environ.get("LOWBIT_DATA"):
-        return Path(os.environ["LOWBIT_DATA"])
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 class CharTokenizer:

@@ -8,15 +8,11 @@ import os
 import pickle
 import shutil
 import struct
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers.py
 
 import helpers  # noqa: E402
 

@@ -20,9 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers.py
-
 import helpers  # noqa: E402
 
 import lowbit  # noqa: E402

@@ -8,7 +8,6 @@ compute in bf16): fp32 20.135, int8 20.156 (+0.10%), int4 g128 33.92, int4 g128 
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 import lowbit
 from lowbit.nn import QuantEmbedding, QuantLinear
+from helpers import data_dir  # noqa: E402
 
 pytestmark = pytest.mark.realmodel
 
@@ -27,12 +27,6 @@ SMALL_FOLDER = 300e6  # int4 + int8 embedding folder (measured 255 MB; the fp32 
 PROMPT = "Paris is the capital of"
 
 VARIANTS = {"int8": lambda: lowbit.config("int8"), "int4-g128": lambda: lowbit.config("int4", group_size=128)}
-
-
-def data_dir() -> Path:
-    if os.environ.get("LOWBIT_DATA"):
-        return Path(os.environ["LOWBIT_DATA"])
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ The quality floors below sit a little under what was measured on 64 sentences of
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 import lowbit
 from lowbit.nn import QuantLinear
+from helpers import data_dir  # noqa: E402
 
 pytestmark = pytest.mark.realmodel
 
@@ -24,12 +24,6 @@ N_SENTENCES = 64
 #   int8 per-channel: mean 0.99958, min 0.99939;  int4 g32: mean 0.97660, min 0.96854
 FLOORS = {"int8": (0.9993, 0.9985), "int4-g32": (0.970, 0.95)}
 CONFIGS = {"int8": lambda: lowbit.config("int8"), "int4-g32": lambda: lowbit.config("int4", group_size=32)}
-
-
-def data_dir() -> Path:
-    if os.environ.get("LOWBIT_DATA"):
-        return Path(os.environ["LOWBIT_DATA"])
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 @pytest.fixture(scope="module")

@@ -196,20 +196,6 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, k
 _CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-_CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by the per-tensor temporaries back to the OS (glibc keeps it otherwise, and the
-    process would look as big as the largest moment of loading)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
-
-
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     if tensor.dtype in _CHECKED and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
         bad = int((~torch.isfinite(tensor)).sum())

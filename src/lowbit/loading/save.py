@@ -20,9 +20,8 @@ from torch import nn
 from lowbit import __version__
 from lowbit.errors import SaveError
 from lowbit.loading.checkpoint import INDEX_NAME, file_sha256
+from lowbit.loading.tokenizer import TOKENIZER_FILES
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.txt",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)$")
 
 

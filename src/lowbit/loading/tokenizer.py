@@ -6,6 +6,9 @@ from pathlib import Path
 
 from lowbit.errors import CheckpointError
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.txt",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+
 
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
