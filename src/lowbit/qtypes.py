@@ -35,16 +35,13 @@ class QType:
         """2**(bits-1): the tinygemm zero of unsigned codes, and the bound of signed ones."""
         return 1 << (self.bits - 1)
 
-    @property
-    def per_byte(self) -> int:
-        return 8 // self.bits
-
 
 uint2 = QType("uint2", 2)
+uint3 = QType("uint3", 3)
 uint4 = QType("uint4", 4)
 uint8 = QType("uint8", 8)
 
-BY_BITS = {q.bits: q for q in (uint2, uint4, uint8)}
+BY_BITS = {q.bits: q for q in (uint2, uint3, uint4, uint8)}
 
 
 def for_bits(bits: int) -> QType:

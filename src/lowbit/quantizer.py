@@ -17,7 +17,7 @@ from torch import nn
 from lowbit.archs import arch_info, name_matches
 from lowbit.config import ComputeDtype, QuantConfig
 from lowbit.errors import ConfigError, DependencyError
-from lowbit.formats import IntSpec, tensor_names
+from lowbit.formats import WeightFormat
 from lowbit.nn import QuantEmbedding, QuantLinear
 from lowbit.nn.quant_embedding import EMBEDDING_SPEC
 from lowbit.rtn import rtn_quantize
@@ -41,7 +41,7 @@ class Quantizer:
         self.pre_quantized = pre_quantized
         self.skip = tuple(config.modules_to_not_convert) + tuple(skip)
         self.layers: dict[str, dict[str, Any]] = {}  # per-layer deviations (group-size fallback), saved in config
-        self.specs: dict[str, IntSpec] = {}  # module name → what it stores
+        self.specs: dict[str, WeightFormat] = {}  # module name → what it stores
         self.tables: set[str] = set()  # embeddings and lm_head, quantized to int8 when asked
         self.tied_head: tuple[str, str] | None = None
         self.model_type: str | None = None  # set by preprocess_model; keys the architecture data
@@ -92,7 +92,7 @@ class Quantizer:
         return dtype
 
     # ---- before weights ---------------------------------------------------------------------------
-    def weight_spec(self, name: str, module: nn.Linear) -> IntSpec:
+    def weight_spec(self, name: str, module: nn.Linear) -> WeightFormat:
         raise NotImplementedError
 
     def should_quantize(self, name: str, module: nn.Module) -> bool:
@@ -169,7 +169,7 @@ class Quantizer:
         """Pre-quantized: the stored tensor names of module ``name`` (none for a head tied to the embedding)."""
         if self.tied_head and name == self.tied_head[0]:
             return []
-        return [f"{name}.{t}" for t in tensor_names(self.specs[name])]
+        return [f"{name}.{t}" for t in self.specs[name].tensor_names()]
 
     # ---- after weights ----------------------------------------------------------------------------
     def postprocess_model(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.formats import IntSpec, dequantize, expected_tensors, pack_bits, quantize_to_codes, unpack_bits
+from lowbit.formats import IntSpec, pack_bits, quantize_to_codes, unpack_bits
 from lowbit.qtypes import float_offset_to_zero, zero_to_float_offset
 from lowbit.rtn import rtn_params, rtn_quantize
 
@@ -39,7 +39,7 @@ def test_nibble_order_is_low_first():
     (IntSpec(4, 32, True), {"qweight": ((8, 128), torch.uint8), "scales": ((8, 8), torch.float16)}),
 ])
 def test_expected_tensors(spec, names):
-    assert expected_tensors(spec, 8, 256) == names
+    assert spec.expected_tensors(8, 256) == names
 
 
 @settings(max_examples=30, deadline=None)
@@ -51,9 +51,9 @@ def test_rtn_error_within_half_step(bits, group, sym, n, groups, seed, scale):
     w = torch.randn(n, k, generator=g) * scale
     spec = IntSpec(bits, group, sym)
     t = rtn_quantize(w, spec)
-    for name, (shape, dtype) in expected_tensors(spec, n, k).items():
+    for name, (shape, dtype) in spec.expected_tensors(n, k).items():
         assert t[name].shape == shape and t[name].dtype == dtype
-    deq = dequantize(t, spec)
+    deq = spec.dequantize(t)
     step = t["scales"].float().repeat_interleave(k // t["scales"].shape[1], dim=1)
     err = (deq - w).abs() / step
     # nearest rounding: half a step; only a group's extremes may lose up to one step to the rounding of
@@ -74,14 +74,14 @@ def test_grid_edges_are_exact():
     again = quantize_to_codes(w, spec, scales, zeros)
     assert torch.equal(again, codes)
     t = {"qweight": pack_bits(codes, 4), "scales": scales, "zeros": zeros}
-    assert torch.equal(dequantize(t, spec), w)
+    assert torch.equal(spec.dequantize(t), w)
 
 
 def test_all_zero_group_has_no_nan():
     w = torch.zeros(4, 64)
     w[0, 32:] = torch.randn(32)
     for spec in (IntSpec(4, 32, False), IntSpec(4, 32, True), IntSpec(8, None, True)):
-        deq = dequantize(rtn_quantize(w, spec), spec)
+        deq = spec.dequantize(rtn_quantize(w, spec))
         assert torch.isfinite(deq).all() and torch.equal(deq[1:], w[1:])
 
 
@@ -110,5 +110,5 @@ def test_sqnr_floors_on_gaussian_weights():
     int8 = IntSpec(8, None, True)
     int4 = IntSpec(4, 128, False)
     # int8 per-channel: ~40 dB on Gaussian rows; int4 g128: ~19 dB
-    assert sqnr_db(w, dequantize(rtn_quantize(w, int8), int8)) >= 38
-    assert sqnr_db(w, dequantize(rtn_quantize(w, int4), int4)) >= 18
+    assert sqnr_db(w, int8.dequantize(rtn_quantize(w, int8))) >= 38
+    assert sqnr_db(w, int4.dequantize(rtn_quantize(w, int4))) >= 18

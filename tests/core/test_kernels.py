@@ -3,7 +3,7 @@ import torch
 
 import lowbit
 from lowbit.errors import KernelError
-from lowbit.formats import IntSpec, dequantize
+from lowbit.formats import IntSpec
 from lowbit.kernels import choose
 from lowbit.kernels.cpu import unpack_int4pack_cpu
 from lowbit.nn import QuantLinear
@@ -22,7 +22,7 @@ def make_layer(spec, n, k, bias=True, kernel=None, compute=torch.bfloat16):
 
 
 def reference(layer, x):
-    w = dequantize(layer.canonical_tensors(), layer.spec, torch.float32)
+    w = layer.spec.dequantize(layer.canonical_tensors(), torch.float32)
     return torch.nn.functional.linear(x.float(), w, layer.bias)
 
 
@@ -109,8 +109,9 @@ def opcheck_cases():
     sz = torch.rand(2, 32, 2)
     q4 = torch.randint(0, 256, (32, 32), dtype=torch.uint8)
     return [
-        (torch.ops.lowbit.int_linear_ref.default, (x, q4, torch.rand(32, 2).half(), torch.randint(0, 16, (32, 2), dtype=torch.uint8), 4, None)),
-        (torch.ops.lowbit.int_linear_ref.default, (x, w8, torch.rand(32, 1), None, 8, torch.randn(32))),
+        (torch.ops.lowbit.linear_ref.default, (x, [q4, torch.rand(32, 2).half(), torch.randint(0, 16, (32, 2), dtype=torch.uint8)],
+                                               IntSpec(4, 32, False).key(), None)),
+        (torch.ops.lowbit.linear_ref.default, (x, [w8, torch.rand(32, 1)], IntSpec(8, None, True).key(), torch.randn(32))),
         (torch.ops.lowbit.int8_linear_cpu.default, (x, w8, s8, None)),
         (torch.ops.lowbit.int8_linear_cpu.default, (x.bfloat16(), w8, s8.bfloat16(), torch.randn(32))),
         (torch.ops.lowbit.int4_linear_cpu.default, (x, packed, sz, 32, None)),

@@ -24,7 +24,7 @@ import helpers  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.errors import CheckpointError, ConfigError  # noqa: E402
-from lowbit.formats import IntSpec, dequantize  # noqa: E402
+from lowbit.formats import IntSpec  # noqa: E402
 from lowbit.nn import QuantEmbedding, QuantLinear  # noqa: E402
 
 INT8 = lowbit.config("int8")
@@ -103,7 +103,7 @@ def test_quantize_on_load_stores_rtn_codes_of_the_checkpoint(ckpts, arch, cfg_na
         assert module.spec == spec
         stored = module.canonical_tensors()
         w = weights[f"{name}.weight"]
-        deq = dequantize(stored, spec)
+        deq = spec.dequantize(stored)
         step = stored["scales"].float().repeat_interleave(w.shape[1] // stored["scales"].shape[1], dim=1)
         err = (deq - w).abs()
         if spec.symmetric:  # absmax grid: every weight is within half a step
@@ -315,7 +315,7 @@ def test_tied_embeddings_share_one_int8_table_saved_once(ckpts, tmp_path, cfg):
     from safetensors.torch import load_file
 
     w = load_file(str(ckpts["tied"] / "model.safetensors"))["model.embed_tokens.weight"]
-    assert torch.all((dequantize(emb.canonical_tensors(), emb.spec) - w).abs() <= emb.scales / 2 + 1e-6)
+    assert torch.all((emb.spec.dequantize(emb.canonical_tensors()) - w).abs() <= emb.scales / 2 + 1e-6)
     ids = helpers.token_ids()
     before = helpers.logits(model, ids)
     out = lowbit.save_pretrained(model, tmp_path / "q")

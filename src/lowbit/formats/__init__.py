@@ -1,5 +1,7 @@
 """Bit-exact storage layouts (pure torch): what is saved, and how it unpacks."""
 
-from lowbit.formats.intgroup import IntSpec, dequantize, expected_tensors, pack_bits, quantize_to_codes, tensor_names, unpack_bits
+from lowbit.formats.base import WeightFormat, format_from_key, format_kinds
+from lowbit.formats.intgroup import IntSpec, pack_bits, quantize_to_codes, unpack_bits
 
-__all__ = ["IntSpec", "dequantize", "expected_tensors", "pack_bits", "quantize_to_codes", "tensor_names", "unpack_bits"]
+__all__ = ["IntSpec", "WeightFormat", "format_from_key", "format_kinds", "pack_bits", "quantize_to_codes",
+           "unpack_bits"]

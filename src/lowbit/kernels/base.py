@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from lowbit.formats import IntSpec
+    from lowbit.formats import WeightFormat
 
 
 class Kernel:
@@ -21,18 +21,18 @@ class Kernel:
     priority: int = 0  # higher is tried first
     rebuilds_canonical: bool = False  # canonical_from_prepared works: the layer keeps one copy
 
-    def handles(self, spec: IntSpec) -> bool:
+    def handles(self, spec: WeightFormat) -> bool:
         """Whether this kernel is about this kind of weight at all (others are not listed as declined)."""
         return True
 
-    def can_implement(self, spec: IntSpec, device: torch.device, shape: tuple[int, int],
+    def can_implement(self, spec: WeightFormat, device: torch.device, shape: tuple[int, int],
                       compute_dtype: torch.dtype) -> tuple[bool, str]:
         raise NotImplementedError
 
-    def prepare(self, tensors: dict[str, torch.Tensor], spec: IntSpec, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def prepare(self, tensors: dict[str, torch.Tensor], spec: WeightFormat, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return {}
 
-    def canonical_from_prepared(self, prepared: dict[str, torch.Tensor], spec: IntSpec,
+    def canonical_from_prepared(self, prepared: dict[str, torch.Tensor], spec: WeightFormat,
                                 shape: tuple[int, int]) -> dict[str, torch.Tensor] | None:
         """The stored tensors that ``prepare`` consumed, rebuilt from the kernel layout.
 
@@ -42,7 +42,7 @@ class Kernel:
         return None
 
     def run(self, x: torch.Tensor, tensors: dict[str, torch.Tensor], prepared: dict[str, torch.Tensor],
-            spec: IntSpec, bias: torch.Tensor | None) -> torch.Tensor:
+            spec: WeightFormat, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from lowbit.formats import pack_bits, unpack_bits
+from lowbit.formats import IntSpec, pack_bits, unpack_bits
 from lowbit.kernels.base import Kernel, fake_linear, flat
 from lowbit.qtypes import zero_to_float_offset
 
@@ -128,7 +128,7 @@ class CpuInt8Kernel(Kernel):
     priority = 10
 
     def handles(self, spec):
-        return spec.bits == 8
+        return isinstance(spec, IntSpec) and spec.bits == 8
 
     def can_implement(self, spec, device, shape, compute_dtype):
         why = _cpu_checks(device, compute_dtype)
@@ -153,7 +153,7 @@ class CpuInt4Kernel(Kernel):
     rebuilds_canonical = True
 
     def handles(self, spec):
-        return spec.bits == 4
+        return isinstance(spec, IntSpec) and spec.bits == 4
 
     def can_implement(self, spec, device, shape, compute_dtype):
         why = _cpu_checks(device, compute_dtype)

@@ -1,29 +1,34 @@
-"""Reference kernel: dequantize in pure torch, then ``F.linear``. Always correct; the oracle for the others."""
+"""Reference kernel: the format's own pure-torch ``reference_linear``. Always correct; the oracle for the others.
+
+One op serves every format: the format travels as its key string and the stored tensors as a list in
+the format's storage order.
+"""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import functools
 
-from lowbit.formats import IntSpec, dequantize
+import torch
+
+from lowbit.formats import WeightFormat, format_from_key
 from lowbit.kernels.base import Kernel, fake_linear
 
 
-@torch.library.custom_op("lowbit::int_linear_ref", mutates_args=())
-def int_linear_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                   bits: int, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ dequant(W).T + bias``; the group size is K / scales.shape[1], symmetric when ``zeros`` is None."""
-    spec = IntSpec(bits=bits, group_size=None, symmetric=zeros is None)
-    tensors = {"qweight": qweight, "scales": scales}
-    if zeros is not None:
-        tensors["zeros"] = zeros
-    w = dequantize(tensors, spec, x.dtype)
-    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+@torch.library.custom_op("lowbit::linear_ref", mutates_args=())
+def linear_ref(x: torch.Tensor, tensors: list[torch.Tensor], fmt: str, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + bias`` where W is what ``tensors`` store in the format ``fmt`` (a WeightFormat key)."""
+    spec = format_from_key(fmt)
+    return spec.reference_linear(x, dict(zip(spec.tensor_names(), tensors)), bias)
 
 
-@int_linear_ref.register_fake
-def _(x, qweight, scales, zeros, bits, bias):
-    return fake_linear(x, qweight.shape[0])
+@linear_ref.register_fake
+def _(x, tensors, fmt, bias):
+    return fake_linear(x, tensors[0].shape[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _names_and_key(spec: WeightFormat) -> tuple[list[str], str]:
+    return spec.tensor_names(), spec.key()
 
 
 class ReferenceKernel(Kernel):
@@ -34,5 +39,5 @@ class ReferenceKernel(Kernel):
         return True, "pure-torch dequantize + F.linear (works everywhere)"
 
     def run(self, x, tensors, prepared, spec, bias):
-        return torch.ops.lowbit.int_linear_ref(x, tensors["qweight"], tensors["scales"], tensors.get("zeros"),
-                                               spec.bits, bias)
+        names, key = _names_and_key(spec)
+        return torch.ops.lowbit.linear_ref(x, [tensors[n] for n in names], key, bias)

@@ -6,16 +6,16 @@ import torch
 from torch import nn
 
 from lowbit.errors import FormatError
-from lowbit.formats import IntSpec, expected_tensors
+from lowbit.formats import WeightFormat
 
 
 class QuantHolder(nn.Module):
     """Registers the canonical tensors of ``spec`` for an [n, k] weight as persistent buffers."""
 
-    def _init_quant(self, n: int, k: int, spec: IntSpec, device: torch.device | str | None) -> None:
+    def _init_quant(self, n: int, k: int, spec: WeightFormat, device: torch.device | str | None) -> None:
         self.spec = spec
         self.weight_shape = (n, k)
-        self._layout = expected_tensors(spec, n, k)
+        self._layout = spec.expected_tensors(n, k)
         for name, (shape, dtype) in self._layout.items():
             self.register_buffer(name, torch.empty(shape, dtype=dtype, device=device))
 

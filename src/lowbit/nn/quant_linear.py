@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.formats import IntSpec
+from lowbit.formats import WeightFormat
 from lowbit.kernels import choose
 from lowbit.kernels.base import Kernel
 from lowbit.nn.holder import QuantHolder
@@ -19,7 +19,7 @@ class QuantLinear(QuantHolder):
     dropped after :meth:`prepare`, so one copy of the weight is in memory; ``state_dict`` rebuilds it.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, spec: IntSpec,
+    def __init__(self, in_features: int, out_features: int, bias: bool, spec: WeightFormat,
                  device: torch.device | str | None = "meta", dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -34,7 +34,7 @@ class QuantLinear(QuantHolder):
         self.tied_to: str | None = None  # an embedding whose int8 table this layer shares (saved there)
 
     @classmethod
-    def shell(cls, linear: nn.Linear, spec: IntSpec) -> QuantLinear:
+    def shell(cls, linear: nn.Linear, spec: WeightFormat) -> QuantLinear:
         """An empty QuantLinear on the meta device with ``linear``'s shape."""
         dtype = linear.bias.dtype if linear.bias is not None else None
         return cls(linear.in_features, linear.out_features, linear.bias is not None, spec, "meta", dtype)
