@@ -25,10 +25,24 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, help="bits per weight (methods that take it)")
     p.add_argument("--group-size", type=int, help="inputs per scale group; 0 for one scale per output channel")
     p.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None, help="symmetric grid")
+    p.add_argument("--opt", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other config field of the method, e.g. --opt double_quant=true (repeat)")
     p.add_argument("--skip", action="append", default=[], metavar="NAME", help="module name to keep unquantized (repeat)")
     p.add_argument("--quantize-embeddings", action="store_true", help="store the input embedding as int8")
     p.add_argument("--quantize-lm-head", action="store_true", help="store the output head as int8")
     p.add_argument("--strict", action="store_true", help="error instead of falling back to a smaller group size")
+
+
+def _option(item: str) -> dict:
+    """``FIELD=VALUE`` → {field: value}; the value is read as JSON when it parses (true, 64, null), else a string."""
+    field, sep, raw = item.partition("=")
+    if not sep or not field:
+        raise ConfigError(f"--opt {item!r} is not FIELD=VALUE; write e.g. --opt double_quant=true")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return {field.strip().replace("-", "_"): value}
 
 
 def _config_from_args(args) -> object:
@@ -41,6 +55,8 @@ def _config_from_args(args) -> object:
         fields["symmetric"] = args.symmetric
     if args.skip:
         fields["modules_to_not_convert"] = tuple(args.skip)
+    for item in args.opt:
+        fields.update(_option(item))
     for flag in ("quantize_embeddings", "quantize_lm_head", "strict"):
         if getattr(args, flag):
             fields[flag] = True

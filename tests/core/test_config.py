@@ -67,7 +67,7 @@ def test_newer_version_says_upgrade():
 
 
 @pytest.mark.parametrize("kwargs, needle", [
-    ({"bits": 3}, "bits=3"), ({"group_size": 100}, "100"), ({"nonsense": 1}, "nonsense"),
+    ({"bits": 5}, "bits=5"), ({"group_size": 100}, "100"), ({"nonsense": 1}, "nonsense"),
     ({"compute_dtype": "int8"}, "int8"), ({"strict": 1}, "strict"),
 ])
 def test_constructor_errors(kwargs, needle):

@@ -256,7 +256,7 @@ def test_nan_weights(tmp_path, sources):
     (dict(colour="red"), ["'colour'"]),
     (dict(bits="4"), ["bits='4'", "integer"]),
     (dict(group_size=32.0), ["group_size=32.0"]),
-    (dict(bits=3), ["bits=3", "[4, 8]"]),
+    (dict(bits=5), ["bits=5", "[2, 3, 4, 8]"]),
     (dict(group_size=48), ["group_size=48"]),
     (dict(quant_method="gptq"), ["'gptq'"]),
     (dict(layers=["x"]), ["layers", "list"]),
@@ -269,7 +269,7 @@ def test_bad_stored_quantization_config(tmp_path, sources, change, names):
 
 
 @pytest.mark.parametrize("fields, names", [
-    (dict(bits=3), ["bits=3"]),
+    (dict(bits=5), ["bits=5"]),
     (dict(bits=16), ["bits=16"]),
     (dict(group_size=100), ["group_size=100"]),
     (dict(symmetric="yes"), ["symmetric='yes'"]),

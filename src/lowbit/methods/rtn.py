@@ -1,4 +1,4 @@
-"""Round-to-nearest integer quantization (``rtn``) and its aliases ``int8`` and ``int4``.
+"""Round-to-nearest integer quantization (``rtn``) and its aliases ``int8``, ``int4``, ``int3`` and ``int2``.
 
 Min/max per output channel or per group of ``group_size`` inputs. Asymmetric grids store an integer
 zero-point (the range always includes 0, as GPTQ and AWQ do); symmetric grids use absmax.
@@ -14,6 +14,7 @@ from torch import nn
 from lowbit.config import QuantConfig, check_choice
 from lowbit.errors import ConfigError
 from lowbit.formats import IntSpec
+from lowbit.formats.intgroup import BITS
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_alias, register_method
 from lowbit.rtn import rtn_quantize
@@ -33,7 +34,7 @@ class RtnConfig(QuantConfig):
     symmetric: bool = False
 
     def validate(self) -> None:
-        check_choice(self, "bits", (4, 8))
+        check_choice(self, "bits", BITS)
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise ConfigError(f"rtn.group_size={self.group_size!r} is out of range; expected one of {list(GROUP_SIZES)} "
                               "or null for per-channel scales (--group-size 0 on the command line)")
@@ -56,3 +57,7 @@ register_alias("int8", "rtn", bits=8, group_size=None, symmetric=True,
                summary="int8 weights, symmetric, one scale per output channel")
 register_alias("int4", "rtn", bits=4, group_size=128, symmetric=False,
                summary="int4 weights, asymmetric, groups of 128 inputs")
+register_alias("int3", "rtn", bits=3, group_size=128, symmetric=False,
+               summary="int3 weights, asymmetric, groups of 128 inputs")
+register_alias("int2", "rtn", bits=2, group_size=64, symmetric=False,
+               summary="int2 weights, asymmetric, groups of 64 inputs")

@@ -1,0 +1,217 @@
+"""The conformance suite every method's tests subclass (DESIGN.md §6).
+
+A method's test module defines ``class TestNf4(Conformance)`` with a few class attributes and gets:
+registration and config round-trips, config errors, the stored layout, reference-kernel correctness,
+an SQNR floor on Gaussian weights with outliers, exact zeros for all-zero groups, quantize-on-load →
+save → reload bit-identical (with ``inspect`` reporting the format's bits per weight), and a perplexity
+bound on a real model (marker ``realmodel``).
+
+Class attributes:
+- ``method``: registry name; ``fields``: config fields for the tests (a small, fast setting).
+- ``bad_fields``: list of (fields, text the ConfigError must contain).
+- ``bits_per_weight``: expected bits per weight of a [256, 1024] weight under ``fields``, scales included.
+- ``sqnr_floor``: dB on the test weight; measured values are written next to each floor.
+- ``real_model``, ``real_fields``, ``real_max_ratio``: perplexity on the first ``REAL_TOKENS`` tokens of
+  wiki.eval.txt must stay below ``real_max_ratio`` × fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from helpers import data_dir, logits, make_llama, snapshot, token_ids
+
+import lowbit
+from lowbit.errors import ConfigError
+from lowbit.nn import QuantLinear
+
+REAL_TOKENS = 2048
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    noise = (ref.double() - approx.double()).pow(2).sum()
+    return float(10 * torch.log10(ref.double().pow(2).sum() / noise)) if noise > 0 else math.inf
+
+
+def test_weight(n: int = 256, k: int = 1024, seed: int = 0) -> torch.Tensor:
+    """Gaussian weights with a few large outliers, like trained linears."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.02
+    idx = torch.randint(0, n * k, (n * k // 500,), generator=g)
+    w.view(-1)[idx] *= 8
+    return w
+
+
+test_weight.__test__ = False  # a helper, not a test
+
+
+def quantized_linear(cfg: lowbit.QuantConfig, w: torch.Tensor, bias: bool = False) -> QuantLinear:
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    model = torch.nn.Sequential(lin)
+    lowbit.quantize_(model, cfg)
+    return model[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _real_setup(name: str) -> tuple[Path, Any, str]:
+    from transformers import AutoTokenizer
+
+    from lowbit import realmodels
+    from lowbit.eval import load_text
+
+    if not realmodels.available(name):
+        pytest.skip(realmodels.MODELS[name].pip)
+    path = data_dir() / "wiki.eval.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found; set LOWBIT_DATA to the folder holding wiki.eval.txt")
+    folder = realmodels.model_path(name)
+    return folder, AutoTokenizer.from_pretrained(folder), load_text(path)[:20_000]
+
+
+@functools.lru_cache(maxsize=4)
+def real_fp32_ppl(name: str) -> float:
+    from transformers import AutoModelForCausalLM
+
+    from lowbit.eval import perplexity
+
+    folder, tok, text = _real_setup(name)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return perplexity(model, tok, text, max_tokens=REAL_TOKENS).perplexity
+
+
+def real_ppl(name: str, cfg: lowbit.QuantConfig) -> float:
+    from lowbit.eval import perplexity
+
+    folder, tok, text = _real_setup(name)
+    model = lowbit.from_pretrained(folder, quantization=cfg, dtype=torch.float32)
+    return perplexity(model, tok, text, max_tokens=REAL_TOKENS).perplexity
+
+
+class Conformance:
+    method: ClassVar[str] = ""
+    fields: ClassVar[dict[str, Any]] = {}
+    bad_fields: ClassVar[list[tuple[dict[str, Any], str]]] = []
+    bits_per_weight: ClassVar[float] = 0.0
+    sqnr_floor: ClassVar[float] = 0.0
+    real_model: ClassVar[str] = "smollm2-135m"
+    real_fields: ClassVar[dict[str, Any]] = {}
+    real_max_ratio: ClassVar[float] = 1.5
+
+    def cfg(self, **over: Any) -> lowbit.QuantConfig:
+        return lowbit.config(self.method, **{**self.fields, **over})
+
+    # ---- registry and config -------------------------------------------------------------------------------
+    def test_registered_and_round_trips(self):
+        assert self.method in lowbit.methods()
+        cfg = self.cfg()
+        data = cfg.to_dict()
+        assert data["quant_method"] == "lowbit" and data["version"] >= 1
+        assert lowbit.config_from_dict(data) == cfg
+        assert lowbit.config(self.method) == lowbit.config_from_dict(lowbit.config(self.method).to_dict())
+
+    def test_bad_config(self):
+        assert self.bad_fields, "list the config errors this method must raise"
+        for fields, text in self.bad_fields:
+            with pytest.raises(ConfigError) as err:
+                self.cfg(**fields)
+            assert text in str(err.value), (fields, str(err.value))
+            assert "\n" not in str(err.value)
+
+    def test_newer_version_is_refused(self):
+        data = self.cfg().to_dict()
+        data["version"] += 1
+        with pytest.raises(ConfigError, match="newer"):
+            lowbit.config_from_dict(data)
+
+    # ---- the stored format and the reference kernel ------------------------------------------------------------
+    def test_layout_and_bits_per_weight(self):
+        layer = quantized_linear(self.cfg(), test_weight())
+        stored = layer.canonical_tensors()
+        layout = layer.spec.expected_tensors(256, 1024)
+        assert sorted(stored) == sorted(layout)
+        for name, (shape, dtype) in layout.items():
+            assert tuple(stored[name].shape) == shape and stored[name].dtype == dtype, name
+        assert layer.bits_per_weight() == pytest.approx(self.bits_per_weight, abs=1e-6)
+        assert layer.spec.bits_per_weight(256, 1024) * 256 * 1024 / 8 == pytest.approx(
+            sum(t.numel() * t.element_size() for t in stored.values()))
+
+    def test_reference_kernel_is_dequantize_then_linear(self):
+        w = test_weight(64, 256)
+        layer = quantized_linear(self.cfg(kernel="reference", compute_dtype="float32"), w, bias=True)
+        assert layer.kernel.name == "reference"
+        x = torch.randn(3, 5, 256)
+        expected = layer.spec.reference_linear(x, layer.canonical_tensors(), layer.bias)
+        assert torch.equal(layer(x), expected)
+        plain = torch.nn.functional.linear(x, layer.spec.dequantize(layer.canonical_tensors()), layer.bias)
+        assert torch.allclose(layer(x), plain, rtol=0.05, atol=1e-3)  # formats that scale activations differ a little
+
+    def test_every_kernel_matches_reference(self):
+        w = test_weight(64, 256)
+        ref = quantized_linear(self.cfg(kernel="reference", compute_dtype="float32"), w, bias=True)
+        x = torch.randn(2, 7, 256)
+        expected = ref(x)
+        for compute in ("float32", "bfloat16"):
+            fast = quantized_linear(self.cfg(compute_dtype=compute), w, bias=True)
+            with torch.no_grad():
+                fast.bias.copy_(ref.bias)
+            got = fast(x)
+            tol = 1e-5 if compute == "float32" else 2e-2
+            assert ((got - expected).norm() / expected.norm()).item() < tol, (fast.kernel.name, compute)
+
+    def test_sqnr_floor(self):
+        w = test_weight()
+        layer = quantized_linear(self.cfg(), w)
+        got = sqnr_db(w, layer.spec.dequantize(layer.canonical_tensors()))
+        assert got >= self.sqnr_floor, f"{self.method}: SQNR {got:.2f} dB < floor {self.sqnr_floor}"
+
+    def test_all_zero_groups_come_back_exactly_zero(self):
+        w = test_weight(64, 256)
+        w[:8] = 0  # whole rows
+        w[8:, :128] = 0  # the first groups of every other row
+        layer = quantized_linear(self.cfg(), w)
+        deq = layer.spec.dequantize(layer.canonical_tensors())
+        assert torch.isfinite(deq).all()
+        assert torch.equal(deq[:8], torch.zeros(8, 256))
+        assert torch.equal(deq[8:, :64], torch.zeros(56, 64))
+
+    def test_deterministic(self):
+        w = test_weight(64, 256)
+        a = quantized_linear(self.cfg(), w).canonical_tensors()
+        b = quantized_linear(self.cfg(), w.clone()).canonical_tensors()
+        assert all(torch.equal(a[n], b[n]) for n in a)
+
+    # ---- the pipeline ---------------------------------------------------------------------------------------
+    def test_load_save_reload_bit_identical(self, tmp_path):
+        src = make_llama(tmp_path / "src")
+        ids = token_ids()
+        model = lowbit.from_pretrained(src, quantization=self.cfg())
+        out = lowbit.save_pretrained(model, tmp_path / "q")
+        again = lowbit.from_pretrained(out)
+        assert again.config.quantization_config["method"] == model.config.quantization_config["method"]
+        a, b = model.state_dict(), again.state_dict()
+        assert sorted(a) == sorted(b)
+        assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(logits(model, ids), logits(again, ids))
+        lowbit.save_pretrained(again, tmp_path / "q2")
+        first, second = snapshot(out), snapshot(tmp_path / "q2")
+        assert {k: v[1] for k, v in first.items() if k.endswith(".safetensors")} == \
+               {k: v[1] for k, v in second.items() if k.endswith(".safetensors")}
+        report = lowbit.inspect(out)
+        layers = {layer.name: layer for layer in report.layers}
+        q = layers["model.layers.0.self_attn.q_proj"]
+        assert q.bits_per_weight == pytest.approx(again.model.layers[0].self_attn.q_proj.bits_per_weight(), abs=1e-4)
+
+    @pytest.mark.realmodel
+    def test_real_model_perplexity(self):
+        cfg = lowbit.config(self.method, **(self.real_fields or self.fields))
+        base = real_fp32_ppl(self.real_model)
+        got = real_ppl(self.real_model, cfg)
+        print(f"{self.method} {cfg.to_dict()} on {self.real_model}: ppl {got:.3f} vs fp32 {base:.3f}")
+        assert got < base * self.real_max_ratio, f"ppl {got:.2f} vs fp32 {base:.2f} (bound x{self.real_max_ratio})"
