@@ -171,6 +171,10 @@ class Quantizer:
             return []
         return [f"{name}.{t}" for t in self.specs[name].tensor_names()]
 
+    def summary(self) -> str | None:
+        """One line about the quantization just done (e.g. time per layer), printed by ``lowbit quantize``."""
+        return None
+
     # ---- after weights ----------------------------------------------------------------------------
     def postprocess_model(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
         """Tie shared quantized tables again, choose kernels and build their layouts."""

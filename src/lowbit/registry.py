@@ -93,7 +93,10 @@ def build_config(name: str, **fields: Any) -> QuantConfig:
     valid = method.config_cls.field_names()
     unknown = sorted(set(fields) - set(valid))
     if unknown:
-        raise ConfigError(f"unknown field(s) {unknown} for method {name!r}; expected some of {valid}")
+        elsewhere = {f: [n for n, m in sorted(_METHODS.items()) if f in m.config_cls.field_names()] for f in unknown}
+        hint = "; ".join(f"{f} belongs to {', '.join(ms)}" for f, ms in elsewhere.items() if ms)
+        raise ConfigError(f"unknown field(s) {unknown} for method {name!r}; expected some of {valid}"
+                          + (f" ({hint}: choose that method instead)" if hint else ""))
     return method.config_cls(**{**presets, **fields})
 
 

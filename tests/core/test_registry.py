@@ -78,3 +78,8 @@ def test_replace_allows_override(ternary):
 
     lowbit.register_method(TernaryConfig, Other, replace=True)
     assert registry.get("test_ternary").quantizer_cls is Other
+
+
+def test_a_field_of_another_method_names_that_method():
+    with pytest.raises(ConfigError, match=r"\['iters'\] for method 'int4'.*iters belongs to hqq"):
+        lowbit.config("int4", iters=3)

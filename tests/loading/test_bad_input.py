@@ -246,7 +246,24 @@ def test_nan_weights(tmp_path, sources):
     t[3, 5] = float("nan")
     t[7, 1] = float("inf")
     helpers.add_tensor(d, name, t)
-    expect_error(CheckpointError, _load(d, lowbit.config("int8")), names=[name, "2 NaN/Inf"], watch=tmp_path)
+    expect_error(CheckpointError, _load(d, lowbit.config("int8")), names=[name, "2 NaN/Inf", "nonfinite='clamp'"],
+                 watch=tmp_path)
+
+
+def test_nan_weights_clamped_on_request(tmp_path, sources):
+    d = _copy(sources["llama"], tmp_path / "m")
+    name = "model.layers.1.mlp.up_proj.weight"
+    t = helpers.load_tensors(d / "model.safetensors")[name].clone()
+    t[3, 5], t[7, 1] = float("nan"), float("inf")
+    helpers.add_tensor(d, name, t)
+    with pytest.warns(UserWarning, match=r"model.layers.1.mlp.up_proj.weight \(2\)"):
+        model = lowbit.from_pretrained(d, quantization=lowbit.config("int8"), nonfinite="clamp")
+    layer = model.model.layers[1].mlp.up_proj
+    w = layer.spec.dequantize(layer.canonical_tensors())
+    assert torch.isfinite(w).all() and w[3, 5] == 0
+    assert w[7, 1] == w.max()  # +Inf became the largest finite magnitude of the tensor
+    with pytest.raises(ConfigError, match="nonfinite='ignore'"):
+        lowbit.from_pretrained(d, nonfinite="ignore")
 
 
 # ---- quantization_config ---------------------------------------------------------------------------------------

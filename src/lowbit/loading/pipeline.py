@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,16 @@ from lowbit.utils import release_freed_memory
 
 def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = None, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype | str | None = None, device_map: str | dict | None = None,
-                    max_memory: dict | None = None, verify: bool = False, progress: bool = False) -> nn.Module:
+                    max_memory: dict | None = None, verify: bool = False, progress: bool = False,
+                    nonfinite: str = "error") -> nn.Module:
     """Load a checkpoint, quantizing on the fly, or a pre-quantized lowbit folder (no config needed).
 
     Never holds the whole model at full precision: each tensor is read, quantized on its target device,
-    assigned and dropped.
+    assigned and dropped. A NaN/Inf weight is an error naming the tensor; ``nonfinite="clamp"`` instead
+    replaces NaN by 0 and ±Inf by ± the tensor's largest finite magnitude, with one warning naming the tensors.
     """
+    if nonfinite not in NONFINITE:
+        raise ConfigError(f"nonfinite={nonfinite!r} is not valid; expected one of {list(NONFINITE)}")
     ckpt = open_checkpoint(path)
     if verify:
         verify_checkpoint(ckpt.path)
@@ -46,7 +51,7 @@ def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = N
     if quantizer is not None:
         quantizer.preprocess_model(model)
     placement = _placement(model, quantizer, device, dtype, device_map, max_memory)
-    _stream(model, ckpt, quantizer, placement, dtype, progress)
+    _stream(model, ckpt, quantizer, placement, dtype, progress, nonfinite == "clamp")
     if quantizer is None or not quantizer.tied_head:
         model.tie_weights()
     _check_complete(model, ckpt)
@@ -137,18 +142,25 @@ def _key_mapper(model: nn.Module, keys: list[str]):
     return lambda k: k[len(prefix) + 1:] if k.startswith(prefix + ".") else k
 
 
-def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, progress: bool) -> None:
+def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, progress: bool, clamp: bool) -> None:
     modules = dict(model.named_modules())
     to_model = _key_mapper(model, list(ckpt.weight_map))
     ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
-    unexpected, bar = [], tqdm(total=len(ckpt.weight_map), desc="loading", unit="tensor", disable=not progress)
+    unexpected, clamped, bar = [], {}, tqdm(total=len(ckpt.weight_map), desc="loading", unit="tensor", disable=not progress)
     for key, tensor in iter_tensors(ckpt):
         bar.update()
         name = to_model(key)
         module_name, _, attr = name.rpartition(".")
         module = modules.get(module_name)
         target = placement.device_of(name)
-        _check_finite(key, tensor)
+        bad = _count_nonfinite(tensor)
+        if bad and not clamp:
+            raise CheckpointError(f"{key} has {bad} NaN/Inf value(s); expected finite values; the checkpoint is "
+                                  "damaged or diverged: fix the weights, or load with nonfinite='clamp' "
+                                  "(--clamp-nonfinite) to replace them")
+        if bad:
+            clamped[key] = bad
+            tensor = _clamp_nonfinite(tensor)
         if isinstance(module, QuantHolder) and quantizer is not None:
             if quantizer.pre_quantized and attr in module.tensor_names():
                 module.set_quant_tensor(attr, tensor.to(target, copy=True), module_name)
@@ -172,6 +184,9 @@ def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, pr
         del tensor
     bar.close()
     release_freed_memory()
+    if clamped:
+        warnings.warn(f"replaced NaN/Inf values in {len(clamped)} tensor(s) (NaN → 0, ±Inf → ± the tensor's "
+                      f"largest finite magnitude): {', '.join(f'{k} ({n})' for k, n in clamped.items())}", stacklevel=3)
     if unexpected:
         raise CheckpointError(f"{ckpt.path} holds {len(unexpected)} tensor(s) the model does not have: "
                               f"{_names(unexpected)}; expected only {type(model).__name__}'s tensors; "
@@ -193,14 +208,20 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, k
         module._buffers[attr] = tensor
 
 
+NONFINITE = ("error", "clamp")
 _CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _check_finite(name: str, tensor: torch.Tensor) -> None:
-    if tensor.dtype in _CHECKED and tensor.numel() and not torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise CheckpointError(f"{name} has {bad} NaN/Inf value(s); expected finite values; "
-                              "the checkpoint is damaged or diverged: fix the weights first")
+def _clamp_nonfinite(tensor: torch.Tensor) -> torch.Tensor:
+    finite = torch.isfinite(tensor)
+    top = float(tensor[finite].abs().max()) if finite.any() else 0.0
+    return torch.nan_to_num(tensor, nan=0.0, posinf=top, neginf=-top)
+
+
+def _count_nonfinite(tensor: torch.Tensor) -> int:
+    if tensor.dtype not in _CHECKED or not tensor.numel() or torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
+        return 0
+    return int((~torch.isfinite(tensor)).sum())
 
 
 def _check_complete(model: nn.Module, ckpt: Checkpoint) -> None:
