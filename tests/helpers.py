@@ -90,6 +90,17 @@ def make_bert(folder: Path, *, seed: int = 0) -> Path:
     return Path(folder)
 
 
+def char_tokenizer(folder: Path) -> Path:
+    """A character-level tokenizer whose ids (printable ASCII = its code point) fit the tiny models' vocab of 128."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, **{chr(i): i for i in range(32, 127)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>").save_pretrained(folder)
+    return Path(folder)
+
+
 def token_ids(n: int = 12, vocab: int = 128, seed: int = 1, batch: int = 1) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(seed))
 

@@ -184,3 +184,75 @@ def test_eval_on_an_encoder_is_a_usage_error(tmp_path):
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     usage_error(helpers.run_cli(["eval", realmodels.model_path("minilm"), "--text", text, "--max-tokens", "32",
                                  "--ctx", "16"]), "BertModel")
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+REPORT_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs into the forest to hide. " * 60
+
+
+def test_report(llama, tmp_path, capsys):
+    import importlib.util
+
+    src = tmp_path / "llama"
+    shutil.copytree(llama, src)
+    helpers.char_tokenizer(src)
+    text = tmp_path / "text.txt"
+    text.write_text(REPORT_TEXT)
+    out, png = tmp_path / "report.json", tmp_path / "report.png"
+    common = ["report", src, "--method", "int4", "--group-size", "32", "--opt", "symmetric=true", "--samples", "2",
+              "--seq-len", "64", "--calib", text]
+    plot = ["--plot", png] if importlib.util.find_spec("matplotlib") else []
+    printed = ok(helpers.run_cli([*common, "--eval-tokens", "256", "--ctx", "64", "--text", text, "--json", out, *plot]))
+    rows = {line.split("│")[1].strip(): line for line in printed.splitlines() if line.count("│") >= 5}
+    names = {f"model.layers.{i}.{m}" for i in range(2) for m in helpers.LLAMA_LINEARS}
+    assert names <= set(rows) and all("int4 g32 sym" in rows[n] for n in names)
+    summary = next(line for line in printed.splitlines() if "bits/weight over 14 layers" in line)
+    assert "perplexity" in summary and "worst output error: model.layers." in summary
+
+    data = json.loads(out.read_text())
+    assert len(data["layers"]) == 14 and data["config"]["symmetric"] is True and data["config"]["group_size"] == 32
+    assert data["fp32"]["tokens"] == 4 * 63 and data["ppl_delta"] == pytest.approx(
+        data["quantized"]["ppl"] - data["fp32"]["ppl"])
+    assert f"{data['fp32']['ppl']:.2f} -> {data['quantized']['ppl']:.2f}" in summary
+    if plot:
+        assert png.read_bytes().startswith(b"\x89PNG")
+
+    # the CLI reports what the API gives for the same settings
+    from lowbit.eval import layer_report
+
+    api = layer_report(src, lowbit.config("int4", group_size=32, symmetric=True), calib_text=REPORT_TEXT,
+                       samples=2, seq_len=64, eval_tokens=0)
+    for got, want in zip(data["layers"], api.layers):
+        assert got["name"] == want.name and got["sqnr_db"] == pytest.approx(want.sqnr_db, rel=1e-9)
+        assert got["output_error"] == pytest.approx(want.output_error, rel=1e-3)
+
+    # --eval-tokens 0 skips perplexity and never reads the eval text
+    skipped = ok(helpers.run_cli([*common, "--eval-tokens", "0", "--text", tmp_path / "absent.txt"]))
+    assert "no perplexity (skipped: eval_tokens=0)" in skipped
+
+    before = helpers.snapshot(tmp_path)
+    usage_error(helpers.run_cli([*common, "--samples", "0"]), "samples=0")
+    # the rest in-process (each subprocess costs seconds of imports): same main(), same one-line exit 2
+    from lowbit import cli
+
+    for args, name in [(["--eval-tokens", "-5"], "eval_tokens=-5"), (["--seq-len", "4096"], "seq_len=4096"),
+                       (["--calib", tmp_path / "none.txt"], str(tmp_path / "none.txt")),
+                       (["--json", tmp_path / "no" / "r.json"], str(tmp_path / "no" / "r.json"))]:
+        assert cli.main([*map(str, common), *map(str, args)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("lowbit: error:") and name in err[0], err
+    assert helpers.snapshot(tmp_path) == before
+
+
+def test_report_checks_matplotlib_before_any_work(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from lowbit import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    # the model folder does not exist: the error is about matplotlib, so nothing was loaded first
+    assert cli.main(["report", str(tmp_path / "nope"), "--method", "int8", "--plot", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "pip install 'lowbit[plot]'" in err and len(err.splitlines()) == 1

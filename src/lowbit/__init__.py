@@ -15,6 +15,10 @@ from lowbit.config import ComputeDtype, QuantConfig  # noqa: E402
 from lowbit.loading.checkpoint import verify_checkpoint as verify  # noqa: E402
 from lowbit.loading.pipeline import from_pretrained  # noqa: E402
 from lowbit.loading.save import save_pretrained  # noqa: E402
+from lowbit.methods.fp8 import Fp8Config  # noqa: E402
+from lowbit.methods.hqq import HqqConfig  # noqa: E402
+from lowbit.methods.mxfp4 import Mxfp4Config  # noqa: E402
+from lowbit.methods.nf4 import Fp4Config, Nf4Config  # noqa: E402
 from lowbit.methods.rtn import RtnConfig  # noqa: E402
 from lowbit.quantizer import Quantizer  # noqa: E402
 from lowbit.registry import build_config as config  # noqa: E402
@@ -33,7 +37,8 @@ def Int4Config(**fields) -> RtnConfig:  # noqa: N802
     return config("int4", **fields)
 
 __all__ = [
-    "ComputeDtype", "Inspection", "Int4Config", "Int8Config", "LayerInfo", "QuantConfig", "Quantizer", "RtnConfig",
+    "ComputeDtype", "Fp4Config", "Fp8Config", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
+    "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig",
     "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "register_alias",
     "register_method", "save_pretrained", "verify",
 ]

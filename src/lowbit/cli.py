@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu", help="device to quantize on (cpu, cuda, cuda:N)")
     q.add_argument("--dtype", default=None, help="dtype of unquantized tensors (default: the checkpoint's)")
     q.add_argument("--max-shard-size", default="2GB")
+    q.add_argument("--clamp-nonfinite", action="store_true",
+                   help="replace NaN weights by 0 and Inf by the tensor's largest finite value (default: error)")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that holds no model")
 
     i = sub.add_parser("inspect", help="per layer: method, bits, bytes, kernel and why")
@@ -93,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tokens", type=int, default=None)
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("report", help="per layer: weight SQNR, output error, bits/weight; perplexity fp32 vs quantized")
+    r.add_argument("path", help="full-precision checkpoint folder")
+    _add_method_args(r)
+    r.add_argument("--samples", type=int, default=4, help="calibration windows from the calibration text")
+    r.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
+    r.add_argument("--eval-tokens", type=int, default=8192, help="tokens of the eval text for perplexity; 0 skips it")
+    r.add_argument("--ctx", type=int, default=512, help="perplexity window")
+    r.add_argument("--calib", default=None, help="calibration text (default: wiki.calib.txt in $LOWBIT_DATA)")
+    r.add_argument("--text", default=None, help="eval text (default: wiki.eval.txt in $LOWBIT_DATA)")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--json", metavar="OUT", default=None, help="write the whole report as JSON")
+    r.add_argument("--plot", metavar="OUT.png", default=None, help="bar chart per layer (needs matplotlib)")
 
     d = sub.add_parser("demo", help="quantize a real model to int8 and int4 and show size, quality and speed")
     d.add_argument("--model", choices=["gemma-3-270m", "minilm"], default=None)
@@ -143,7 +158,11 @@ def cmd_quantize(args) -> int:
     check_output(args.out, args.overwrite)  # before minutes of work, not after
     parse_size(args.max_shard_size)
     start = time.perf_counter()
-    model = lowbit.from_pretrained(args.src, quantization=cfg, device=args.device, dtype=args.dtype, progress=True)
+    model = lowbit.from_pretrained(args.src, quantization=cfg, device=args.device, dtype=args.dtype, progress=True,
+                                   nonfinite="clamp" if args.clamp_nonfinite else "error")
+    summary = model.lowbit_quantizer.summary()
+    if summary:
+        print(summary)
     out = lowbit.save_pretrained(model, args.out, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
     src_size = sum(p.stat().st_size for p in Path(args.src).glob("*.safetensors"))
@@ -199,6 +218,44 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lowbit.errors import SaveError
+    from lowbit.eval import layer_report, load_text, plot_report
+    from lowbit.eval.report import default_text, require_matplotlib
+
+    cfg = _config_from_args(args)
+    if args.plot:
+        require_matplotlib()  # before minutes of work, not after
+    for out in filter(None, (args.json, args.plot)):
+        if not Path(out).parent.is_dir():
+            raise SaveError(f"output {out!r} is in a folder that does not exist; expected an existing folder; "
+                            "create it first")
+    calib = load_text(args.calib or default_text("wiki.calib.txt"))
+    text = load_text(args.text or default_text("wiki.eval.txt")) if args.eval_tokens else None
+    start = time.perf_counter()
+    report = layer_report(args.path, cfg, calib_text=calib, eval_text=text, samples=args.samples,
+                          seq_len=args.seq_len, eval_tokens=args.eval_tokens, ctx=args.ctx, device=args.device,
+                          progress=True)
+    table = Table(title=f"{Path(report.model).name}: {report.config['method']}, output error on {report.rows} "
+                        "token rows per layer")
+    for col in ("layer", "format", "bits/w", "SQNR dB", "rel. output error"):
+        table.add_column(col, justify="left" if col in ("layer", "format") else "right")
+    for x in report.layers:
+        table.add_row(x.name, x.format, f"{x.bits_per_weight:.3f}", f"{x.sqnr_db:.2f}", f"{x.output_error:.4f}")
+    console = Console(width=200)
+    console.print(table)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    if args.plot:
+        plot_report(report, args.plot)
+    print(f"done in {time.perf_counter() - start:.1f} s" + "".join(f"; wrote {p}" for p in (args.json, args.plot) if p))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from lowbit.demo import run_demo
 
@@ -206,7 +263,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"methods": cmd_methods, "quantize": cmd_quantize, "inspect": cmd_inspect, "verify": cmd_verify,
-            "eval": cmd_eval, "demo": cmd_demo}
+            "eval": cmd_eval, "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,3 +56,20 @@ def zero_to_float_offset(zeros, scales, midpoint: int):
 def float_offset_to_zero(offsets, scales, midpoint: int):
     """Inverse of :func:`zero_to_float_offset` (exact when the offset came from an integer zero)."""
     return (midpoint - offsets / scales).round()
+
+
+# ---- 4-bit code books (value of each 4-bit code, in code order) ---------------------------------------------------
+
+NF4_CODE: tuple[float, ...] = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230850219727, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)
+"""QLoRA's NormalFloat4 (arXiv 2305.14314), bitsandbytes' order: code 7 is 0.0, code 15 is 1.0."""
+
+FP4_E2M1_CODE: tuple[float, ...] = (
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+    -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+)
+"""OCP E2M1 by bit pattern: bit 3 sign, bits 2-1 exponent (bias 1), bit 0 mantissa; emax 2, largest 6."""

@@ -135,8 +135,12 @@ class Quantizer:
         if self.tied_head:
             _tie_buffers(model, *self.tied_head)
 
-    def group_size_for(self, name: str, in_features: int, group_size: int | None) -> int | None:
-        """DESIGN.md's fallback: the largest power of two dividing ``in_features``, recorded and warned once."""
+    def group_size_for(self, name: str, in_features: int, group_size: int | None,
+                       field: str = "group_size") -> int | None:
+        """DESIGN.md's fallback: the largest power of two dividing ``in_features``, recorded and warned once.
+
+        ``field`` is the config field's name in messages (``block_size`` for code-book methods); the saved
+        per-layer record is ``group_size`` for every method."""
         recorded = self.layers.get(name, {}).get("group_size") if self.pre_quantized else None
         if recorded is not None:
             return recorded  # what the checkpoint says this layer stores
@@ -145,13 +149,13 @@ class Quantizer:
         fallback = in_features & -in_features  # largest power of two dividing it
         fallback = min(fallback, group_size)
         if self.config.strict:
-            raise ConfigError(f"layer {name} has {in_features} inputs, not a multiple of group_size={group_size}; "
-                              f"choose a group size that divides it (e.g. {fallback}) or pass strict=False")
+            raise ConfigError(f"layer {name} has {in_features} inputs, not a multiple of {field}={group_size}; "
+                              f"choose a {field} that divides it (e.g. {fallback}) or pass strict=False")
         self.layers.setdefault(name, {})["group_size"] = fallback
         if not self._warned_fallback:
             self._warned_fallback = True
-            warnings.warn(f"group_size={group_size} does not divide {in_features} inputs of {name} (and maybe others): "
-                          f"using group size {fallback} there; `lowbit inspect` lists every such layer", stacklevel=4)
+            warnings.warn(f"{field}={group_size} does not divide {in_features} inputs of {name} (and maybe others): "
+                          f"using {field} {fallback} there; `lowbit inspect` lists every such layer", stacklevel=4)
         return fallback
 
     # ---- per parameter ----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def test_fast_kernels_match_reference(spec, m, compute):
 def test_fallback_group_on_k576():
     # K = 576 with group 128 falls back to 64 (the largest power of two dividing 576)
     model = torch.nn.Sequential(torch.nn.Linear(576, 64))
-    with pytest.warns(UserWarning, match="group size 64"):
+    with pytest.warns(UserWarning, match="using group_size 64"):
         lowbit.quantize_(model, lowbit.config("int4", group_size=128))
     assert model[0].spec.group_size == 64 and model[0].kernel.name == "cpu_int4"
     assert model.lowbit_quantizer.layers == {"0": {"group_size": 64}}

@@ -83,7 +83,7 @@ def real_fp32_ppl(name: str) -> float:
 
     folder, tok, text = _real_setup(name)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return perplexity(model, tok, text, max_tokens=REAL_TOKENS).perplexity
+    return perplexity(model, tok, text, max_tokens=REAL_TOKENS).ppl
 
 
 def real_ppl(name: str, cfg: lowbit.QuantConfig) -> float:
@@ -91,7 +91,7 @@ def real_ppl(name: str, cfg: lowbit.QuantConfig) -> float:
 
     folder, tok, text = _real_setup(name)
     model = lowbit.from_pretrained(folder, quantization=cfg, dtype=torch.float32)
-    return perplexity(model, tok, text, max_tokens=REAL_TOKENS).perplexity
+    return perplexity(model, tok, text, max_tokens=REAL_TOKENS).ppl
 
 
 class Conformance:

@@ -1,7 +1,10 @@
 """Bit-exact storage layouts (pure torch): what is saved, and how it unpacks."""
 
 from lowbit.formats.base import WeightFormat, format_from_key, format_kinds
+from lowbit.formats.codebook import CodebookSpec
+from lowbit.formats.fp8 import Fp8Spec
 from lowbit.formats.intgroup import IntSpec, pack_bits, quantize_to_codes, unpack_bits
+from lowbit.formats.mx import MxSpec
 
-__all__ = ["IntSpec", "WeightFormat", "format_from_key", "format_kinds", "pack_bits", "quantize_to_codes",
-           "unpack_bits"]
+__all__ = ["CodebookSpec", "Fp8Spec", "IntSpec", "MxSpec", "WeightFormat", "format_from_key", "format_kinds", "pack_bits",
+           "quantize_to_codes", "unpack_bits"]
