@@ -9,7 +9,7 @@
 __version__ = "0.1.0"
 
 from lowbit import errors  # noqa: E402
-from lowbit import methods as _methods  # noqa: E402,F401  (registers the built-in methods)
+from lowbit import methods  # noqa: E402  (registers the built-in methods; lowbit.methods() lists them)
 from lowbit.api import Inspection, LayerInfo, inspect, quantize_  # noqa: E402
 from lowbit.config import ComputeDtype, QuantConfig  # noqa: E402
 from lowbit.loading.checkpoint import verify_checkpoint as verify  # noqa: E402
@@ -23,7 +23,6 @@ from lowbit.methods.rtn import RtnConfig  # noqa: E402
 from lowbit.quantizer import Quantizer  # noqa: E402
 from lowbit.registry import build_config as config  # noqa: E402
 from lowbit.registry import config_from_dict, register_alias, register_method  # noqa: E402
-from lowbit.registry import names as methods  # noqa: E402
 
 
 

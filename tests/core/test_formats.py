@@ -112,3 +112,31 @@ def test_sqnr_floors_on_gaussian_weights():
     # int8 per-channel: ~40 dB on Gaussian rows; int4 g128: ~19 dB
     assert sqnr_db(w, int8.dequantize(rtn_quantize(w, int8))) >= 38
     assert sqnr_db(w, int4.dequantize(rtn_quantize(w, int4))) >= 18
+
+
+def test_three_bit_layout_is_eight_codes_in_three_bytes():
+    # codes 0..7 at bits 3i of one 24-bit little-endian word: 0xFAC688 → bytes 88 C6 FA
+    codes = torch.arange(8, dtype=torch.uint8).reshape(1, 8)
+    assert pack_bits(codes, 3).tolist() == [[0x88, 0xC6, 0xFA]]
+    assert pack_bits(torch.tensor([[7, 0, 0, 0, 0, 0, 0, 1]], dtype=torch.uint8), 3).tolist() == [[0x07, 0x00, 0x20]]
+    assert pack_bits(torch.tensor([[-1, 3, 0, 0, 0, 0, 0, 0]], dtype=torch.int8), 3).tolist() == [[0x1F, 0x00, 0x00]]
+
+
+@given(bits=st.sampled_from([2, 3, 4]), signed=st.booleans(), rows=st.integers(1, 4), runs=st.integers(1, 6),
+       seed=st.integers(0, 2**31))
+def test_pack_unpack_every_width_at_the_grid_edges(bits, signed, rows, runs, seed):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    edges = torch.tensor([lo, hi, lo + 1, hi - 1])
+    codes = edges[torch.randint(0, 4, (rows, 8 * runs), generator=g)]
+    codes = codes.to(torch.int8 if signed else torch.uint8)
+    packed = pack_bits(codes, bits)
+    assert packed.shape == (rows, runs * bits) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_bits(packed, bits, signed=signed), codes)
+
+
+def test_three_bit_needs_a_multiple_of_eight_inputs():
+    from lowbit.errors import FormatError
+
+    with pytest.raises(FormatError, match="44 inputs.*multiple of 8.*modules_to_not_convert"):
+        IntSpec(3, None, False).expected_tensors(4, 44)

@@ -83,3 +83,8 @@ def test_replace_allows_override(ternary):
 def test_a_field_of_another_method_names_that_method():
     with pytest.raises(ConfigError, match=r"\['iters'\] for method 'int4'.*iters belongs to hqq"):
         lowbit.config("int4", iters=3)
+
+
+def test_double_quant_on_a_method_without_it():
+    with pytest.raises(ConfigError, match=r"\['double_quant'\] for method 'int4'.*double_quant belongs to fp4, nf4"):
+        lowbit.config("int4", double_quant=True)

@@ -1,5 +1,8 @@
 """hqq on the conformance suite, plus what makes it HQQ: never worse than RTN, and the optimizer's rules.
 
+Real-model bounds (SmolLM2-135M, 2,048 tokens, fp32 20.76) sit below RTN's perplexity at the same setting, so
+they also check that hqq beats rtn on a real model.
+
 SQNR on conformance.test_weight (dB), hqq vs rtn at the same setting: 4-bit g64 20.09 vs 19.66, 4-bit g128
 18.31 vs 18.00, 3-bit g64 13.59 vs 13.15, 2-bit g64 6.76 vs 6.47 (optimize_scale: 20.29, 18.60, 14.27, 8.99).
 """
@@ -22,7 +25,7 @@ class TestHqq4(Conformance):
                   ({"lp_norm": 2.0}, "lp_norm=2.0"), ({"iters": -1}, "iters=-1"), ({"kappa": 0.5}, "kappa=0.5")]
     bits_per_weight = 4 + 32 / 64  # fp16 scale + fp16 zero per 64 weights
     sqnr_floor = 19.6
-    real_max_ratio = 1.4
+    real_max_ratio = 1.27  # measured 25.52 / 20.76 = 1.229; rtn int4 g64 is 27.07 (1.304)
 
 
 class TestHqq3(Conformance):
@@ -31,7 +34,7 @@ class TestHqq3(Conformance):
     bad_fields = [({"beta": 0.0}, "beta=0.0")]
     bits_per_weight = 3 + 32 / 64
     sqnr_floor = 13.7
-    real_max_ratio = 2.5
+    real_max_ratio = 3.35  # measured 67.16 / 20.76 = 3.235; rtn int3 g64 is 71.71 (3.454)
 
 
 class TestHqq2(Conformance):
@@ -70,7 +73,7 @@ def test_zero_iterations_is_the_min_max_grid():
     assert rounds == 0
     scale = 3.0 / 15
     assert out["scales"].item() == pytest.approx(scale, rel=1e-3)
-    assert out["zeros"].item() == 5.0  # round(1 / scale), the library's round_zero for 4 bits
+    assert out["zeros"].item() == 5.0  # round(1 / scale): the starting zero-point is an integer
     assert torch.equal(spec.dequantize(out)[0, :4], torch.tensor([-1.0, -0.5, 0.25, 2.0]).div(scale).add(5).round()
                        .sub(5).mul(torch.tensor(scale, dtype=torch.float16).float()))
 

@@ -1,6 +1,6 @@
 """Half-Quadratic Quantization (``hqq``): data-free integer weights whose zero-points are optimized.
 
-The grid starts from each group's min/max, like RTN, but without forcing it to contain zero. Then, for
+The grid starts from each group's min/max, like RTN, with the zero-point rounded to an integer. Then, for
 ``iters`` rounds, the zero-point (and, with ``optimize_scale``, the scale too) is refitted to minimize an
 l_p (p < 1) reconstruction error through a half-quadratic split, as the HQQ paper (Badri & Shaji, 2023)
 and its library do: W_e = shrink_p(W - dequant(quant(W))); zero = mean(W_q - (W - W_e) * inv_scale).
@@ -69,9 +69,10 @@ def hqq_quantize(w: torch.Tensor, spec: IntSpec, cfg: HqqConfig) -> tuple[dict[s
     wf = w.float().reshape(-1, spec.group_size)
     lo, hi = wf.amin(1, keepdim=True), wf.amax(1, keepdim=True)
     inv = (qmax / (hi - lo)).clamp(max=MAX_INV_SCALE)  # 1/scale; inf (constant group) → the cap
-    zero = -lo * inv
-    if spec.bits == 4:
-        zero = zero.round()  # the library's round_zero for 4 bits
+    # Start from an integer zero-point, so that w = 0 sits on the grid. The HQQ library does this only at 4 bits;
+    # at 3 bits an unrounded start leaves small weights up to half a step off zero (SmolLM2-135M, 3-bit g64,
+    # 2,048 tokens: perplexity 198 unrounded, 68.8 rounded, RTN 71.7).
+    zero = (-lo * inv).round()
     beta, best, rounds = cfg.beta, float("inf"), 0
     for _ in range(cfg.iters):
         wq = (wf * inv + zero).round_().clamp_(0, qmax)
