@@ -143,6 +143,9 @@ class Quantizer:
         per-layer record is ``group_size`` for every method."""
         recorded = self.layers.get(name, {}).get("group_size") if self.pre_quantized else None
         if recorded is not None:
+            if in_features % recorded:
+                raise ConfigError(f"the checkpoint records group size {recorded} for {name}, which does not divide its "
+                                  f"{in_features} inputs; config.json does not match the weights: re-save it")
             return recorded  # what the checkpoint says this layer stores
         if group_size is None or in_features % group_size == 0:
             return group_size

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -138,18 +140,29 @@ def read_header(path: Path) -> dict[str, dict]:
     header.pop("__metadata__", None)
     body = size - 8 - n
     for name, info in header.items():
-        try:
-            dtype, shape, (start, stop) = info["dtype"], info["shape"], info["data_offsets"]
-            numel = 1
-            for d in shape:
-                numel *= int(d)
-            nbytes = numel * _DTYPE_SIZES[dtype] if dtype != "F4" else (numel + 1) // 2
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}; re-download the file") from None
+        dtype, shape, start, stop, nbytes = _entry(path, name, info)
         if not (0 <= start <= stop <= body) or stop - start != nbytes:
             raise CheckpointError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {nbytes} bytes but its offsets "
                                   f"[{start}, {stop}] do not fit the {body}-byte body; the file is truncated or damaged")
     return header
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _entry(path: Path, name: str, info: Any) -> tuple[str, list[int], int, int, int]:
+    """(dtype, shape, start, stop, nbytes) of one header entry, every field type-checked."""
+    ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list) \
+        and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+    ok = ok and (info["dtype"] in _DTYPE_SIZES or info["dtype"] == "F4")
+    ok = ok and all(_is_int(d) and d >= 0 for d in info["shape"]) and all(_is_int(o) for o in info["data_offsets"])
+    if not ok:
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}; expected dtype, shape "
+                              "and data_offsets of a safetensors file; re-download the file")
+    numel = math.prod(info["shape"])
+    nbytes = numel * _DTYPE_SIZES[info["dtype"]] if info["dtype"] != "F4" else (numel + 1) // 2
+    return info["dtype"], info["shape"], info["data_offsets"][0], info["data_offsets"][1], nbytes
 
 
 def iter_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:

@@ -53,6 +53,7 @@ def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = N
     placement = _placement(model, quantizer, device, dtype, device_map, max_memory)
     _stream(model, ckpt, quantizer, placement, dtype, progress, nonfinite == "clamp")
     if quantizer is None or not quantizer.tied_head:
+        _check_tied_head(model, ckpt)
         model.tie_weights()
     _check_complete(model, ckpt)
     if quantizer is not None:
@@ -198,6 +199,9 @@ def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, k
     if old is not None and tuple(old.shape) != tuple(tensor.shape):
         raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(old.shape)} from config.json; "
                               "the checkpoint does not match its config")
+    if old is not None and old.is_floating_point() != tensor.is_floating_point():
+        raise CheckpointError(f"{key} is stored as {tensor.dtype}; expected a {'floating-point' if old.is_floating_point() else 'integer'} "
+                              "tensor like the model's; the checkpoint is damaged or does not match config.json")
     if tensor.is_floating_point():
         tensor = tensor.to(dtype if old is None or old.is_floating_point() else old.dtype)
     # an owned copy: a tensor read from a shard may still be a view of the memory-mapped file
@@ -222,6 +226,21 @@ def _count_nonfinite(tensor: torch.Tensor) -> int:
     if tensor.dtype not in _CHECKED or not tensor.numel() or torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
         return 0
     return int((~torch.isfinite(tensor)).sum())
+
+
+def _check_tied_head(model: nn.Module, ckpt: Checkpoint) -> None:
+    """A config that ties the embeddings, over a checkpoint whose head differs from them, would silently drop
+    the head: refuse it."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    hw, ew = getattr(head, "weight", None), getattr(emb, "weight", None)
+    if not isinstance(hw, torch.Tensor) or not isinstance(ew, torch.Tensor) or hw is ew or "meta" in (
+            hw.device.type, ew.device.type) or hw.shape != ew.shape:
+        return
+    if not torch.equal(hw, ew.to(hw.device)):
+        raise CheckpointError(f"config.json ties the output head to the input embedding, but {ckpt.path} stores a "
+                              "different head; expected them equal; set tie_word_embeddings to false in config.json")
 
 
 def _check_complete(model: nn.Module, ckpt: Checkpoint) -> None:

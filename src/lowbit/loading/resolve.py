@@ -32,8 +32,7 @@ def resolve_quantization(stored: dict | None, requested: QuantConfig | str | dic
         return requested, False, {}
     stored = dict(stored)
     layers = stored.pop("layers", {}) or {}
-    if not isinstance(layers, dict):
-        raise ConfigError(f"quantization_config.layers is {type(layers).__name__}; expected an object of layer → fields")
+    _check_layers(layers)
     saved = config_from_dict(stored)
     if requested is None:
         return saved, True, layers
@@ -56,8 +55,26 @@ def resolve_dtype(dtype: torch.dtype | str | None, config: dict) -> torch.dtype:
         return dtype
     if dtype in (None, "auto"):
         dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
-        if dtype not in _DTYPES:
-            return torch.float32
-    if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            return torch.float32  # transformers itself falls back the same way for dtypes it cannot use
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not supported; expected one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+LAYER_FIELDS = ("group_size",)  # what a checkpoint may record per layer (the group-size fallback)
+
+
+def _check_layers(layers: Any) -> None:
+    if not isinstance(layers, dict):
+        raise ConfigError(f"quantization_config.layers is {type(layers).__name__}; expected an object of layer → fields; "
+                          "the checkpoint's config.json is damaged: re-save it")
+    for name, fields in layers.items():
+        if not isinstance(fields, dict) or set(fields) - set(LAYER_FIELDS):
+            raise ConfigError(f"quantization_config.layers[{name!r}] = {fields!r}; expected an object with only "
+                              f"{list(LAYER_FIELDS)}; the checkpoint's config.json is damaged: re-save it")
+        group = fields.get("group_size")
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1
+                                  or group & (group - 1)):
+            raise ConfigError(f"quantization_config.layers[{name!r}].group_size = {group!r}; expected a power of two; "
+                              "the checkpoint's config.json is damaged: re-save it")

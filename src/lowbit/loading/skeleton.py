@@ -24,6 +24,10 @@ def build_skeleton(path, raw_config: dict, dtype) -> nn.Module:
                               "fix or re-download config.json") from None
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    with init_empty_weights(include_buffers=False):
-        model = cls._from_config(config, dtype=dtype)
-    return model
+    try:
+        with init_empty_weights(include_buffers=False):
+            return cls._from_config(config, dtype=dtype)
+    except Exception as e:  # a config transformers accepted but cannot build a model from (bad sizes, types)
+        raise CheckpointError(f"{path}/config.json describes a {arch} transformers cannot build "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              "fix or re-download config.json") from None
