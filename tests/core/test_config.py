@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lowbit
+from lowbit import registry
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
 
@@ -84,3 +85,60 @@ def test_enum_fields_accept_strings():
 def test_from_dict_rejects_non_dict():
     with pytest.raises(ConfigError, match="list"):
         QuantConfig.from_dict([1, 2])
+
+
+# ---- every registered method: from_dict(to_dict(c)) == c, through JSON ---------------------------------------------
+
+def _field_strategy(hint, default):
+    import enum
+    import types
+    import typing
+
+    from hypothesis import strategies as st
+
+    options = [h for h in typing.get_args(hint) if h is not type(None)] if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else [hint]
+    parts = [st.none()] if len(options) < len(typing.get_args(hint) or (hint,)) else []
+    for h in options:
+        if h is bool:
+            parts.append(st.booleans())
+        elif h is int:
+            parts.append(st.sampled_from([0, 1, 2, 3, 4, 8, 16, 20, 32, 64, 128, 256, 1000]))
+        elif h is float:
+            parts.append(st.sampled_from([0.5, 0.7, 1.0, 1.01, 2.0, 10.0]))
+        elif isinstance(h, type) and issubclass(h, enum.Enum):
+            parts.append(st.sampled_from(list(h)))
+        elif h is str:
+            parts.append(st.sampled_from(["reference", "cpu_int4"]))
+        elif typing.get_origin(h) is tuple:
+            parts.append(st.lists(st.sampled_from(["lm_head", "mlp.down_proj", "model.layers.0"]), max_size=3)
+                         .map(tuple))
+    return st.one_of(st.just(default), *parts)  # the default half the time, so that most draws are valid
+
+
+@pytest.mark.parametrize("method", sorted(registry._METHODS))
+def test_every_method_config_round_trips(method):
+    import dataclasses
+    import json
+    import typing
+
+    from hypothesis import HealthCheck, assume, given, settings
+    from hypothesis import strategies as st
+
+    cls = registry.get(method).config_cls
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: _field_strategy(hints[f.name], f.default) for f in dataclasses.fields(cls)}
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+    @given(st.fixed_dictionaries(fields))
+    def check(values):
+        try:
+            cfg = cls(**values)
+        except ConfigError:
+            assume(False)
+        data = json.loads(json.dumps(cfg.to_dict()))
+        again = lowbit.config_from_dict(data)
+        loading = {f: getattr(cfg, f) for f in cls.loading_fields()}
+        assert again.replace(**loading) == cfg  # loading-only fields are never saved
+
+    check()
