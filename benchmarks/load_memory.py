@@ -265,7 +265,7 @@ def worker(kind: str, ckpt: str, out_json: str, threads: int, sampler_kind: str)
         phases.wrap(Quantizer, "quantize_tensor", "  Quantizer.quantize_tensor (rtn, per weight)",
                     lambda self, *a, **k: _shape_of(*a, **k))
         phases.wrap(QuantLinear, "load_quantized", "  QuantLinear.load_quantized (per weight)")
-        phases.wrap(pipeline, "_check_finite", "  _check_finite (per weight)", _shape_of)
+        phases.wrap(pipeline, "check_finite", "  check_finite (per weight)", _shape_of)
         phases.wrap(pipeline, "_check_complete", "_check_complete")
         phases.wrap(Quantizer, "postprocess_model", "postprocess_model (all kernel prepares)")
         phases.wrap(QuantLinear, "prepare", "  QuantLinear.prepare (per layer)",

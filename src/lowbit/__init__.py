@@ -13,6 +13,7 @@ from lowbit import methods  # noqa: E402  (registers the built-in methods; lowbi
 from lowbit.api import Inspection, LayerInfo, inspect, quantize_  # noqa: E402
 from lowbit.config import ComputeDtype, QuantConfig  # noqa: E402
 from lowbit.loading.checkpoint import verify_checkpoint as verify  # noqa: E402
+from lowbit.loading.convert import quantize_folder  # noqa: E402
 from lowbit.loading.pipeline import from_pretrained  # noqa: E402
 from lowbit.loading.save import save_pretrained  # noqa: E402
 from lowbit.methods.fp8 import Fp8Config  # noqa: E402
@@ -38,6 +39,6 @@ def Int4Config(**fields) -> RtnConfig:  # noqa: N802
 __all__ = [
     "ComputeDtype", "Fp4Config", "Fp8Config", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
     "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig",
-    "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "register_alias",
-    "register_method", "save_pretrained", "verify",
+    "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "quantize_folder",
+    "register_alias", "register_method", "save_pretrained", "verify",
 ]

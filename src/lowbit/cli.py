@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu", help="device to quantize on (cpu, cuda, cuda:N)")
     q.add_argument("--dtype", default=None, help="dtype of unquantized tensors (default: the checkpoint's)")
     q.add_argument("--max-shard-size", default="2GB")
+    q.add_argument("--max-memory", metavar="SIZE", default=None,
+                   help="stream disk to disk within about SIZE of memory (e.g. 2GB), for checkpoints larger than RAM; "
+                        "shards are then at most SIZE/3 (CPU only)")
     q.add_argument("--clamp-nonfinite", action="store_true",
                    help="replace NaN weights by 0 and Inf by the tensor's largest finite value (default: error)")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that holds no model")
@@ -158,12 +161,23 @@ def cmd_quantize(args) -> int:
     check_output(args.out, args.overwrite)  # before minutes of work, not after
     parse_size(args.max_shard_size)
     start = time.perf_counter()
-    model = lowbit.from_pretrained(args.src, quantization=cfg, device=args.device, dtype=args.dtype, progress=True,
-                                   nonfinite="clamp" if args.clamp_nonfinite else "error")
-    summary = model.lowbit_quantizer.summary()
+    nonfinite = "clamp" if args.clamp_nonfinite else "error"
+    if args.max_memory is None:
+        model = lowbit.from_pretrained(args.src, quantization=cfg, device=args.device, dtype=args.dtype,
+                                       progress=True, nonfinite=nonfinite)
+        quantizer = model.lowbit_quantizer
+        out = lowbit.save_pretrained(model, args.out, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    else:  # disk to disk, never the whole model in memory
+        from lowbit.loading.convert import convert
+
+        if args.device != "cpu":
+            raise ConfigError(f"--max-memory quantizes on the CPU, but --device is {args.device!r}; drop one of them")
+        out, quantizer = convert(args.src, args.out, cfg, max_shard_size=args.max_shard_size,
+                                 max_memory=args.max_memory, dtype=args.dtype, overwrite=args.overwrite,
+                                 progress=True, nonfinite=nonfinite)
+    summary = quantizer.summary()
     if summary:
         print(summary)
-    out = lowbit.save_pretrained(model, args.out, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
     src_size = sum(p.stat().st_size for p in Path(args.src).glob("*.safetensors"))
     print(f"wrote {out}: {size / 1e6:.1f} MB of weights ({src_size / max(size, 1):.2f}x smaller than {src_size / 1e6:.1f} MB) "

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import types
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +11,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lowbit.config import QuantConfig
-from lowbit.errors import CheckpointError, ConfigError
+from lowbit.errors import ConfigError
 from lowbit.loading.checkpoint import Checkpoint, iter_tensors, open_checkpoint, verify_checkpoint
 from lowbit.loading.resolve import resolve_dtype, resolve_quantization
 from lowbit.loading.skeleton import build_skeleton
-from lowbit.nn.holder import QuantHolder
+from lowbit.loading.tensors import (
+    NONFINITE,
+    check_finite,
+    check_weight_shape,
+    converted,
+    ignore_patterns,
+    key_mapper,
+    missing_error,
+    route,
+    tied_head_error,
+    unexpected_error,
+    warn_clamped,
+)
 from lowbit.quantizer import Quantizer
 from lowbit.registry import get
 from lowbit.utils import release_freed_memory
@@ -132,21 +142,10 @@ def _placement(model, quantizer, device, dtype, device_map, max_memory) -> _Plac
     return _Placement(device, device_map)
 
 
-def _key_mapper(model: nn.Module, keys: list[str]):
-    """Checkpoint names → model names, adding or removing the base-model prefix ("bert.", "model.") if needed."""
-    own = set(model.state_dict(keep_vars=True))
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    if not prefix or any(k in own for k in keys[:50]):
-        return lambda k: k
-    if any(f"{prefix}.{k}" in own for k in keys[:50]):
-        return lambda k: f"{prefix}.{k}"
-    return lambda k: k[len(prefix) + 1:] if k.startswith(prefix + ".") else k
-
-
 def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, progress: bool, clamp: bool) -> None:
     modules = dict(model.named_modules())
-    to_model = _key_mapper(model, list(ckpt.weight_map))
-    ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    to_model = key_mapper(model, list(ckpt.weight_map))
+    ignore = ignore_patterns(model)
     unexpected, clamped, bar = [], {}, tqdm(total=len(ckpt.weight_map), desc="loading", unit="tensor", disable=not progress)
     for key, tensor in iter_tensors(ckpt):
         bar.update()
@@ -154,78 +153,35 @@ def _stream(model, ckpt: Checkpoint, quantizer, placement: _Placement, dtype, pr
         module_name, _, attr = name.rpartition(".")
         module = modules.get(module_name)
         target = placement.device_of(name)
-        bad = _count_nonfinite(tensor)
-        if bad and not clamp:
-            raise CheckpointError(f"{key} has {bad} NaN/Inf value(s); expected finite values; the checkpoint is "
-                                  "damaged or diverged: fix the weights, or load with nonfinite='clamp' "
-                                  "(--clamp-nonfinite) to replace them")
-        if bad:
-            clamped[key] = bad
-            tensor = _clamp_nonfinite(tensor)
-        if isinstance(module, QuantHolder) and quantizer is not None:
-            if quantizer.pre_quantized and attr in module.tensor_names():
-                module.set_quant_tensor(attr, tensor.to(target, copy=True), module_name)
-                continue
-            if not quantizer.pre_quantized and attr == "weight":
-                if tuple(tensor.shape) != module.weight_shape:
-                    raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(module.weight_shape)} "
-                                          "from config.json; the checkpoint does not match its config")
-                module.load_quantized(quantizer.quantize_tensor(module_name, tensor.to(target)), module_name)
-                del tensor
-                release_freed_memory()  # else the freed temporaries fragment the heap between packed weights
-                continue
-        if module is not None and attr in module._parameters:
-            _assign(module, attr, tensor, target, dtype, key, is_param=True)
-        elif module is not None and attr in module._buffers and attr not in module._non_persistent_buffers_set:
-            _assign(module, attr, tensor, target, dtype, key, is_param=False)
-        elif module is not None and attr in module._non_persistent_buffers_set or any(p.search(key) for p in ignore):
-            continue  # rebuilt by the model itself
-        else:
+        tensor = check_finite(key, tensor, clamp, clamped)
+        kind = route(module, attr, key, quantizer, ignore)
+        if kind == "stored":
+            module.set_quant_tensor(attr, tensor.to(target, copy=True), module_name)
+        elif kind == "quantize":
+            check_weight_shape(module, key, tensor)
+            module.load_quantized(quantizer.quantize_tensor(module_name, tensor.to(target)), module_name)
+            del tensor
+            release_freed_memory()  # else the freed temporaries fragment the heap between packed weights
+        elif kind in ("param", "buffer"):
+            _assign(module, attr, tensor, target, dtype, key, is_param=kind == "param")
+        elif kind == "unexpected":
             unexpected.append(key)
-        del tensor
+        tensor = None
     bar.close()
     release_freed_memory()
-    if clamped:
-        warnings.warn(f"replaced NaN/Inf values in {len(clamped)} tensor(s) (NaN → 0, ±Inf → ± the tensor's "
-                      f"largest finite magnitude): {', '.join(f'{k} ({n})' for k, n in clamped.items())}", stacklevel=3)
+    warn_clamped(clamped, stacklevel=4)
     if unexpected:
-        raise CheckpointError(f"{ckpt.path} holds {len(unexpected)} tensor(s) the model does not have: "
-                              f"{_names(unexpected)}; expected only {type(model).__name__}'s tensors; "
-                              "the checkpoint does not match config.json")
+        raise unexpected_error(ckpt, model, unexpected)
 
 
 def _assign(module: nn.Module, attr: str, tensor: torch.Tensor, device, dtype, key: str, is_param: bool) -> None:
     old = module._parameters[attr] if is_param else module._buffers[attr]
-    if old is not None and tuple(old.shape) != tuple(tensor.shape):
-        raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(old.shape)} from config.json; "
-                              "the checkpoint does not match its config")
-    if old is not None and old.is_floating_point() != tensor.is_floating_point():
-        raise CheckpointError(f"{key} is stored as {tensor.dtype}; expected a {'floating-point' if old.is_floating_point() else 'integer'} "
-                              "tensor like the model's; the checkpoint is damaged or does not match config.json")
-    if tensor.is_floating_point():
-        tensor = tensor.to(dtype if old is None or old.is_floating_point() else old.dtype)
     # an owned copy: a tensor read from a shard may still be a view of the memory-mapped file
-    tensor = tensor.to(device, copy=True)
+    tensor = converted(old, tensor, dtype, key).to(device, copy=True)
     if is_param:
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
     else:
         module._buffers[attr] = tensor
-
-
-NONFINITE = ("error", "clamp")
-_CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _clamp_nonfinite(tensor: torch.Tensor) -> torch.Tensor:
-    finite = torch.isfinite(tensor)
-    top = float(tensor[finite].abs().max()) if finite.any() else 0.0
-    return torch.nan_to_num(tensor, nan=0.0, posinf=top, neginf=-top)
-
-
-def _count_nonfinite(tensor: torch.Tensor) -> int:
-    if tensor.dtype not in _CHECKED or not tensor.numel() or torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
-        return 0
-    return int((~torch.isfinite(tensor)).sum())
 
 
 def _check_tied_head(model: nn.Module, ckpt: Checkpoint) -> None:
@@ -239,17 +195,10 @@ def _check_tied_head(model: nn.Module, ckpt: Checkpoint) -> None:
             hw.device.type, ew.device.type) or hw.shape != ew.shape:
         return
     if not torch.equal(hw, ew.to(hw.device)):
-        raise CheckpointError(f"config.json ties the output head to the input embedding, but {ckpt.path} stores a "
-                              "different head; expected them equal; set tie_word_embeddings to false in config.json")
+        raise tied_head_error(ckpt)
 
 
 def _check_complete(model: nn.Module, ckpt: Checkpoint) -> None:
     missing = [n for n, t in model.state_dict(keep_vars=True).items() if t is not None and t.device.type == "meta"]
     if missing:
-        raise CheckpointError(f"{ckpt.path} lacks {len(missing)} tensor(s) the model needs: {_names(missing)}; "
-                              "the checkpoint is incomplete or does not match config.json")
-
-
-def _names(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" … (+{len(names) - limit} more)" if len(names) > limit else "")
+        raise missing_error(ckpt, missing)

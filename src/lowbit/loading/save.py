@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -25,17 +26,18 @@ from lowbit.loading.tokenizer import TOKENIZER_FILES
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)$")
 
 
-def parse_size(size: int | str) -> int:
+def parse_size(size: int | str, what: str = "max_shard_size") -> int:
+    """Bytes of ``size`` (an int, or '2GB', '500MB', '1GiB'); ``what`` names the argument in errors."""
     if isinstance(size, int) and not isinstance(size, bool) and size > 0:
         return size
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", str(size), re.IGNORECASE)
     if not m:
-        raise SaveError(f"max_shard_size={size!r} is not a size; expected bytes or a string like '2GB' or '500MB'")
+        raise SaveError(f"{what}={size!r} is not a size; expected bytes or a string like '2GB' or '500MB'")
     unit = m.group(2).upper()
     base = 1024 if "I" in unit else 1000
     nbytes = int(float(m.group(1)) * base ** {"K": 1, "M": 2, "G": 3}[unit[0]])
     if nbytes < 1:
-        raise SaveError(f"max_shard_size={size!r} is less than one byte; expected a positive size like '2GB'")
+        raise SaveError(f"{what}={size!r} is less than one byte; expected a positive size like '2GB'")
     return nbytes
 
 
@@ -46,8 +48,19 @@ def save_pretrained(model: nn.Module, out: str | Path, max_shard_size: int | str
     if quantizer is not None and not quantizer.is_serializable:
         raise SaveError(f"method {quantizer.config.method!r} cannot be saved; keep the full-precision checkpoint and "
                         "quantize on load instead")
-    out = Path(out)
     limit = parse_size(max_shard_size)
+    return write_folder(out, _tensors(model), limit, model, tokenizer_from or getattr(model, "lowbit_source", None),
+                        overwrite=overwrite)
+
+
+def write_folder(out: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], limit: int, source: nn.Module,
+                 tokenizer_from: str | Path | None = None, *, overwrite: bool = False) -> Path:
+    """Write ``tensors`` in shards of at most ``limit`` bytes, with ``source``'s config (and generation
+    config) and the tokenizer files of ``tokenizer_from``, to ``out`` atomically; returns the folder.
+
+    ``tensors`` is consumed before config.json is written, so an iterator may still complete
+    ``source.config`` at its end, or raise to leave nothing behind."""
+    out = Path(out)
     check_output(out, overwrite)
     _clean_leftovers(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -58,7 +71,8 @@ def save_pretrained(model: nn.Module, out: str | Path, max_shard_size: int | str
     except OSError as e:
         raise SaveError(f"cannot write in {str(out.parent)!r} ({e.strerror}); choose a writable output folder") from None
     try:
-        _write(model, tmp, limit, tokenizer_from or getattr(model, "lowbit_source", None))
+        _write(tensors, tmp, limit, tokenizer_from)
+        _write_config(source, tmp)
         _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,7 +149,10 @@ def _tensors(model: nn.Module):
             yield name, tensor.detach().to("cpu").contiguous()
 
 
-def _write(model: nn.Module, tmp: Path, limit: int, tokenizer_from) -> None:
+def _write(tensors: Iterable[tuple[str, torch.Tensor]], tmp: Path, limit: int,
+           tokenizer_from: str | Path | None) -> None:
+    """Shards of at most ``limit`` bytes of tensors (a larger tensor gets one of its own), the index with
+    their sha256, and the tokenizer files."""
     parts: list[tuple[Path, list[str], str]] = []
     shard: dict[str, torch.Tensor] = {}
     size = total = 0
@@ -148,7 +165,7 @@ def _write(model: nn.Module, tmp: Path, limit: int, tokenizer_from) -> None:
         parts.append((path, list(shard), file_sha256(path)))
         shard.clear()
 
-    for name, tensor in _tensors(model):
+    for name, tensor in tensors:
         nbytes = tensor.numel() * tensor.element_size()
         if shard and size + nbytes > limit:
             flush()
@@ -166,15 +183,19 @@ def _write(model: nn.Module, tmp: Path, limit: int, tokenizer_from) -> None:
         weight_map.update({k: final for k in names})
     index = {"metadata": {"total_size": total, "lowbit_version": __version__, "sha256": hashes}, "weight_map": weight_map}
     (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
-    model.config.save_pretrained(str(tmp))
-    gen = getattr(model, "generation_config", None)
-    if gen is not None and getattr(model, "can_generate", lambda: False)():
-        gen.save_pretrained(str(tmp))
     if tokenizer_from:
         for fname in TOKENIZER_FILES:
             src = Path(tokenizer_from) / fname
             if src.is_file():
                 shutil.copy2(src, tmp / fname)
+
+
+def _write_config(source: nn.Module, tmp: Path) -> None:
+    """config.json, and generation_config.json for a model that generates, of ``source``."""
+    source.config.save_pretrained(str(tmp))
+    gen = getattr(source, "generation_config", None)
+    if gen is not None and getattr(source, "can_generate", lambda: False)():
+        gen.save_pretrained(str(tmp))
 
 
 def _umask() -> int:

@@ -46,10 +46,8 @@ class QuantLinear(QuantHolder):
 
     # ---- canonical tensors ------------------------------------------------------------------
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
-        out = {n: self._buffers[n] for n in self.tensor_names() if n not in self._dropped}
-        if self._dropped:
-            out.update(self.kernel.canonical_from_prepared(self._prepared, self.spec, self.weight_shape))
-        return out
+        rebuilt = self.kernel.canonical_from_prepared(self._prepared, self.spec, self.weight_shape) if self._dropped else {}
+        return {n: rebuilt[n] if n in self._dropped else self._buffers[n] for n in self.tensor_names()}  # layout order
 
     def on_tensors_changed(self) -> None:
         self.kernel, self._prepared, self._dropped = None, {}, set()
