@@ -369,3 +369,31 @@ def test_output_parent_where_mkdir_fails(sources, case):
 def test_max_shard_size_garbage(tmp_path, sources, size):
     expect_error(SaveError, lambda: lowbit.save_pretrained(sources["model"], tmp_path / "out", max_shard_size=size),
                  names=[f"max_shard_size={size!r}", "2GB"], watch=tmp_path)
+
+
+def test_disk_full_on_the_second_shard(tmp_path, sources):
+    """The writer fails mid-save as a full disk makes it: a SaveError naming the cause; the old model is untouched
+    and no temporary folder is left."""
+    from lowbit.loading import save
+
+    out = tmp_path / "q"
+    lowbit.save_pretrained(sources["model"], out)
+    written = []
+
+    def full(tensors, path, metadata=None):
+        if written:
+            with open(path, "wb") as f:
+                f.write(b"\0" * 100)  # a partial file, as a full disk leaves it
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return save_file(tensors, path, metadata=metadata)
+
+    from safetensors.torch import save_file
+
+    original = save.save_file
+    save.save_file = full
+    try:
+        expect_error(SaveError, lambda: lowbit.save_pretrained(sources["model"], out, max_shard_size="20KB"),
+                     names=[str(out), "No space left on device", "free some space"], watch=tmp_path)
+    finally:
+        save.save_file = original

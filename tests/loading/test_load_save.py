@@ -23,7 +23,7 @@ import torch
 import helpers  # noqa: E402
 
 import lowbit  # noqa: E402
-from lowbit.errors import CheckpointError, ConfigError  # noqa: E402
+from lowbit.errors import CheckpointError, ConfigError, SaveError  # noqa: E402
 from lowbit.formats import IntSpec  # noqa: E402
 from lowbit.nn import QuantEmbedding, QuantLinear  # noqa: E402
 
@@ -380,7 +380,7 @@ def test_failed_save_leaves_old_model_untouched(ckpts, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")  # ... then the disk fills up
 
     monkeypatch.setattr(save, "_write", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(SaveError, match="No space left on device"):
         lowbit.save_pretrained(_load(ckpts["llama"], INT4), out)
     assert helpers.snapshot(tmp_path) == before
 
@@ -420,7 +420,7 @@ def test_old_folder_without_target_is_restored(ckpts, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(save, "_write", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(SaveError, match="No space left on device"):
         lowbit.save_pretrained(_load(ckpts["llama"], INT4), tmp_path / "q")
     assert helpers.snapshot(tmp_path / "q") == old
     assert _leftovers(tmp_path) == []

@@ -74,8 +74,12 @@ def write_folder(out: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], l
         _write(tensors, tmp, limit, tokenizer_from)
         _write_config(source, tmp)
         _swap(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":  # disk full, quota, I/O error
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise SaveError(f"writing {str(out)!r} failed ({reason}); nothing was changed there; free some space or "
+                            "choose another output folder") from None
         raise
     return out
 
