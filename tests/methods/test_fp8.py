@@ -52,18 +52,7 @@ class TestFp8Dynamic(Conformance):
     sqnr_floor = 31.4  # measured 31.93 (the weights are stored as per-channel fp8)
     real_max_ratio = 1.045  # measured 1.0343
 
-    def test_reference_kernel_is_dequantize_then_linear(self):
-        # The suite's element-wise allclose (rtol 5%, atol 1e-3) cannot hold when activations are rounded to
-        # e4m3fn (3 mantissa bits): outputs near zero differ by more. Same checks, with the error as a norm.
-        w = test_weight(64, 256)
-        layer = quantized_linear(self.cfg(kernel="reference", compute_dtype="float32"), w, bias=True)
-        assert layer.kernel.name == "reference"
-        x = torch.randn(3, 5, 256)
-        expected = layer.spec.reference_linear(x, layer.canonical_tensors(), layer.bias)
-        assert torch.equal(layer(x), expected)
-        plain = torch.nn.functional.linear(x, layer.spec.dequantize(layer.canonical_tensors()), layer.bias)
-        rel = ((layer(x) - plain).norm() / plain.norm()).item()
-        assert 0 < rel < 0.04  # measured 0.027: fp8 activation noise, ~31 dB like the weights
+    activation_error = 0.04  # measured 0.027: fp8 activations (3 mantissa bits) add noise, ~31 dB like the weights
 
 
 def test_config_fields_and_spec():

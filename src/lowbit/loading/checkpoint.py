@@ -6,6 +6,7 @@ checkpoint and no pickle is ever read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -165,22 +166,26 @@ def _entry(path: Path, name: str, info: Any) -> tuple[str, list[int], int, int, 
     return info["dtype"], info["shape"], info["data_offsets"][0], info["data_offsets"][1], nbytes
 
 
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn safetensors' own errors for a damaged file into a CheckpointError naming it."""
+    try:
+        yield
+    except (CheckpointError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"cannot read {path}: {e}; re-download or re-save the checkpoint") from None
+
+
 def iter_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) one at a time, shard by shard."""
     by_shard: dict[str, list[str]] = {}
     for name, shard in ckpt.weight_map.items():
         by_shard.setdefault(shard, []).append(name)
     for shard, names in sorted(by_shard.items()):
-        try:
-            with safe_open(str(ckpt.path / shard), framework="pt", device="cpu") as f:
-                for name in names:
-                    yield name, f.get_tensor(name)
-        except CheckpointError:
-            raise
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            if isinstance(e, (KeyboardInterrupt, MemoryError)):
-                raise
-            raise CheckpointError(f"cannot read {ckpt.path / shard}: {e}; re-download or re-save the checkpoint") from None
+        with reading(ckpt.path / shard), safe_open(str(ckpt.path / shard), framework="pt", device="cpu") as f:
+            for name in names:
+                yield name, f.get_tensor(name)
 
 
 def file_sha256(path: Path) -> str:

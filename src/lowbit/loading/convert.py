@@ -24,8 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lowbit.config import QuantConfig
-from lowbit.errors import CheckpointError, ConfigError, FormatError, SaveError
-from lowbit.loading.checkpoint import Checkpoint, open_checkpoint
+from lowbit.errors import ConfigError, FormatError, SaveError
+from lowbit.loading.checkpoint import Checkpoint, open_checkpoint, reading
 from lowbit.loading.pipeline import attach
 from lowbit.loading.resolve import resolve_dtype, resolve_quantization
 from lowbit.loading.save import check_output, parse_size, write_folder
@@ -258,13 +258,7 @@ class _Reader:
 
     def _do(self, shard: str, fn):
         path = self.ckpt.path / shard
-        try:
+        with reading(path):
             if shard not in self.files:
                 self.files[shard] = safe_open(str(path), framework="pt", device="cpu").__enter__()
             return fn(self.files[shard])
-        except CheckpointError:
-            raise
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            if isinstance(e, (KeyboardInterrupt, MemoryError)):
-                raise
-            raise CheckpointError(f"cannot read {path}: {e}; re-download or re-save the checkpoint") from None

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lowbit import __version__
-from lowbit.errors import SaveError
+from lowbit.errors import LowbitError, SaveError
 from lowbit.loading.checkpoint import INDEX_NAME, file_sha256
 from lowbit.loading.tokenizer import TOKENIZER_FILES
 
@@ -76,7 +76,8 @@ def write_folder(out: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], l
         _swap(tmp, out)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":  # disk full, quota, I/O error
+        if not isinstance(e, LowbitError) and (isinstance(e, OSError) or type(e).__name__ == "SafetensorError"):
+            # disk full, quota, I/O error
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
             raise SaveError(f"writing {str(out)!r} failed ({reason}); nothing was changed there; free some space or "
                             "choose another output folder") from None
