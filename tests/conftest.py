@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lowbit.errors import MissingTokenizerWarning
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, so test modules can `import helpers`
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,4 +24,5 @@ def _seed():
 def no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=MissingTokenizerWarning)  # tiny test models have none
         yield

@@ -37,6 +37,14 @@ class KernelError(LowbitError, RuntimeError):
     """A forced kernel cannot run the layer it was asked to run."""
 
 
+class LowbitWarning(UserWarning):
+    """Base of lowbit's warnings."""
+
+
+class MissingTokenizerWarning(LowbitWarning):
+    """A model folder without tokenizer files: the model loads, text needs a tokenizer from elsewhere."""
+
+
 class SaveError(LowbitError, OSError):
     """The output location cannot be written safely."""
 
@@ -49,4 +57,6 @@ __all__ = [
     "DependencyError",
     "KernelError",
     "SaveError",
+    "LowbitWarning",
+    "MissingTokenizerWarning",
 ]

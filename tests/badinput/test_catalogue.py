@@ -9,6 +9,7 @@ import pickle
 import shutil
 import struct
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,20 @@ def test_disk_full_on_the_second_shard(tmp_path, sources):
                      names=[str(out), "No space left on device", "free some space"], watch=tmp_path)
     finally:
         save.save_file = original
+
+
+def test_tokenizer_files_absent_loads_with_one_warning(tmp_path, sources):
+    from lowbit.errors import MissingTokenizerWarning
+
+    d = _copy(sources["llama"], tmp_path / "m")
+    before = helpers.snapshot(tmp_path)
+    with pytest.warns(MissingTokenizerWarning) as caught:
+        model = lowbit.from_pretrained(d, quantization=lowbit.config("int8"))
+    ours = [w for w in caught if issubclass(w.category, MissingTokenizerWarning)]
+    assert len(ours) == 1 and str(d) in str(ours[0].message) and "tokenizer.json" in str(ours[0].message)
+    assert model.model.layers[0].self_attn.q_proj.bits_per_weight() > 8
+    assert helpers.snapshot(tmp_path) == before
+    (d / "tokenizer_config.json").write_text("{}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingTokenizerWarning)
+        lowbit.from_pretrained(d, quantization=lowbit.config("int8"))

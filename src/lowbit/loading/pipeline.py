@@ -15,6 +15,7 @@ from lowbit.errors import ConfigError
 from lowbit.loading.checkpoint import Checkpoint, iter_tensors, open_checkpoint, verify_checkpoint
 from lowbit.loading.resolve import resolve_dtype, resolve_quantization
 from lowbit.loading.skeleton import build_skeleton
+from lowbit.loading.tokenizer import warn_if_no_tokenizer
 from lowbit.loading.tensors import (
     NONFINITE,
     check_finite,
@@ -46,6 +47,7 @@ def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = N
     if nonfinite not in NONFINITE:
         raise ConfigError(f"nonfinite={nonfinite!r} is not valid; expected one of {list(NONFINITE)}")
     ckpt = open_checkpoint(path)
+    warn_if_no_tokenizer(ckpt.path)
     if verify:
         verify_checkpoint(ckpt.path)
     cfg, pre_quantized, layers = resolve_quantization(ckpt.quantization_config, quantization)

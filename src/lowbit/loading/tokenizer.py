@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lowbit.errors import CheckpointError
+import warnings
+
+from lowbit.errors import CheckpointError, MissingTokenizerWarning
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.txt",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
@@ -18,3 +20,11 @@ def load_tokenizer(path: str | Path):
     except (OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} has no usable tokenizer ({str(e).splitlines()[0][:120]}); expected tokenizer.json "
                               "or tokenizer_config.json beside the model; copy the tokenizer files there") from None
+
+
+def warn_if_no_tokenizer(folder: Path, stacklevel: int = 3) -> None:
+    """One warning when ``folder`` holds none of the tokenizer files: the model still loads."""
+    if not any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):
+        warnings.warn(f"{folder} has no tokenizer files (expected e.g. tokenizer.json or tokenizer_config.json): the "
+                      "model loads, but turning text into ids needs a tokenizer; copy its files from the original "
+                      "checkpoint", MissingTokenizerWarning, stacklevel=stacklevel)
