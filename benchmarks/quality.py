@@ -12,7 +12,6 @@ wiki.eval.txt.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -28,10 +27,11 @@ from common import describe_device, print_table, write_results  # noqa: E402
 import lowbit  # noqa: E402
 from lowbit import realmodels  # noqa: E402
 from lowbit.eval import load_text, perplexity  # noqa: E402
+from lowbit.eval.report import default_text  # noqa: E402
 from lowbit.loading.tokenizer import load_tokenizer  # noqa: E402
 from lowbit.nn import QuantLinear  # noqa: E402
 
-DATA = Path(os.environ.get("LOWBIT_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+DATA = default_text("wiki.eval.txt").parent  # $LOWBIT_DATA, else shared/data beside the checkout
 
 
 def settings(g: int, g2: int) -> list[tuple[str, dict]]:

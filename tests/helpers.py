@@ -22,9 +22,9 @@ SRC = REPO / "src"
 
 def data_dir() -> Path:
     """The calibration/evaluation text: ``$LOWBIT_DATA``, else ``shared/data`` beside the repository."""
-    if os.environ.get("LOWBIT_DATA"):
-        return Path(os.environ["LOWBIT_DATA"])
-    return REPO / ".." / "shared" / "data"
+    from lowbit.eval.report import default_text
+
+    return default_text("wiki.eval.txt").parent
 
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, vocab_size=128, max_position_embeddings=128, tie_word_embeddings=False)
