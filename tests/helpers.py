@@ -90,6 +90,21 @@ def make_bert(folder: Path, *, seed: int = 0) -> Path:
     return Path(folder)
 
 
+def make_gemma3(folder: Path, *, seed: int = 0) -> Path:
+    """A tiny ``Gemma3ForCausalLM``: 2 blocks, sliding (window 8) then full attention, each with its own RoPE."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    _quiet_transformers()
+    cfg = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, vocab_size=128,
+                           max_position_embeddings=128, sliding_window=8,
+                           layer_types=["sliding_attention", "full_attention"])
+    model = Gemma3ForCausalLM(cfg)
+    _seeded_init(model, seed)
+    model.save_pretrained(folder)
+    return Path(folder)
+
+
 def char_tokenizer(folder: Path) -> Path:
     """A character-level tokenizer whose ids (printable ASCII = its code point) fit the tiny models' vocab of 128."""
     from tokenizers import Tokenizer, models
@@ -128,6 +143,11 @@ def snapshot(folder: Path) -> dict[str, tuple]:
             st = p.lstat()
             out[str(p.relative_to(folder))] = ("file", hashlib.sha256(p.read_bytes()).hexdigest(), st.st_mtime_ns)
     return out
+
+
+def contents(folder: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file under ``folder``: equal for folders with the same bytes."""
+    return {name: entry[1] for name, entry in snapshot(folder).items() if entry[0] == "file"}
 
 
 def tree_names(folder: Path) -> list[str]:

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from lowbit import errors  # noqa: E402
 from lowbit import methods  # noqa: E402  (registers the built-in methods; lowbit.methods() lists them)
+from lowbit.calibration import quantize_calibrated  # noqa: E402
 from lowbit.api import Inspection, LayerInfo, inspect, quantize_  # noqa: E402
 from lowbit.config import ComputeDtype, QuantConfig  # noqa: E402
 from lowbit.loading.checkpoint import verify_checkpoint as verify  # noqa: E402
@@ -17,6 +18,7 @@ from lowbit.loading.convert import quantize_folder  # noqa: E402
 from lowbit.loading.pipeline import from_pretrained  # noqa: E402
 from lowbit.loading.save import save_pretrained  # noqa: E402
 from lowbit.methods.fp8 import Fp8Config  # noqa: E402
+from lowbit.methods.gptq import GptqConfig  # noqa: E402
 from lowbit.methods.hqq import HqqConfig  # noqa: E402
 from lowbit.methods.mxfp4 import Mxfp4Config  # noqa: E402
 from lowbit.methods.nf4 import Fp4Config, Nf4Config  # noqa: E402
@@ -37,8 +39,9 @@ def Int4Config(**fields) -> RtnConfig:  # noqa: N802
     return config("int4", **fields)
 
 __all__ = [
-    "ComputeDtype", "Fp4Config", "Fp8Config", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
+    "ComputeDtype", "Fp4Config", "Fp8Config", "GptqConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
     "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig",
-    "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "quantize_folder",
+    "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "quantize_calibrated",
+    "quantize_folder",
     "register_alias", "register_method", "save_pretrained", "verify",
 ]

@@ -1,8 +1,12 @@
-"""Per-architecture data: which modules never convert, keyed by ``config.model_type``.
+"""Per-architecture data, keyed by ``config.model_type``: modules that never convert, where the transformer
+blocks are, and which Linears share an input with the module that produces it (for AWQ and SmoothQuant).
 
 Algorithms read this table; they never test architecture names themselves. Input and output
 embeddings are found through transformers' ``get_input_embeddings`` / ``get_output_embeddings`` for
 every architecture, and are kept at full precision unless the config asks to quantize them.
+
+Adding an architecture to the calibrated methods is one entry here: name its blocks' ``Balance`` groups
+(module names relative to one block) and, if its norms scale by ``1 + weight``, set ``norm_offset=1``.
 """
 
 from __future__ import annotations
@@ -11,19 +15,64 @@ import dataclasses
 
 
 @dataclasses.dataclass(frozen=True)
+class Balance:
+    """Linears that read the output of ``prev`` (a norm, or a Linear with nothing non-linear in between).
+
+    A per-input-channel scale ``s`` can then move between them: the Linears' weight columns are multiplied
+    by ``s`` and ``prev``'s output divided by it, leaving the block's function unchanged. ``inspect`` is the
+    module whose output measures the effect of a scale (AWQ's search); by default the Linears themselves.
+    """
+
+    prev: str
+    linears: tuple[str, ...]
+    inspect: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ArchInfo:
     skip: tuple[str, ...] = ()  # module-name parts that are never quantized
+    blocks: str | None = None  # the ModuleList of transformer blocks; None: the largest ModuleList
+    balance: tuple[Balance, ...] = ()  # empty: the calibrated methods that need it refuse the architecture
+    norm_offset: float = 0.0  # norms compute x_hat * (norm_offset + weight): 1 for Gemma's RMSNorm
 
 
+def _decoder(mlp_norm: str) -> tuple[Balance, ...]:
+    """Llama-style decoder block: q/k/v after the input norm, o after v, gate/up after ``mlp_norm``, down after up."""
+    return (
+        Balance("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+        Balance("self_attn.v_proj", ("self_attn.o_proj",)),  # used only when v's outputs are o's inputs (no GQA)
+        Balance(mlp_norm, ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+        Balance("mlp.up_proj", ("mlp.down_proj",)),
+    )
+
+
+_LLAMA = ArchInfo(blocks="model.layers", balance=_decoder("post_attention_layernorm"))
+_GEMMA = ArchInfo(blocks="model.layers", balance=_decoder("pre_feedforward_layernorm"), norm_offset=1.0)
 # Routers and gates are tiny and steer discrete choices: rounding them changes which experts run.
 _MOE = ArchInfo(skip=("router", "block_sparse_moe.gate", "mlp.gate", "shared_expert_gate"))
 
 ARCHS: dict[str, ArchInfo] = {
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma": _GEMMA,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+    "gemma3": dataclasses.replace(_GEMMA, skip=("vision_tower", "multi_modal_projector"),
+                                  blocks="model.language_model.layers"),
+    "phi3": ArchInfo(blocks="model.layers", balance=(
+        Balance("input_layernorm", ("self_attn.qkv_proj",), "self_attn"),
+        Balance("post_attention_layernorm", ("mlp.gate_up_proj",), "mlp"),
+    )),
+    "bert": ArchInfo(balance=(
+        Balance("attention.self.value", ("attention.output.dense",)),
+        Balance("attention.output.LayerNorm", ("intermediate.dense",)),
+    )),
     "mixtral": _MOE,
     "qwen2_moe": _MOE,
     "qwen3_moe": _MOE,
     "deepseek_v3": _MOE,
-    "gemma3": ArchInfo(skip=("vision_tower", "multi_modal_projector")),
     "llava": ArchInfo(skip=("vision_tower", "multi_modal_projector")),
 }
 
@@ -32,6 +81,11 @@ DEFAULT = ArchInfo()
 
 def arch_info(model_type: str | None) -> ArchInfo:
     return ARCHS.get(model_type or "", DEFAULT)
+
+
+def balanced_archs() -> list[str]:
+    """Model types with ``Balance`` data (what AWQ and SmoothQuant support)."""
+    return sorted(k for k, v in ARCHS.items() if v.balance)
 
 
 def name_matches(name: str, pattern: str) -> bool:

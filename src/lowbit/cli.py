@@ -55,6 +55,8 @@ def _config_from_args(args) -> object:
         fields["symmetric"] = args.symmetric
     if args.skip:
         fields["modules_to_not_convert"] = tuple(args.skip)
+    if getattr(args, "act_order", False):
+        fields["act_order"] = True
     for item in args.opt:
         fields.update(_option(item))
     for flag in ("quantize_embeddings", "quantize_lm_head", "strict"):
@@ -83,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--clamp-nonfinite", action="store_true",
                    help="replace NaN weights by 0 and Inf by the tensor's largest finite value (default: error)")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that holds no model")
+    c = q.add_argument_group("calibrated methods (gptq, awq, smoothquant)")
+    c.add_argument("--calib", default=None, metavar="FILE",
+                   help="calibration text, UTF-8 (default: wiki.calib.txt in $LOWBIT_DATA)")
+    c.add_argument("--samples", type=int, default=128, help="calibration windows (default 128)")
+    c.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
+    c.add_argument("--seed", type=int, default=0, help="which windows of the text are picked (default 0)")
+    c.add_argument("--batch-size", type=int, default=8, help="windows run through a block at once (default 8)")
+    c.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
 
     i = sub.add_parser("inspect", help="per layer: method, bits, bytes, kernel and why")
     i.add_argument("path")
@@ -152,6 +162,18 @@ def _defaults(cfg) -> str:
     return ", ".join(parts)
 
 
+def _quantize_calibrated(args, cfg):
+    from lowbit.calibration import quantize_calibrated
+
+    if args.max_memory is not None or args.clamp_nonfinite:
+        flag = "--max-memory" if args.max_memory is not None else "--clamp-nonfinite"
+        raise ConfigError(f"{flag} does not apply to calibrated methods, which always work one block at a time; "
+                          f"drop {flag}")
+    return quantize_calibrated(args.src, args.out, cfg, calib=args.calib, samples=args.samples, seq_len=args.seq_len,
+                               seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                               max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=True)
+
+
 def cmd_quantize(args) -> int:
     import lowbit
 
@@ -162,7 +184,12 @@ def cmd_quantize(args) -> int:
     parse_size(args.max_shard_size)
     start = time.perf_counter()
     nonfinite = "clamp" if args.clamp_nonfinite else "error"
-    if args.max_memory is None:
+    if registry.get(cfg.method).quantizer_cls.requires_calibration:
+        out, quantizer = _quantize_calibrated(args, cfg)
+    elif args.calib is not None:
+        raise ConfigError(f"--calib was given but method {args.method!r} needs no calibration data; drop --calib "
+                          "or choose gptq, awq or smoothquant")
+    elif args.max_memory is None:
         model = lowbit.from_pretrained(args.src, quantization=cfg, device=args.device, dtype=args.dtype,
                                        progress=True, nonfinite=nonfinite)
         quantizer = model.lowbit_quantizer

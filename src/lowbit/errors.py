@@ -37,6 +37,10 @@ class KernelError(LowbitError, RuntimeError):
     """A forced kernel cannot run the layer it was asked to run."""
 
 
+class CalibrationError(LowbitError, ValueError):
+    """Calibration text or a calibration run that cannot give a quantized model (too short, unsupported model)."""
+
+
 class LowbitWarning(UserWarning):
     """Base of lowbit's warnings."""
 
@@ -57,6 +61,7 @@ __all__ = [
     "DependencyError",
     "KernelError",
     "SaveError",
+    "CalibrationError",
     "LowbitWarning",
     "MissingTokenizerWarning",
 ]

@@ -31,10 +31,11 @@ class Quantizer:
     requires_calibration: ClassVar[bool] = False
     required_packages: ClassVar[tuple[tuple[str, str], ...]] = ()  # (import name, pip requirement)
 
-    def __init__(self, config: QuantConfig, *, pre_quantized: bool = False, skip: tuple[str, ...] = ()) -> None:
+    def __init__(self, config: QuantConfig, *, pre_quantized: bool = False, skip: tuple[str, ...] = (),
+                 calibrated: bool = False) -> None:
         if not isinstance(config, self.config_cls):
             raise ConfigError(f"{type(self).__name__} got a {type(config).__name__}; expected {self.config_cls.__name__}")
-        if self.requires_calibration and not pre_quantized:
+        if self.requires_calibration and not (pre_quantized or calibrated):  # `calibrated`: the runner feeds data
             raise ConfigError(f"method {config.method!r} needs calibration data and cannot quantize while loading; run "
                               f"`lowbit quantize SRC OUT --method {config.method} --calib TEXT` and load OUT instead")
         self.config = config

@@ -11,6 +11,8 @@ Stored tensors for a weight of shape [N, K] (N outputs, K inputs), G = K / group
 - ``scales``: [N, G], float16 when grouped, float32 per channel.
 - ``zeros`` [N, G], asymmetric only: uint8 integer zero-points (ZeroKind.INTEGER, as GPTQ/AWQ store them),
   or, with ``float_zero``, zero-points in the scales' dtype (ZeroKind.FLOAT, as HQQ stores them).
+- ``g_idx`` [K] int32, only with ``g_idx=True``: the group of each input, for GPTQ's act-order results whose
+  groups are not runs of consecutive inputs. Without it input j is in group j // group_size.
 
 Dequantization: asymmetric ``w = (q - z) * s``; symmetric ``w = c * s``.
 """
@@ -36,12 +38,15 @@ class IntSpec(WeightFormat, kind="int"):
     group_size: int | None  # None: one scale per output channel
     symmetric: bool
     float_zero: bool = False  # asymmetric only: zero-points are floats (HQQ) instead of integer codes
+    g_idx: bool = False  # grouped only: a stored g_idx gives each input's group (GPTQ act-order)
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
             raise ValueError(f"IntSpec.bits={self.bits}; expected one of {BITS}")
         if self.symmetric and self.float_zero:
             raise ValueError("IntSpec: a symmetric grid has no zero-point, float_zero must be False")
+        if self.g_idx and self.group_size is None:
+            raise ValueError("IntSpec: g_idx needs groups; per-channel scales have none")
 
     @property
     def qtype(self) -> QType:
@@ -63,7 +68,7 @@ class IntSpec(WeightFormat, kind="int"):
     def describe(self) -> str:
         g = "per-channel" if self.group_size is None else f"g{self.group_size}"
         zero = {ZeroKind.NONE: "sym", ZeroKind.INTEGER: "asym", ZeroKind.FLOAT: "asym float-zero"}[self.zero_kind]
-        return f"int{self.bits} {g} {zero}"
+        return f"int{self.bits} {g} {zero}" + (" g_idx" if self.g_idx else "")
 
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         if k % 8:
@@ -74,15 +79,28 @@ class IntSpec(WeightFormat, kind="int"):
         out = {"qweight": ((n, k * self.bits // 8), qdtype), "scales": ((n, g), self.scale_dtype)}
         if not self.symmetric:
             out["zeros"] = ((n, g), self.scale_dtype if self.float_zero else torch.uint8)
+        if self.g_idx:
+            out["g_idx"] = ((k,), torch.int32)
         return out
 
     def dequantize(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         q = unpack_bits(tensors["qweight"], self.bits, signed=self.symmetric).float()
         scales = tensors["scales"]
+        if self.g_idx:
+            return self._dequantize_g_idx(q, tensors, dtype)
         q = _grouped(q, scales.shape[-1])
         if not self.symmetric:
             q = q - tensors["zeros"].float()[..., None]
         return (q * scales.float()[..., None]).reshape(q.shape[0], -1).to(dtype)
+
+    def _dequantize_g_idx(self, q: torch.Tensor, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        g_idx, groups = tensors["g_idx"].long(), tensors["scales"].shape[-1]
+        if g_idx.numel() and (int(g_idx.min()) < 0 or int(g_idx.max()) >= groups):
+            raise FormatError(f"g_idx holds groups {int(g_idx.min())}..{int(g_idx.max())}; expected 0..{groups - 1}; "
+                              "the checkpoint is corrupt: re-quantize it")
+        if not self.symmetric:
+            q = q - tensors["zeros"].float()[:, g_idx]
+        return (q * tensors["scales"].float()[:, g_idx]).to(dtype)
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:

@@ -162,6 +162,8 @@ class CpuInt4Kernel(Kernel):
         n, k = shape
         if spec.bits != 4 or spec.group_size not in INT4_GROUPS:
             return False, f"needs int4 with group size in {INT4_GROUPS}, got {spec.describe()}"
+        if spec.g_idx:
+            return False, "needs groups of consecutive inputs, not a g_idx (GPTQ with static_groups=True gives them)"
         if n % 16:
             return False, f"N={n} is not a multiple of 16"
         return True, f"aten._weight_int4pack_mm_for_cpu (int4 g{spec.group_size}, zero as float offset)"

@@ -166,17 +166,23 @@ def _plan(model: nn.Module, ckpt: Checkpoint, quantizer: Quantizer) -> _Plan:
 
 
 def _stream(plan: _Plan, model: nn.Module, ckpt: Checkpoint, quantizer: Quantizer, dtype: torch.dtype,
-            progress: bool, clamp: bool) -> Iterator[tuple[str, torch.Tensor]]:
+            progress: bool, clamp: bool, done=None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of the quantized model, one source tensor at a time. At the end the tensors not written
     are checked (NaN/Inf, a tied head equal to the embedding) and the quantization config, with per-layer
-    fallbacks, is attached to ``model.config`` for writing."""
+    fallbacks, is attached to ``model.config`` for writing.
+
+    ``done`` (``name in done``, ``done[name]``) holds output tensors made already (the calibration runner's
+    blocks): those are taken from it instead of the checkpoint."""
     clamped: dict[str, int] = {}
     with _Reader(ckpt, progress) as reader:
         def read(key: str) -> torch.Tensor:
             return check_finite(key, reader(key), clamp, clamped)
 
         for item in plan.items:
-            if item.layer is not None:
+            names = [f"{item.name}.{a}" for a in item.layer.tensor_names()] if item.layer is not None else [item.name]
+            if done is not None and names[0] in done:
+                yield from ((n, done[n]) for n in names)
+            elif item.layer is not None:
                 yield from _quantized(item, read(item.key), quantizer)
             elif item.key is None:  # made by the model itself (a persistent buffer the checkpoint lacks)
                 yield item.name, item.old.detach().to("cpu").contiguous()

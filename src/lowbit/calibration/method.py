@@ -1,0 +1,51 @@
+"""The interface a calibrated method implements: quantize one block from what it receives on calibration text."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from lowbit.calibration.inputs import BlockInputs
+from lowbit.formats import WeightFormat
+from lowbit.quantizer import Quantizer
+from lowbit.rtn import rtn_quantize
+
+Stored = dict[str, dict[str, torch.Tensor]]  # module name → its stored tensors
+
+
+class CalibratedQuantizer(Quantizer):
+    """Base of GPTQ, AWQ and SmoothQuant: ``lowbit.quantize_calibrated`` (``lowbit quantize --calib``) calls
+    :meth:`calibrate_block` once per transformer block, in order, each block seeing the outputs of the
+    already-quantized blocks before it. Linears outside the blocks (a BERT pooler, say) are rounded to nearest
+    in the same format by :meth:`quantize`."""
+
+    requires_calibration: ClassVar[bool] = True
+
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
+        """Quantize the block's Linears that ``self.specs`` names (``prefix`` + "." + name within the block).
+
+        Returns their stored tensors, and leaves ``block`` computing what the quantized model will compute:
+        every quantized Linear's weight replaced by its dequantized value (see :func:`use_dequantized`), and
+        any scales the method moved applied to the block's other modules, whose tensors are saved as they are.
+        """
+        raise NotImplementedError
+
+    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        return rtn_quantize(weight, self.specs[name])
+
+    def block_linears(self, block: nn.Module, prefix: str) -> dict[str, nn.Linear]:
+        """The block's Linears that are quantized, by their names in the model."""
+        out = {}
+        for name, module in block.named_modules():
+            full = f"{prefix}.{name}" if name else prefix
+            if isinstance(module, nn.Linear) and full in self.specs and full not in self.tables:
+                out[full] = module
+        return out
+
+
+def use_dequantized(linear: nn.Linear, spec: WeightFormat, stored: dict[str, torch.Tensor]) -> None:
+    """Make ``linear`` compute with the quantized weight (its dequantized value, in the layer's dtype)."""
+    w = spec.dequantize({k: v.to(linear.weight.device) for k, v in stored.items()}, torch.float32)
+    linear.weight.data.copy_(w.to(linear.weight.dtype))

@@ -1,0 +1,263 @@
+"""``lowbit.quantize_calibrated``: the layer-by-layer runner of DESIGN.md §4.
+
+The model's blocks are never all in memory. The embeddings run once over the calibration samples to
+capture what block 0 receives; then, for each block in turn: its full-precision weights are read from the
+checkpoint, the method quantizes it on its inputs, the quantized block computes the next block's inputs,
+and its tensors (packed weights and anything the method changed) are written to a work folder beside the
+output, ``.OUT.calib``, together with the next block's inputs. A run that stops (Ctrl-C, a crash) restarts
+at the block it was working on, from what that folder holds. At the end the output folder is written
+atomically, as ``quantize_folder`` writes it, and the work folder removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from lowbit.calibration.data import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, calibration_samples, read_calibration_text
+from lowbit.calibration.inputs import BlockInputs, capture, find_blocks
+from lowbit.calibration.method import CalibratedQuantizer
+from lowbit.config import QuantConfig
+from lowbit.errors import ConfigError, FormatError
+from lowbit.loading.checkpoint import Checkpoint, open_checkpoint
+from lowbit.loading.convert import _plan, _Reader, _stream, shard_limit
+from lowbit.loading.pipeline import _device
+from lowbit.loading.resolve import resolve_dtype, resolve_quantization
+from lowbit.loading.save import check_output, write_folder
+from lowbit.loading.skeleton import build_skeleton
+from lowbit.loading.tensors import check_finite
+from lowbit.loading.tokenizer import load_tokenizer
+from lowbit.nn.holder import QuantHolder
+from lowbit.registry import get
+from lowbit.utils import release_freed_memory
+
+STATE = "state.json"
+
+
+def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantConfig | str, *,
+                        calib: str | Path | None = None, text: str | None = None, samples: int = DEFAULT_SAMPLES,
+                        seq_len: int = DEFAULT_SEQ_LEN, seed: int = 0, batch_size: int = 8,
+                        device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+                        max_shard_size: int | str = "2GB", overwrite: bool = False, progress: bool = False,
+                        log=None) -> tuple[Path, CalibratedQuantizer]:
+    """Quantize ``src`` into ``out`` with a calibrated method (gptq, awq, smoothquant), block by block.
+
+    Calibration text from ``calib`` (a UTF-8 file) or ``text``; ``samples`` windows of ``seq_len`` tokens chosen
+    with ``seed``, run ``batch_size`` at a time on ``device``. Returns the folder and the quantizer (its
+    ``summary()``). ``log(str)``, if given, receives one line per block (time, memory).
+    """
+    check_output(out, overwrite)
+    out = Path(out)
+    ckpt = open_checkpoint(src)
+    if ckpt.quantization_config is not None:
+        raise ConfigError(f"{ckpt.path} is already quantized; expected a full-precision checkpoint to calibrate")
+    cfg = resolve_quantization(None, quantization)[0]
+    cls = get(cfg.method).quantizer_cls
+    if not issubclass(cls, CalibratedQuantizer):
+        raise ConfigError(f"method {cfg.method!r} needs no calibration data; run `lowbit quantize` without --calib")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is invalid; expected an int >= 1")
+    if text is None:
+        from lowbit.eval.report import default_text
+
+        text = read_calibration_text(calib or default_text("wiki.calib.txt"))
+    device = _device(device)
+    dtype = resolve_dtype(dtype, ckpt.config)
+    quantizer = cls(cfg, calibrated=True)
+    quantizer.validate_environment(device, dtype)
+    work_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    ids = calibration_samples(load_tokenizer(ckpt.path), text, samples, seq_len, seed)
+
+    qmodel = build_skeleton(ckpt.path, ckpt.config, dtype)  # what is written: shells of the packed layers
+    quantizer.preprocess_model(qmodel)
+    if not quantizer.tied_head:
+        qmodel.tie_weights()
+    plan = _plan(qmodel, ckpt, quantizer)  # a missing or unexpected tensor fails here, before any work
+    model = build_skeleton(ckpt.path, ckpt.config, work_dtype)  # what runs: full precision, one block at a time
+    prefix, blocks = find_blocks(model)
+    quantizer.model_type = getattr(model.config, "model_type", None)
+    source = plan.source  # model name → checkpoint key
+    _load_outside(model, ckpt, source, prefix, device)
+
+    work = _Work(out, _fingerprint(ckpt, cfg, ids))
+    hidden0, calls = capture(model, blocks, list(ids.split(batch_size)), device)
+    start, hidden = work.resume(len(blocks), device)
+    hidden = hidden if hidden is not None else hidden0
+    del hidden0
+    bar = tqdm(total=len(blocks), initial=start, desc=f"{cfg.method} blocks", unit="block", disable=not progress)
+    for i in range(start, len(blocks)):
+        t0 = time.perf_counter()
+        name = f"{prefix}.{i}"
+        block = blocks[i]
+        _load_block(block, name, ckpt, source, device, work_dtype)
+        inputs = BlockInputs(hidden, calls[i])
+        stored = quantizer.calibrate_block(block, name, inputs)
+        hidden = inputs.run(block)  # the quantized block's outputs feed the next block
+        work.save_block(i, _block_tensors(qmodel, block, name, stored, dtype), hidden)
+        _free(block)
+        del inputs, stored
+        release_freed_memory()
+        bar.update()
+        if log is not None:
+            log(f"block {i}: {time.perf_counter() - t0:.1f} s")
+    bar.close()
+    del hidden, calls, model
+    done = work.store()
+    try:
+        tensors = _stream(plan, qmodel, ckpt, quantizer, dtype, progress, False, done=done)
+        folder = write_folder(out, tensors, shard_limit(max_shard_size, None), qmodel, ckpt.path, overwrite=overwrite)
+    finally:
+        done.close()
+    work.remove()
+    return folder, quantizer
+
+
+def _load_outside(model: nn.Module, ckpt: Checkpoint, source: dict[str, str], prefix: str, device) -> None:
+    """Load every tensor outside the blocks (embeddings, final norm, rotary buffers) except an untied head."""
+    head = model.get_output_embeddings()
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    skip = {id(head.weight)} if head is not None and not tied else set()
+    with _Reader(ckpt, False) as read:
+        for name, p in list(model.named_parameters()):
+            if name.startswith(prefix + ".") or id(p) in skip or name not in source:
+                continue
+            _set(model, name, check_finite(source[name], read(source[name]), False, {}).to(device, p.dtype))
+    if tied:
+        model.tie_weights()
+
+
+def _load_block(block: nn.Module, name: str, ckpt: Checkpoint, source: dict[str, str], device, dtype) -> None:
+    with _Reader(ckpt, False) as read:
+        for local, p in list(block.named_parameters()):
+            key = source[f"{name}.{local}"]
+            _set(block, local, check_finite(key, read(key), False, {}).to(device, dtype))
+
+
+def _set(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = root.get_submodule(module_name) if module_name else root
+    module._parameters[attr] = nn.Parameter(tensor.contiguous(), requires_grad=False)
+
+
+def _free(block: nn.Module) -> None:
+    for module in block.modules():
+        for attr, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[attr] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+
+
+def _block_tensors(qmodel: nn.Module, block: nn.Module, name: str, stored: dict[str, dict[str, torch.Tensor]],
+                   dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The block's tensors as the output stores them: packed parts of its quantized layers, the rest (norms,
+    biases, possibly rescaled by the method) in the output dtype."""
+    out: dict[str, torch.Tensor] = {}
+    local_state = block.state_dict()
+    for local, module in qmodel.get_submodule(name).named_modules():
+        full = f"{name}.{local}" if local else name
+        own = {}
+        module._save_to_state_dict(own, "", True)
+        if isinstance(module, QuantHolder) and full not in stored:
+            raise FormatError(f"the calibrated method left {full} unquantized; this is a bug in the method")
+        parts = stored.get(full, {})
+        if parts and set(parts) != set(module.tensor_names()):
+            raise FormatError(f"{full}: the method made tensors {sorted(parts)}; expected {module.tensor_names()}; "
+                              "this is a bug in the method")
+        for attr in own:
+            key = f"{local}.{attr}" if local else attr
+            tensor = parts[attr] if attr in parts else local_state[key]
+            if tensor.is_floating_point() and attr not in parts:
+                tensor = tensor.to(dtype)
+            out[f"{name}.{key}"] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def _fingerprint(ckpt: Checkpoint, cfg: QuantConfig, ids: torch.Tensor) -> str:
+    """What a resumed run must share with the one it continues: the source, the config and the samples."""
+    h = hashlib.sha256(json.dumps([str(ckpt.path.resolve()), cfg.to_dict()], sort_keys=True).encode())
+    h.update(ids.numpy().tobytes())
+    for shard in sorted(set(ckpt.weight_map.values())):
+        st = (ckpt.path / shard).stat()
+        h.update(f"{shard}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+class _Work:
+    """The work folder ``.OUT.calib``: one safetensors file per finished block, the inputs of the next block,
+    and state.json (fingerprint, next block), each replaced atomically."""
+
+    def __init__(self, out: Path, fingerprint: str) -> None:
+        self.dir = out.parent / f".{out.name}.calib"
+        self.fingerprint = fingerprint
+
+    def resume(self, n_blocks: int, device) -> tuple[int, list[torch.Tensor] | None]:
+        """(first block to run, its inputs) from an earlier run of the same work, else (0, None)."""
+        state = self._state()
+        if state is None or state.get("fingerprint") != self.fingerprint:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir(parents=True)
+            self._write_state(0)
+            return 0, None
+        start = int(state["next_block"])
+        if start == 0 or start > n_blocks:
+            return 0, None
+        with safe_open(str(self.dir / f"inputs-{start}.safetensors"), "pt", device="cpu") as f:
+            hidden = [f.get_tensor(str(i)).to(device) for i in range(len(f.keys()))]
+        return start, hidden
+
+    def save_block(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor]) -> None:
+        _save(tensors, self.dir / f"block-{i}.safetensors")
+        _save({str(j): h.detach().to("cpu").contiguous() for j, h in enumerate(hidden)},
+              self.dir / f"inputs-{i + 1}.safetensors")
+        self._write_state(i + 1)
+        (self.dir / f"inputs-{i}.safetensors").unlink(missing_ok=True)
+
+    def store(self) -> _Store:
+        return _Store(sorted(self.dir.glob("block-*.safetensors")))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _state(self) -> dict | None:
+        try:
+            return json.loads((self.dir / STATE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_state(self, next_block: int) -> None:
+        tmp = self.dir / (STATE + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "next_block": next_block}))
+        os.replace(tmp, self.dir / STATE)
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+class _Store:
+    """The finished blocks' tensors by name, read from the work folder when the output is written."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = [safe_open(str(p), "pt", device="cpu").__enter__() for p in files]
+        self.where = {k: f for f in self.files for k in f.keys()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.where[name].get_tensor(name)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.__exit__(None, None, None)

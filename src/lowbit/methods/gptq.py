@@ -1,0 +1,224 @@
+"""GPTQ (Frantar et al., 2022): integer weights whose rounding errors are compensated, column by column, by
+the columns not yet quantized, weighted by the inverse Hessian ``H = X^T X / n`` of the layer's inputs.
+
+Per layer: dampen H by ``damp`` × its mean diagonal, invert it by Cholesky (fp64 if fp32 fails), then walk
+the columns in blocks of ``block_size`` with lazy batch updates. ``act_order`` walks them by decreasing
+``diag(H)``; its groups are then stored with a ``g_idx``, unless ``static_groups`` fixes every group's grid
+from the original column groups first, which keeps groups of consecutive inputs for the fast kernels.
+Each group's grid is min/max (or absmax) of its current, error-updated columns, as RTN would choose it.
+
+Calibrated block by block (``lowbit quantize --calib``): within a block, with ``true_sequential``, Linears
+that share an input (q/k/v; gate/up) are quantized together, and later ones see the earlier ones quantized.
+Stored as ``IntSpec``: the same layout as ``rtn``, so GPTQ models run on the same kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+from torch import nn
+
+from lowbit.calibration.inputs import BlockInputs
+from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
+from lowbit.config import QuantConfig, check_choice
+from lowbit.errors import CalibrationError, ConfigError
+from lowbit.formats import IntSpec, pack_bits
+from lowbit.formats.intgroup import BITS
+from lowbit.registry import register_method
+from lowbit.rtn import rtn_params
+
+GROUP_SIZES = (32, 64, 128, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class GptqConfig(QuantConfig):
+    """GPTQ: integer weights with Hessian-weighted error compensation (needs calibration text)."""
+
+    method = "gptq"
+    version = 1
+
+    bits: int = 4
+    group_size: int | None = 128  # None: one scale per output channel
+    symmetric: bool = False
+    act_order: bool = False  # quantize columns by decreasing Hessian diagonal (desc_act)
+    static_groups: bool = False  # with act_order: groups fixed up front, stored without g_idx
+    damp: float = 0.01  # added to H's diagonal, as a fraction of its mean
+    block_size: int = 128  # columns per lazy batch update
+    true_sequential: bool = True
+
+    def validate(self) -> None:
+        check_choice(self, "bits", BITS)
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
+            raise ConfigError(f"gptq.group_size={self.group_size!r} is out of range; expected one of "
+                              f"{list(GROUP_SIZES)} or null for per-channel scales (--group-size 0)")
+        if not 0 < self.damp <= 1:
+            raise ConfigError(f"gptq.damp={self.damp} is out of range; expected 0 < damp <= 1 (usually 0.01)")
+        if not 1 <= self.block_size <= 4096:
+            raise ConfigError(f"gptq.block_size={self.block_size} is out of range; expected 1..4096 (usually 128)")
+
+
+class GptqQuantizer(CalibratedQuantizer):
+    config_cls = GptqConfig
+
+    def __init__(self, config: GptqConfig, **kwargs) -> None:
+        super().__init__(config, **kwargs)
+        self.timings: dict[str, float] = {}
+
+    def weight_spec(self, name: str, module: nn.Linear) -> IntSpec:
+        cfg = self.config
+        group = self.group_size_for(name, module.in_features, cfg.group_size)
+        g_idx = cfg.act_order and not cfg.static_groups and group is not None
+        return IntSpec(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric, g_idx=g_idx)
+
+    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Linears outside the blocks (no calibration inputs): round to nearest in the same format."""
+        spec = self.specs[name]
+        if not isinstance(spec, IntSpec) or not spec.g_idx:
+            return super().quantize(name, weight)
+        out = super().quantize(name, weight)
+        out["g_idx"] = (torch.arange(weight.shape[1]) // spec.group_size).to(torch.int32)
+        return out
+
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
+        linears = self.block_linears(block, prefix)
+        hessians, stages = _hessians(block, linears, inputs, record_stages=True)
+        if not self.config.true_sequential:
+            stages = [[n for stage in stages for n in stage]]
+        stored: Stored = {}
+        for s, stage in enumerate(stages):
+            if s and self.config.true_sequential:  # inputs computed with the earlier stages quantized
+                hessians = _hessians(block, {n: linears[n] for n in stage}, inputs)[0]
+            for name in stage:
+                t0 = time.perf_counter()
+                stored[name] = self.quantize_layer(name, linears[name].weight, hessians.pop(name))
+                use_dequantized(linears[name], self.specs[name], stored[name])
+                self.timings[name] = time.perf_counter() - t0
+        return stored
+
+    def quantize_layer(self, name: str, weight: torch.Tensor, hessian: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        return gptq(weight, hessian, self.specs[name], act_order=cfg.act_order, static_groups=cfg.static_groups,
+                    damp=cfg.damp, block_size=cfg.block_size, name=name)
+
+    def summary(self) -> str | None:
+        if not self.timings:
+            return None
+        total = sum(self.timings.values())
+        return f"gptq: {len(self.timings)} layers in {total:.1f} s ({1000 * total / len(self.timings):.0f} ms per layer)"
+
+
+def _hessians(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs,
+              record_stages: bool = False) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
+    """(H = X^T X / n per Linear from one pass over the batches, the Linears grouped by shared input in call order)."""
+    sums = {n: torch.zeros(m.in_features, m.in_features, device=m.weight.device) for n, m in linears.items()}
+    counts = dict.fromkeys(linears, 0)
+    order: list[tuple[str, int]] = []
+    shared: dict[str, str] = {}  # Linear → the one before it that was fed the same tensor (q/k/v share one H)
+    last: list = [None, None]  # the previous call's input and the Linear whose H it went into (kept: ids stay unique)
+
+    def add(name: str, x: torch.Tensor) -> None:
+        if record_stages and counts[name] == 0:
+            order.append((name, id(x)))
+        counts[name] += x.numel() // x.shape[-1]
+        if last[0] is x:
+            shared[name] = last[1]
+        else:
+            x2 = x.reshape(-1, x.shape[-1]).float()
+            sums[name].addmm_(x2.T, x2)
+            last[0], last[1] = x, name
+
+    inputs.feed(block, linears, add)
+    last.clear()
+    for name, first in shared.items():
+        sums[name] = sums[first]
+    missing = [n for n, c in counts.items() if c == 0]
+    if missing:
+        raise CalibrationError(f"{missing[0]} received no input while its block ran; expected every Linear of a "
+                               "block to be used; keep it unquantized with modules_to_not_convert")
+    stages: list[list[str]] = []
+    prev = None
+    for name, ident in order:
+        if stages and ident == prev:
+            stages[-1].append(name)
+        else:
+            stages.append([name])
+        prev = ident
+    return {n: sums[n] / counts[n] for n in linears}, stages
+
+
+def _inverse_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
+    """Upper Cholesky factor of the dampened H's inverse; in fp64 if fp32 fails; an error if that fails too."""
+    h = h.clone()
+    h.diagonal().add_(damp * h.diagonal().mean())
+    for dtype in (torch.float32, torch.float64):
+        hd = h.to(dtype)
+        factor, info = torch.linalg.cholesky_ex(hd)
+        if info == 0:
+            inv = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if info == 0 and torch.isfinite(upper).all():
+                return upper.float()
+    raise CalibrationError(f"{name}: the Hessian of its inputs is not positive definite even with damp={damp} (fp64); "
+                           "raise damp (e.g. --opt damp=0.1) or give more calibration samples")
+
+
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, spec: IntSpec, *, act_order: bool = False,
+         static_groups: bool = False, damp: float = 0.01, block_size: int = 128,
+         name: str = "weight") -> dict[str, torch.Tensor]:
+    """GPTQ of ``weight`` [N, K] given its inputs' ``hessian`` [K, K] → the stored tensors of ``spec``."""
+    w = weight.detach().float().clone()
+    n, k = w.shape
+    h = hessian.float().to(w.device).clone()
+    dead = h.diagonal() == 0  # inputs that are always zero: their columns do not matter
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    gs = spec.group_size or k
+    fixed = [rtn_params(w[:, c:c + gs], spec) for c in range(0, k, gs)] if static_groups or spec.group_size is None \
+        else None
+    perm = torch.argsort(h.diagonal(), descending=True) if act_order else None
+    if perm is not None:
+        w, h = w[:, perm], h[perm][:, perm]
+    hinv = _inverse_factor(h, damp, name)
+    codes = torch.empty(n, k, dtype=torch.int8 if spec.symmetric else torch.uint8, device=w.device)
+    scales, zeros = [], []
+    top = spec.qtype.midpoint - 1 if spec.symmetric else spec.qtype.qmax
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros(n, i2 - i1, device=w.device), hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if fixed is not None:
+                orig = int(perm[col]) if perm is not None else col
+                s, z = fixed[orig // gs]
+            elif col % gs == 0:  # a new group: its grid from the current (error-updated) columns
+                s, z = rtn_params(torch.cat([w1[:, i:i + gs], w[:, i2:col + gs]], 1), spec)
+                scales.append(s)
+                zeros.append(z)
+            sf = s.float()[:, 0]
+            if spec.symmetric:
+                q = (w1[:, i] / sf).round().clamp(-top, top)
+                deq = q * sf
+            else:
+                zf = z.float()[:, 0]
+                q = ((w1[:, i] / sf).round() + zf).clamp(0, top)
+                deq = (q - zf) * sf
+            codes[:, col] = q.to(codes.dtype)
+            err = (w1[:, i] - deq) / hinv1[i, i]
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if perm is not None:
+        codes = codes[:, torch.argsort(perm)]
+    if fixed is not None:
+        scales, zeros = [s for s, _ in fixed], [z for _, z in fixed]
+    out = {"qweight": pack_bits(codes, spec.bits), "scales": torch.cat(scales, 1).contiguous()}
+    if not spec.symmetric:
+        out["zeros"] = torch.cat(zeros, 1).contiguous()
+    if spec.g_idx:
+        out["g_idx"] = (torch.arange(k, device=w.device) // gs)[torch.argsort(perm)].to(torch.int32)
+    return {name: t.cpu() for name, t in out.items()}
+
+
+register_method(GptqConfig, GptqQuantizer)

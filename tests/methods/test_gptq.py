@@ -1,0 +1,121 @@
+"""GPTQ: the algorithm on single layers (bit-exact edge cases, error against RTN), its config and its formats.
+
+The runner side (blocks, resume, CLI) is tested in tests/calibration/test_runner.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.errors import CalibrationError, ConfigError, FormatError
+from lowbit.formats import IntSpec
+from lowbit.kernels import choose
+from lowbit.methods.gptq import GptqConfig, gptq
+from lowbit.rtn import rtn_quantize
+
+
+def correlated_inputs(k: int = 256, rows: int = 4096, seed: int = 0) -> torch.Tensor:
+    """Inputs with correlated channels of very different scales, as a transformer's are; ``seed`` draws other
+    rows of the same distribution."""
+    fixed = torch.Generator().manual_seed(0)
+    mix, scale = torch.randn(k, k, generator=fixed) * 0.1, torch.rand(k, generator=fixed) * 3
+    gen = torch.Generator().manual_seed(100 + seed)
+    return torch.randn(rows, k, generator=gen) @ mix + torch.randn(rows, k, generator=gen) * scale
+
+
+def output_error(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> float:
+    return float((x @ (q - w).T).norm() / (x @ w.T).norm())
+
+
+W = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+SPECS = [IntSpec(4, 64, False), IntSpec(4, 32, True), IntSpec(3, 64, False), IntSpec(2, 64, False),
+         IntSpec(8, None, True), IntSpec(4, None, False), IntSpec(4, 256, False)]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_uncorrelated_inputs_give_exactly_rtn(spec):
+    """With H = I no error can be moved to another column: GPTQ must round exactly as RTN does."""
+    got, want = gptq(W, torch.eye(256), spec, block_size=128), rtn_quantize(W, spec)
+    assert set(got) == set(want)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_compensation_lowers_the_output_error_on_held_out_inputs(spec):
+    x, held_out = correlated_inputs(), correlated_inputs(seed=1)
+    h = x.T @ x / len(x)
+    rtn = output_error(held_out, W, spec.dequantize(rtn_quantize(W, spec)))
+    plain = output_error(held_out, W, spec.dequantize(gptq(W, h, spec)))
+    assert plain < (0.97 if spec.bits > 2 else 1.0) * rtn  # at 2 bits the coarse grid leaves little to move
+    if spec.group_size is not None:
+        ordered = IntSpec(spec.bits, spec.group_size, spec.symmetric, g_idx=True)
+        act = output_error(held_out, W, ordered.dequantize(gptq(W, h, ordered, act_order=True)))
+        static = output_error(held_out, W, spec.dequantize(gptq(W, h, spec, act_order=True, static_groups=True)))
+        assert act < rtn and static < rtn
+
+
+def test_act_order_stores_each_input_group_in_g_idx():
+    x = correlated_inputs()
+    h = x.T @ x / len(x)
+    spec = IntSpec(4, 64, False, g_idx=True)
+    out = gptq(W, h, spec, act_order=True)
+    assert out["g_idx"].dtype == torch.int32 and out["g_idx"].shape == (256,)
+    perm = torch.argsort(h.diagonal(), descending=True)
+    assert torch.equal(out["g_idx"][perm], torch.arange(256, dtype=torch.int32) // 64)  # groups in walk order
+    assert torch.bincount(out["g_idx"]).tolist() == [64] * 4
+    # the dequantized weight applies each column's own group: equal to a column-by-column computation
+    codes = spec.dequantize({**out, "scales": torch.ones_like(out["scales"]), "zeros": torch.zeros_like(out["zeros"])})
+    manual = (codes - out["zeros"].float()[:, out["g_idx"].long()]) * out["scales"].float()[:, out["g_idx"].long()]
+    torch.testing.assert_close(spec.dequantize(out), manual)
+
+
+def test_static_groups_keep_consecutive_groups_for_the_fast_kernels():
+    cfg = lowbit.config("gptq", act_order=True, static_groups=True)
+    from lowbit.methods.gptq import GptqQuantizer
+
+    spec = GptqQuantizer(cfg, calibrated=True).weight_spec("x", torch.nn.Linear(256, 64))
+    assert spec == IntSpec(4, 128, False) and not spec.g_idx
+    ordered = GptqQuantizer(lowbit.config("gptq", act_order=True), calibrated=True).weight_spec("x", torch.nn.Linear(256, 64))
+    assert ordered.g_idx
+    ok, why = choose(ordered, torch.device("cpu"), (64, 256), torch.bfloat16)
+    assert ok.name == "reference" and "g_idx" in why
+    assert choose(spec, torch.device("cpu"), (64, 256), torch.bfloat16)[0].name != "reference"
+
+
+def test_dead_inputs_get_zero_columns_and_no_nan():
+    x = correlated_inputs()
+    x[:, :16] = 0
+    h = x.T @ x / len(x)
+    out = gptq(W, h, IntSpec(4, 64, False))
+    w = IntSpec(4, 64, False).dequantize(out)
+    assert torch.isfinite(w).all()
+    assert float(w[:, :16].abs().max()) <= float(out["scales"].float().max()) / 2 + 1e-6  # the zero code's neighbourhood
+
+
+def test_a_hessian_that_is_not_positive_definite_is_a_clear_error():
+    with pytest.raises(CalibrationError, match=r"layer.x: the Hessian of its inputs is not positive definite even with "
+                                               r"damp=0.01 \(fp64\); raise damp"):
+        gptq(W, -torch.eye(256), IntSpec(4, 64, False), name="layer.x")
+
+
+def test_a_corrupt_g_idx_is_a_format_error():
+    spec = IntSpec(4, 64, False, g_idx=True)
+    out = gptq(W, torch.eye(256), spec, act_order=True)
+    out["g_idx"][3] = 9
+    with pytest.raises(FormatError, match=r"g_idx holds groups 0..9; expected 0..3; the checkpoint is corrupt"):
+        spec.dequantize(out)
+
+
+def test_config_round_trip_and_errors():
+    cfg = lowbit.config("gptq", bits=3, group_size=64, act_order=True, damp=0.05)
+    assert GptqConfig.from_dict(cfg.to_dict()) == cfg
+    assert isinstance(cfg, lowbit.GptqConfig)
+    for fields, message in [({"bits": 5}, "gptq.bits=5 is out of range"),
+                            ({"group_size": 48}, "gptq.group_size=48 is out of range"),
+                            ({"damp": 0}, "gptq.damp=0.0 is out of range; expected 0 < damp <= 1"),
+                            ({"block_size": 0}, "gptq.block_size=0 is out of range")]:
+        with pytest.raises(ConfigError, match=message):
+            lowbit.config("gptq", **fields)
