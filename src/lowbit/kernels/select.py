@@ -10,6 +10,7 @@ from lowbit.errors import KernelError
 from lowbit.kernels.base import Kernel
 from lowbit.kernels.cpu import CpuInt4Kernel, CpuInt8Kernel
 from lowbit.kernels.reference import ReferenceKernel
+from lowbit.kernels.triton import TRITON_KERNELS
 
 KERNEL_ENV = "LOWBIT_KERNEL"
 _KERNELS: dict[str, Kernel] = {}
@@ -20,7 +21,7 @@ def register_kernel(kernel: Kernel) -> Kernel:
     return kernel
 
 
-for _k in (ReferenceKernel(), CpuInt8Kernel(), CpuInt4Kernel()):
+for _k in (ReferenceKernel(), CpuInt8Kernel(), CpuInt4Kernel(), *TRITON_KERNELS):
     register_kernel(_k)
 
 

@@ -69,7 +69,7 @@ def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = N
         model.tie_weights()
     _check_complete(model, ckpt)
     if quantizer is not None:
-        quantizer.postprocess_model(model, device if not placement.multi else torch.device("cpu"), dtype)
+        quantizer.postprocess_model(model, placement.compute_device(), dtype)
         attach(model, quantizer)
     if placement.multi:
         from accelerate import dispatch_model
@@ -110,6 +110,13 @@ class _Placement:
         self.device, self.device_map = device, device_map
         self.multi = bool(device_map) and len({str(v) for v in device_map.values()}) > 1
         self._prefixes = sorted(device_map, key=len, reverse=True) if device_map else []
+
+    def compute_device(self) -> torch.device:
+        """The device whose compute dtype the quantized layers take: a GPU of the map if any, else the CPU."""
+        if not self.multi:
+            return self.device
+        gpus = [self.device_of(name) for name in self.device_map if self.device_of(name).type == "cuda"]
+        return gpus[0] if gpus else torch.device("cpu")
 
     def device_of(self, name: str) -> torch.device:
         for prefix in self._prefixes:

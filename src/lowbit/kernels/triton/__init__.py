@@ -1,0 +1,181 @@
+"""Triton kernels for CUDA layers: int4 (both zero kinds and symmetric), nf4/fp4, int8, fp8 (weight-only, W8A8).
+
+Importing this package never imports triton: the kernels below decline (with the reason) where triton or
+CUDA is missing, and the op module that needs triton loads on the first CUDA layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+from lowbit.formats import CodebookSpec, Fp8Spec, IntSpec, pack_bits, unpack_bits
+from lowbit.formats.codebook import HIGH_FIRST, pack_nibbles, unpack_nibbles
+from lowbit.kernels.base import Kernel
+from lowbit.kernels.triton.layout import codes_from_words, nibble_words
+
+_HALF = (torch.bfloat16, torch.float16)
+FP8_CAPABILITY = (8, 9)
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _ops():
+    from lowbit.kernels.triton import ops  # registers lowbit::triton_linear (and imports triton on first launch)
+
+    return ops
+
+
+class TritonKernel(Kernel):
+    """Shared checks and the call; subclasses say which formats they take and how they lay them out."""
+
+    priority = 20
+
+    def fmt(self, spec) -> str:
+        raise NotImplementedError
+
+    def unsupported(self, spec, device: torch.device) -> str | None:
+        return None
+
+    def can_implement(self, spec, device, shape, compute_dtype):
+        if device.type != "cuda":
+            return False, f"device is {device.type}, this kernel runs on cuda"
+        if not triton_available():
+            return False, "triton is not installed; pip install triton"
+        if compute_dtype not in _HALF:
+            return False, f"compute dtype {compute_dtype} is not bf16/fp16"
+        n, k = shape
+        if k % 128:
+            return False, f"K={k} is not a multiple of 128"
+        why = self.unsupported(spec, device)
+        if why:
+            return False, why
+        from lowbit.kernels.triton import tune
+
+        return True, f"triton {self.fmt(spec)}: {tune.describe(self.fmt(spec), compute_dtype, k, n)}"
+
+    def prepare(self, tensors, spec, compute_dtype):
+        _ops()  # the op exists before the first forward (which torch.compile may trace)
+        return self.layout(tensors, spec)
+
+    def layout(self, tensors, spec) -> dict[str, torch.Tensor]:
+        """The kernel-private tensors (non-persistent, never saved)."""
+        return {}
+
+    def tensors(self, tensors, prepared):
+        """(w, s, z) as the op takes them."""
+        raise NotImplementedError
+
+    def run(self, x, tensors, prepared, spec, bias):
+        w, s, z = self.tensors(tensors, prepared)
+        return torch.ops.lowbit.triton_linear(x, w, s, z, bias, self.fmt(spec))
+
+
+class TritonInt4Kernel(TritonKernel):
+    name = "triton_int4"
+    rebuilds_canonical = True
+
+    def handles(self, spec):
+        return isinstance(spec, IntSpec) and spec.bits == 4
+
+    def fmt(self, spec):
+        return f"int4/{spec.group_size or 0}"
+
+    def unsupported(self, spec, device):
+        if getattr(spec, "g_idx", False):
+            return "needs groups of consecutive inputs, not a g_idx"
+        if spec.group_size is not None and spec.group_size % 16:
+            return f"group size {spec.group_size} is not a multiple of 16"
+        return None
+
+    def layout(self, tensors, spec):
+        codes = unpack_bits(tensors["qweight"], 4)
+        if spec.symmetric:
+            codes ^= 8  # signed c (two's complement nibble) → c + 8
+        return {"w": nibble_words(codes)}
+
+    def canonical_from_prepared(self, prepared, spec, shape):
+        codes = codes_from_words(prepared["w"])
+        if spec.symmetric:
+            codes ^= 8
+        return {"qweight": pack_bits(codes, 4)}
+
+    def tensors(self, tensors, prepared):
+        return prepared["w"], tensors["scales"], tensors.get("zeros")
+
+
+class TritonCodebookKernel(TritonKernel):
+    name = "triton_nf4"
+    rebuilds_canonical = True
+
+    def handles(self, spec):
+        return isinstance(spec, CodebookSpec)
+
+    def fmt(self, spec):
+        return f"{spec.code}/{spec.block_size}"
+
+    def unsupported(self, spec, device):
+        if spec.block_size % 16:
+            return f"block size {spec.block_size} is not a multiple of 16"
+        return None
+
+    def layout(self, tensors, spec):
+        out = {"w": nibble_words(unpack_nibbles(tensors["qweight"], HIGH_FIRST[spec.code]))}
+        if spec.double_quant:
+            out["absmax"] = spec.absmax(tensors).contiguous()  # fp32, decoded once
+        return out
+
+    def canonical_from_prepared(self, prepared, spec, shape):
+        return {"qweight": pack_nibbles(codes_from_words(prepared["w"]), HIGH_FIRST[spec.code])}
+
+    def tensors(self, tensors, prepared):
+        return prepared["w"], prepared.get("absmax", tensors["absmax"]), None
+
+
+class TritonInt8Kernel(TritonKernel):
+    name = "triton_int8"
+
+    def handles(self, spec):
+        return isinstance(spec, IntSpec) and spec.bits == 8
+
+    def fmt(self, spec):
+        return "int8"
+
+    def unsupported(self, spec, device):
+        if spec.group_size is not None or not spec.symmetric:
+            return f"needs int8 symmetric per-channel, got {spec.describe()}"
+        return None
+
+    def tensors(self, tensors, prepared):
+        return tensors["qweight"], tensors["scales"], None
+
+
+class TritonFp8Kernel(TritonKernel):
+    name = "triton_fp8"
+
+    def handles(self, spec):
+        return isinstance(spec, Fp8Spec)
+
+    def fmt(self, spec):
+        return "fp8dyn" if spec.activations == "dynamic" else "fp8"
+
+    def unsupported(self, spec, device):
+        if spec.block_size is not None:
+            return f"block-scaled fp8 ({spec.describe()}) is not supported; per-channel scales only"
+        cap = torch.cuda.get_device_capability(device)
+        if cap < FP8_CAPABILITY:
+            return (f"compute capability {cap[0]}.{cap[1]} has no fp8 instructions (needs "
+                    f"{FP8_CAPABILITY[0]}.{FP8_CAPABILITY[1]}+)")
+        return None
+
+    def tensors(self, tensors, prepared):
+        return tensors["qweight"], tensors["scales"], None
+
+
+TRITON_KERNELS = (TritonInt4Kernel(), TritonCodebookKernel(), TritonInt8Kernel(), TritonFp8Kernel())

@@ -1,0 +1,142 @@
+"""``lowbit::triton_linear``: the CUDA op behind the Triton kernels, and the launcher it calls.
+
+``fmt`` names the stored format in a few characters: ``int4/<group>`` (zeros tensor given: asymmetric; none:
+symmetric codes stored + 8), ``nf4/<block>``, ``fp4/<block>``, ``int8`` (symmetric per channel), ``fp8`` (per
+channel, weight-only) and ``fp8dyn`` (W8A8: activations quantized per row at run time, then an fp8 x fp8 product
+through Triton or ``torch._scaled_mm``, whichever the tuner found faster for the shape).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+from lowbit.formats.codebook import CODES, LEVELS
+from lowbit.formats.fp8 import quantize_rows
+from lowbit.kernels.base import fake_linear, flat
+from lowbit.kernels.triton import tune
+
+FORMATS = {"int4": 0, "nf4": 1, "fp4": 1, "int8": 2, "fp8": 3, "fp8dyn": 3}
+
+
+@functools.lru_cache(maxsize=64)
+def parse(fmt: str) -> tuple[str, int, int]:
+    """``int4/128`` → (family, kernel format id, group size; 0 when per channel)."""
+    family, _, group = fmt.partition("/")
+    return family, FORMATS[family], int(group or 0)
+
+
+@functools.lru_cache(maxsize=16)
+def lut(code: str, device: torch.device) -> torch.Tensor:
+    """A code book's values over its largest magnitude: the weight is lut[code] * block absmax."""
+    return (torch.tensor(CODES[code], dtype=torch.float32) / LEVELS[code]).to(device)
+
+
+def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.Tensor | None,
+           fmt: str, cfg: dict, xs: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y [M, N] = x2 [M, K] @ W.T (+ bias) for the stored ``w``/``s``/``z`` of ``fmt`` with one config.
+
+    ``xs`` (fp8dyn only): per-row scales of an fp8 ``x2``.
+    """
+    from lowbit.kernels.triton.kernels import gemm_kernel, gemv_kernel
+
+    family, code, group = parse(fmt)
+    m, k = x2.shape
+    n = s.shape[0]
+    out_dtype = out_dtype or x2.dtype
+    chunks = k // 128
+    cpi = cfg["CPI"] if chunks % cfg["CPI"] == 0 else 1
+    split = max(d for d in range(1, cfg["SPLIT_K"] + 1) if (chunks // cpi) % d == 0)  # equal parts
+    per = chunks // split
+    atomic = split > 1
+    out = torch.zeros(m, n, dtype=torch.float32, device=x2.device) if atomic else \
+        torch.empty(m, n, dtype=out_dtype, device=x2.device)
+    table = lut(family, x2.device) if code == 1 else s
+    common = dict(FMT=code, GS=group or 1 << 30,  # per channel: every input in group 0
+                  HAS_Z=z is not None, ZERO=8.0, HAS_BIAS=bias is not None and not atomic,
+                  ATOMIC=atomic, CPI=cpi, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = (x2, xs if xs is not None else s, w, s, z if z is not None else s, table, bias if bias is not None else s, out)
+    g = s.shape[1] if s.dim() == 2 else 1
+    if cfg["path"] == "gemv":
+        grid = (triton_cdiv(n, cfg["BN"]), m, split)
+        gemv_kernel[grid](*args, n, k, g, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
+                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, **common)
+    else:
+        grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
+        gemm_kernel[grid](*args, m, n, k, g, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
+                          BM=cfg["BM"], BN=cfg["BN"], **common)
+    if atomic:
+        out = out.to(out_dtype)
+        if bias is not None:
+            out += bias.to(out_dtype)
+    return out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def run(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.Tensor | None,
+        fmt: str, cfg: dict) -> torch.Tensor:
+    """One layer call with one config: W8A8 quantizes the activations first."""
+    if fmt != "fp8dyn":
+        return launch(x2, w, s, z, bias, fmt, cfg)
+    xq, xs = quantize_rows(x2)
+    if cfg["path"] == "scaled_mm":
+        y = torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=s.reshape(1, -1), out_dtype=x2.dtype)
+        return y if bias is None else y + bias.to(y.dtype)
+    return launch(xq, w, s, z, bias, fmt, cfg, xs=xs.reshape(-1).contiguous(), out_dtype=x2.dtype)
+
+
+def bench_gpu(fn, reps: int = 40) -> float:
+    """Median GPU µs of ``fn()``: replayed from a CUDA graph (no Python launch cost in the number), the L2 cache
+    flushed before each replay so weights come from memory as in a real forward."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps + 3)]
+    for start, end in events:
+        flush.zero_()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(1e3 * s.elapsed_time(e) for s, e in events[3:])
+    return times[len(times) // 2]
+
+
+def _measure(x2, w, s, z, bias, fmt):
+    """For the tuner: a config → its median GPU µs (inf if it does not compile or run)."""
+    def measure(cfg: dict) -> float:
+        try:
+            return bench_gpu(lambda: run(x2, w, s, z, bias, fmt, cfg))
+        except Exception:  # out of shared memory or registers for this tile: not a candidate
+            return float("inf")
+    return measure
+
+
+@torch.library.custom_op("lowbit::triton_linear", mutates_args=(), device_types="cuda")
+def triton_linear(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None,
+                  bias: torch.Tensor | None, fmt: str) -> torch.Tensor:
+    """``x @ W.T + bias`` for a weight stored as ``w``/``s``/``z`` in the Triton layout of ``fmt``."""
+    x2, lead = flat(x)
+    x2 = x2.contiguous()
+    n = s.shape[0]
+    cfg = tune.config_for(fmt, x.dtype, x2.shape[0], x2.shape[1], n, lambda: _measure(x2, w, s, z, bias, fmt))
+    other = x.device.index is not None and x.device.index != torch.cuda.current_device()
+    with torch.cuda.device(x.device) if other else contextlib.nullcontext():  # Triton launches on the current device
+        y = run(x2, w, s, z, bias, fmt, cfg)
+    return y.reshape(*lead, n)
+
+
+@triton_linear.register_fake
+def _(x, w, s, z, bias, fmt):
+    return fake_linear(x, s.shape[0])

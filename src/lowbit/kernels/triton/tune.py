@@ -1,0 +1,158 @@
+"""Launch configurations of the Triton kernels, keyed on (format, dtype, M bucket, K, N) and cached as JSON.
+
+The cache is a file per GPU model beside this module (``tuned_h100.json``, ...), written by
+``benchmarks/gpu_linear.py --tune`` and read at run time: a cached key runs its measured best config, any
+other a heuristic default. Tuning never happens inside a forward unless ``LOWBIT_TUNE=1`` (and never while a
+CUDA graph is being captured).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+TUNE_ENV = "LOWBIT_TUNE"
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GEMV_MAX_M = 4  # above this the GEMV re-reads each weight too often
+
+
+def bucket(m: int) -> int:
+    return next((b for b in BUCKETS if m <= b), BUCKETS[-1])
+
+
+def device_slug(device: torch.device | None = None) -> str:
+    return _slug(torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cpu")
+
+
+@functools.lru_cache(maxsize=8)
+def _slug(name: str) -> str:
+    for model in ("H100", "H200", "A100", "L40S", "L4", "B200"):
+        if model in name:
+            return model.lower()
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def cache_path(device: torch.device | None = None) -> Path:
+    return HERE / f"tuned_{device_slug(device)}.json"
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: Path) -> dict[str, dict]:
+    try:
+        return json.loads(path.read_text())["configs"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def cache(device: torch.device | None = None) -> dict[str, dict]:
+    return _load(_cache_path(torch.cuda.current_device() if device is None and torch.cuda.is_available() else device))
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_path(device) -> Path:
+    return cache_path(device)
+
+
+def key(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> str:
+    return f"{fmt}|{str(dtype).removeprefix('torch.')}|M{bucket(m)}|K{k}|N{n}"
+
+
+def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
+    """A reasonable untuned config: GEMV at M=1, split-K skinny GEMM to M=16, plain tiles above."""
+    b = bucket(m)
+    if fmt == "fp8dyn" and b >= 16 and dtype == torch.bfloat16:
+        return {"path": "scaled_mm"}
+    if b == 1:
+        return {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 2}
+    if b <= 16:
+        tiles = -(-n // 64)
+        split = max(1, min(8, 264 // tiles, k // 512))
+        return {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 3}
+    return {"path": "gemm", "BM": 64 if b <= 64 else 128, "BN": 128, "CPI": 1, "SPLIT_K": 1, "num_warps": 8,
+            "num_stages": 3}
+
+
+def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
+    """What the tuner tries for one M bucket."""
+    b = bucket(m)
+    out = []
+    if b <= GEMV_MAX_M:
+        for bn, cpi, split, warps in ((16, 1, 1, 4), (32, 1, 1, 4), (32, 2, 1, 4), (64, 1, 1, 4), (64, 1, 1, 8),
+                                      (128, 1, 1, 8), (32, 1, 2, 4), (64, 1, 2, 4), (64, 1, 4, 8), (128, 1, 2, 8)):
+            out.append({"path": "gemv", "BN": bn, "CPI": cpi, "SPLIT_K": split, "num_warps": warps, "num_stages": 2})
+    if b <= 16:
+        for bn, split, stages in ((32, 1, 3), (32, 4, 3), (64, 2, 3), (64, 4, 3), (64, 8, 3), (128, 2, 3),
+                                  (128, 4, 4), (64, 4, 5)):
+            out.append({"path": "gemm", "BM": 16, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": 4,
+                        "num_stages": stages})
+    else:
+        for bm, bn, split, warps, stages in ((32, 64, 2, 4, 3), (32, 128, 1, 4, 3), (64, 64, 1, 4, 3),
+                                             (64, 128, 1, 4, 3), (64, 128, 1, 8, 4), (128, 128, 1, 8, 3),
+                                             (128, 64, 1, 4, 3), (128, 256, 1, 8, 3)):
+            if bm <= 2 * b:
+                out.append({"path": "gemm", "BM": bm, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
+                            "num_stages": stages})
+    if fmt == "fp8dyn" and b >= 16 and dtype == torch.bfloat16:
+        out.append({"path": "scaled_mm"})
+    return out
+
+
+def config_for(fmt: str, dtype: torch.dtype, m: int, k: int, n: int,
+               measure: Callable[[], Callable[[dict], float]] | None = None) -> dict:
+    """The cached config, else (with $LOWBIT_TUNE=1 and a ``measure`` maker) a freshly tuned one, else the default."""
+    found = cache().get(key(fmt, dtype, m, k, n))
+    if found is not None:
+        return found
+    if measure is not None and os.environ.get(TUNE_ENV) == "1" and not torch.cuda.is_current_stream_capturing():
+        return tune(fmt, dtype, m, k, n, measure())[0]
+    return default(fmt, dtype, m, k, n)
+
+
+def tune(fmt: str, dtype: torch.dtype, m: int, k: int, n: int,
+         measure: Callable[[dict], float]) -> tuple[dict, dict[str, float]]:
+    """Time every candidate with ``measure(config) -> µs`` (inf when it fails); remember and return the best."""
+    timings = {json.dumps(c, sort_keys=True): measure(c) for c in candidates(fmt, dtype, m)}
+    best = json.loads(min(timings, key=timings.get))
+    cache()[key(fmt, dtype, m, k, n)] = best
+    return best, timings
+
+
+def save(path: Path | None = None) -> Path:
+    """Write the configs known now (cached and freshly tuned) to the cache file of this GPU."""
+    path = path or cache_path()
+    path.write_text(json.dumps({"device": torch.cuda.get_device_name(), "triton": _triton_version(),
+                                "configs": dict(sorted(cache().items()))}, indent=1) + "\n")
+    return path
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return "none"
+
+
+def short(cfg: dict) -> str:
+    if cfg["path"] == "scaled_mm":
+        return "torch._scaled_mm"
+    tile = f"BN{cfg['BN']}" if cfg["path"] == "gemv" else f"{cfg['BM']}x{cfg['BN']}"
+    return f"{cfg['path']} {tile} splitK{cfg['SPLIT_K']} w{cfg['num_warps']}s{cfg['num_stages']}"
+
+
+def describe(fmt: str, dtype: torch.dtype, k: int, n: int) -> str:
+    """The configs this layer will run, per M bucket, and whether they were tuned on this GPU."""
+    known = cache() if torch.cuda.is_available() else {}
+    parts = []
+    for m in (1, 16, 256):
+        cfg = known.get(key(fmt, dtype, m, k, n))
+        parts.append(f"M{m}: {short(cfg or default(fmt, dtype, m, k, n))}{'' if cfg else ' (untuned)'}")
+    return "; ".join(parts)

@@ -1,0 +1,253 @@
+"""Triton kernels: the CPU-side contract everywhere; correctness against the reference op on a GPU.
+
+The GPU tests skip on machines without CUDA (CI); benchmarks/gpu_run.sh runs them on the GPU machine.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lowbit.errors import KernelError
+from lowbit.formats import CodebookSpec, Fp8Spec, IntSpec, pack_bits, unpack_bits
+from lowbit.formats.codebook import codebook_quantize
+from lowbit.formats.fp8 import quantize_channel
+from lowbit.kernels import choose
+from lowbit.kernels.select import get_kernel
+from lowbit.kernels.triton import TRITON_KERNELS, TritonFp8Kernel
+from lowbit.kernels.triton.layout import codes_from_words, nibble_words
+from lowbit.nn import QuantLinear
+from lowbit.rtn import rtn_quantize
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device: the Triton kernels run on the GPU machine "
+                                                 "(benchmarks/gpu_run.sh)")
+
+SPECS = {
+    "int4-g32-asym": IntSpec(4, 32, False),
+    "int4-g64-hqq": IntSpec(4, 64, False, float_zero=True),
+    "int4-g128-asym": IntSpec(4, 128, False),
+    "int4-g128-sym": IntSpec(4, 128, True),
+    "int8": IntSpec(8, None, True),
+    "nf4-b64": CodebookSpec("nf4", 64),
+    "nf4-b64-dq": CodebookSpec("nf4", 64, double_quant=True),
+    "fp8": Fp8Spec(),
+    "fp8-dynamic": Fp8Spec(activations="dynamic"),
+}
+KERNEL_OF = {"int": {4: "triton_int4", 8: "triton_int8"}, "codebook": "triton_nf4", "fp8": "triton_fp8"}
+
+
+def stored(spec, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    if isinstance(spec, IntSpec):
+        t = rtn_quantize(w, spec)
+        if spec.float_zero:  # HQQ zeros are fractional
+            t["zeros"] = (t["zeros"].float() + torch.rand_like(t["zeros"].float()) - 0.5).to(spec.scale_dtype)
+        return t
+    if isinstance(spec, CodebookSpec):
+        return codebook_quantize(w, spec)
+    return quantize_channel(w)
+
+
+def layer(spec, n, k, device, compute, kernel=None, bias=True):
+    w = torch.randn(n, k, device=device) / k**0.5
+    ql = QuantLinear(k, n, bias, spec, device=device, dtype=compute)
+    ql.load_quantized(stored(spec, w))
+    if bias:
+        ql.bias = torch.nn.Parameter(torch.randn(n, device=device, dtype=compute), requires_grad=False)
+    ql.prepare(compute, kernel)
+    return ql
+
+
+# ---- everywhere (CI included) --------------------------------------------------------------------
+
+
+def test_package_imports_and_runs_without_triton():
+    code = ("import sys; sys.modules['triton'] = None\n"  # import triton now fails, as where it is not installed
+            "import torch, lowbit\n"
+            "from lowbit.formats import IntSpec\n"
+            "from lowbit.kernels import choose\n"
+            "k, why = choose(IntSpec(4, 128, False), torch.device('cuda'), (256, 256), torch.bfloat16)\n"
+            "assert k.name == 'reference' and 'triton_int4: triton is not installed' in why, why\n"
+            "m = torch.nn.Sequential(torch.nn.Linear(256, 64))\n"
+            "lowbit.quantize_(m, lowbit.config('int4', group_size=128))\n"
+            "assert m(torch.randn(2, 256)).shape == (2, 64)\n"
+            "assert 'triton' not in sys.modules or sys.modules['triton'] is None\n")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_cuda_kernels_decline_cpu_layer_with_reason(name):
+    spec = SPECS[name]
+    kernel, why = choose(spec, torch.device("cpu"), (64, 256), torch.bfloat16)
+    assert not kernel.name.startswith("triton")
+    assert "device is cpu, this kernel runs on cuda" in why
+
+
+def test_forced_triton_kernel_on_cpu_is_an_error(monkeypatch):
+    monkeypatch.setenv("LOWBIT_KERNEL", "triton_int4")
+    with pytest.raises(KernelError, match="triton_int4.*cannot run.*device is cpu"):
+        layer(IntSpec(4, 128, False), 32, 256, "cpu", torch.bfloat16)
+
+
+def test_fp8_declines_without_fp8_units(monkeypatch):
+    import lowbit.kernels.triton as tk
+
+    monkeypatch.setattr(tk, "triton_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    ok, why = TritonFp8Kernel().can_implement(Fp8Spec(), torch.device("cuda"), (256, 256), torch.bfloat16)
+    assert not ok and why == "compute capability 8.0 has no fp8 instructions (needs 8.9+)"
+
+
+@pytest.mark.parametrize("n, k", [(1, 128), (40, 256), (11008 // 16, 4096 + 128)])
+def test_nibble_layout_round_trip(n, k):
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
+    words = nibble_words(codes)
+    assert words.shape == (n, k // 8) and words.dtype == torch.int32
+    assert torch.equal(codes_from_words(words), codes)
+    # word j of a chunk holds input i*16 + j in nibble i
+    assert int((words[0, 5] >> 12) & 15) == int(codes[0, 3 * 16 + 5])
+
+
+@pytest.mark.parametrize("name", ["int4-g32-asym", "int4-g128-sym", "nf4-b64", "nf4-b64-dq"])
+def test_kernel_layout_rebuilds_canonical(name):
+    spec = SPECS[name]
+    kernel = get_kernel(KERNEL_OF["codebook"] if isinstance(spec, CodebookSpec) else "triton_int4")
+    t = stored(spec, torch.randn(48, 256))
+    prepared = kernel.layout(t, spec)
+    assert torch.equal(kernel.canonical_from_prepared(prepared, spec, (48, 256))["qweight"], t["qweight"])
+    if isinstance(spec, IntSpec):  # symmetric codes are stored + 8
+        codes = codes_from_words(prepared["w"])
+        expect = unpack_bits(t["qweight"], 4) ^ (8 if spec.symmetric else 0)
+        assert torch.equal(codes, expect) and torch.equal(pack_bits(expect ^ (8 if spec.symmetric else 0), 4),
+                                                           t["qweight"])
+
+
+def test_every_triton_kernel_is_registered():
+    names = {k.name for k in TRITON_KERNELS}
+    assert names == {"triton_int4", "triton_int8", "triton_nf4", "triton_fp8"}
+    assert all(get_kernel(n).name == n for n in names)
+
+
+# ---- on a GPU ---------------------------------------------------------------------------------------
+
+N, K = 11008, 4096 + 128
+TOL = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
+
+
+def kernel_name(spec):
+    entry = KERNEL_OF[spec.kind]
+    return entry[spec.bits] if isinstance(entry, dict) else entry
+
+
+@pytest.fixture(scope="module")
+def layers():
+    cache = {}
+
+    def get(name, compute):
+        if (name, compute) not in cache:
+            torch.manual_seed(0)
+            cache[name, compute] = layer(SPECS[name], N, K, "cuda", compute)
+        return cache[name, compute]
+    return get
+
+
+def ref_out(ql, x):
+    names = ql.spec.tensor_names()
+    canon = ql.canonical_tensors()
+    return torch.ops.lowbit.linear_ref(x, [canon[n] for n in names], ql.spec.key(), ql.bias)
+
+
+@needs_cuda
+@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("m", [1, 3, 16, 17, 64, 257])
+def test_triton_matches_reference(layers, name, compute, m):
+    ql = layers(name, compute)
+    assert ql.kernel.name == kernel_name(ql.spec), ql.kernel_reason
+    x = torch.randn(m, K, device="cuda", dtype=compute)
+    got = ql(x)
+    ref = ref_out(ql, x)
+    assert got.shape == (m, N) and got.dtype == compute and torch.isfinite(got).all()
+    rel = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert rel < TOL[compute], f"{name} M={m}: relative error {rel:.2e} vs the reference op"
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["int4-g128-asym", "nf4-b64", "int8", "fp8", "fp8-dynamic"])
+@pytest.mark.parametrize("cfg", [
+    {"path": "gemv", "BN": 8, "CPI": 2, "SPLIT_K": 3, "num_warps": 4, "num_stages": 2},
+    {"path": "gemm", "BM": 16, "BN": 128, "CPI": 1, "SPLIT_K": 11, "num_warps": 4, "num_stages": 4},
+    {"path": "gemm", "BM": 64, "BN": 64, "CPI": 3, "SPLIT_K": 1, "num_warps": 8, "num_stages": 2},
+], ids=["gemv-split3", "gemm16-split11", "gemm64-cpi3"])
+def test_explicit_configs_match_reference(layers, name, cfg):
+    """Configs the tuner may pick that the default paths do not take (odd split-K, several chunks a step)."""
+    from lowbit.kernels.triton import ops
+
+    ql = layers(name, torch.bfloat16)
+    x = torch.randn(5, K, device="cuda", dtype=torch.bfloat16)
+    w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
+    got = ops.run(x, w, s, z, ql.bias, ql.kernel.fmt(ql.spec), cfg)
+    ref = ref_out(ql, x)
+    rel = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert rel < TOL[torch.bfloat16], f"{name} {cfg}: relative error {rel:.2e}"
+
+
+@needs_cuda
+def test_shape_fast_path_cannot_take_falls_back_to_reference():
+    spec = IntSpec(4, 64, False)
+    ql = layer(spec, 96, 192, "cuda", torch.bfloat16)  # K = 192 is not a multiple of 128
+    assert ql.kernel.name == "reference" and "triton_int4: K=192 is not a multiple of 128" in ql.kernel_reason
+    x = torch.randn(3, 192, device="cuda", dtype=torch.bfloat16)
+    w = spec.dequantize(ql.canonical_tensors(), torch.float32)
+    ref = torch.nn.functional.linear(x.float(), w, ql.bias.float())
+    assert ((ql(x).float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@needs_cuda
+def test_inspect_reason_names_the_configs():
+    ql = layer(SPECS["int4-g128-asym"], 256, 512, "cuda", torch.bfloat16)
+    assert ql.kernel.name == "triton_int4"
+    assert ql.kernel_reason.startswith("triton int4/128: M1: gemv") and "M16: gemm" in ql.kernel_reason
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["int4-g128-asym", "int4-g64-hqq", "int4-g128-sym", "int8", "nf4-b64", "fp8",
+                                  "fp8-dynamic"])
+def test_opcheck(name):
+    ql = layer(SPECS[name], 256, 384, "cuda", torch.bfloat16)
+    w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
+    fmt = ql.kernel.fmt(ql.spec)
+    # test_schema runs the op under a mode that multiplies inputs, which torch has no fp8 kernel for
+    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic") if fmt.startswith("fp8") \
+        else ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    for x, bias in ((torch.randn(3, 384, device="cuda", dtype=torch.bfloat16), ql.bias),
+                    (torch.randn(2, 1, 384, device="cuda", dtype=torch.bfloat16), None)):
+        torch.library.opcheck(torch.ops.lowbit.triton_linear.default, (x, w, s, z, bias, fmt), test_utils=utils)
+
+
+@needs_cuda
+def test_compile_fullgraph_and_cuda_graph():
+    ql = layer(SPECS["int4-g128-asym"], 512, 1024, "cuda", torch.bfloat16)
+    x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
+    eager = ql(x)
+    assert torch.equal(torch.compile(ql, fullgraph=True, backend="aot_eager")(x), eager)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ql(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+
+
+@needs_cuda
+def test_layer_on_second_gpu():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("one GPU: the second-device launch is checked where two are visible")
+    ql = layer(SPECS["int4-g128-asym"], 256, 512, "cuda:1", torch.bfloat16)
+    x = torch.randn(4, 512, device="cuda:1", dtype=torch.bfloat16)
+    ref = ref_out(ql, x)
+    assert ((ql(x).float() - ref.float()).norm() / ref.float().norm()).item() < 1e-2
