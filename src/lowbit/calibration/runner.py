@@ -45,7 +45,8 @@ STATE = "state.json"
 
 
 def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantConfig | str, *,
-                        calib: str | Path | None = None, text: str | None = None, samples: int = DEFAULT_SAMPLES,
+                        calib: str | Path | None = None, text: str | None = None, ids: torch.Tensor | None = None,
+                        samples: int = DEFAULT_SAMPLES,
                         seq_len: int = DEFAULT_SEQ_LEN, seed: int = 0, batch_size: int = 8,
                         device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
                         max_shard_size: int | str = "2GB", overwrite: bool = False, progress: bool = False,
@@ -53,7 +54,8 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
     """Quantize ``src`` into ``out`` with a calibrated method (gptq, awq, smoothquant), block by block.
 
     Calibration text from ``calib`` (a UTF-8 file) or ``text``; ``samples`` windows of ``seq_len`` tokens chosen
-    with ``seed``, run ``batch_size`` at a time on ``device``. Returns the folder and the quantizer (its
+    with ``seed``, run ``batch_size`` at a time on ``device``. ``ids`` ([samples, seq_len] token ids) replaces
+    the text, for a dataset tokenized elsewhere. Returns the folder and the quantizer (its
     ``summary()``). ``log(str)``, if given, receives one line per block (time, memory).
     """
     check_output(out, overwrite)
@@ -67,7 +69,7 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
         raise ConfigError(f"method {cfg.method!r} needs no calibration data; run `lowbit quantize` without --calib")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} is invalid; expected an int >= 1")
-    if text is None:
+    if text is None and ids is None:
         from lowbit.eval.report import default_text
 
         text = read_calibration_text(calib or default_text("wiki.calib.txt"))
@@ -76,7 +78,11 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
     quantizer = cls(cfg, calibrated=True)
     quantizer.validate_environment(device, dtype)
     work_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    ids = calibration_samples(load_tokenizer(ckpt.path), text, samples, seq_len, seed)
+    if ids is None:
+        ids = calibration_samples(load_tokenizer(ckpt.path), text, samples, seq_len, seed)
+    elif not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
+        raise ConfigError(f"ids={type(ids).__name__} {getattr(ids, 'shape', '')}; expected a [samples, seq_len] "
+                          "torch.long tensor of token ids")
 
     qmodel = build_skeleton(ckpt.path, ckpt.config, dtype)  # what is written: shells of the packed layers
     quantizer.preprocess_model(qmodel)
@@ -91,6 +97,7 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
 
     work = _Work(out, _fingerprint(ckpt, cfg, ids))
     hidden0, calls = capture(model, blocks, list(ids.split(batch_size)), device)
+    _free(model)  # the embeddings and everything else outside the blocks are not needed any more
     start, hidden = work.resume(len(blocks), device)
     hidden = hidden if hidden is not None else hidden0
     del hidden0

@@ -181,34 +181,37 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, spec: IntSpec, *, act_orde
     if perm is not None:
         w, h = w[:, perm], h[perm][:, perm]
     hinv = _inverse_factor(h, damp, name)
-    codes = torch.empty(n, k, dtype=torch.int8 if spec.symmetric else torch.uint8, device=w.device)
+    wt = w.T.contiguous()  # [K, N]: a column of W is a contiguous row here, and updates are in-place rank-1 adds
+    codes = torch.empty(k, n, dtype=torch.int8 if spec.symmetric else torch.uint8, device=w.device)
     scales, zeros = [], []
     top = spec.qtype.midpoint - 1 if spec.symmetric else spec.qtype.qmax
+    low = -top if spec.symmetric else 0
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros(n, i2 - i1, device=w.device), hinv[i1:i2, i1:i2]
+        w1, err1, hinv1 = wt[i1:i2].clone(), torch.empty(i2 - i1, n, device=w.device), hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
             if fixed is not None:
-                orig = int(perm[col]) if perm is not None else col
-                s, z = fixed[orig // gs]
+                if perm is not None or col % gs == 0:
+                    s, z = fixed[(int(perm[col]) if perm is not None else col) // gs]
+                    sf, zf = s.float()[:, 0], None if z is None else z.float()[:, 0]
             elif col % gs == 0:  # a new group: its grid from the current (error-updated) columns
-                s, z = rtn_params(torch.cat([w1[:, i:i + gs], w[:, i2:col + gs]], 1), spec)
+                s, z = rtn_params(torch.cat([w1[i:i + gs], wt[i2:col + gs]]).T, spec)
                 scales.append(s)
                 zeros.append(z)
-            sf = s.float()[:, 0]
-            if spec.symmetric:
-                q = (w1[:, i] / sf).round().clamp(-top, top)
-                deq = q * sf
-            else:
-                zf = z.float()[:, 0]
-                q = ((w1[:, i] / sf).round() + zf).clamp(0, top)
-                deq = (q - zf) * sf
-            codes[:, col] = q.to(codes.dtype)
-            err = (w1[:, i] - deq) / hinv1[i, i]
-            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
-            err1[:, i] = err
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+                sf, zf = s.float()[:, 0], None if z is None else z.float()[:, 0]
+            x = w1[i]
+            q = x.div(sf).round_()
+            if zf is not None:
+                q.add_(zf)
+            q.clamp_(low, top)
+            codes[col] = q.to(codes.dtype)
+            deq = q.sub_(zf).mul_(sf) if zf is not None else q.mul_(sf)
+            e = x.sub(deq).div_(hinv1[i, i])
+            w1[i:].addr_(hinv1[i, i:], e, alpha=-1)
+            err1[i] = e
+        wt[i2:].addmm_(hinv[i1:i2, i2:].T, err1, alpha=-1)
+    codes = codes.T
     if perm is not None:
         codes = codes[:, torch.argsort(perm)]
     if fixed is not None:
