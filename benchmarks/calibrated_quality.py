@@ -49,10 +49,16 @@ def settings(g: int) -> list[tuple[str, dict]]:
 SETTINGS = {"gemma-3-270m": settings(128), "smollm2-135m": settings(64)}
 
 
+def label(method: str, fields: dict | None) -> str:
+    return method + "".join(f" {k}={v}" for k, v in (fields or {}).items())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    ap.add_argument("--only", nargs="+", default=None, help="methods to run (fp32 always runs)")
+    ap.add_argument("--only", nargs="+", default=None,
+                    help="methods or whole settings (e.g. 'gptq bits=3 group_size=128') to run; fp32 always runs")
+    ap.add_argument("--name", default=None, help="results file name (default from --models and --only)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=8192)
@@ -66,12 +72,13 @@ def main() -> None:
     for name in args.models:
         path = realmodels.model_path(name)
         tok = load_tokenizer(path)
-        todo = [("fp32", None)] + [s for s in SETTINGS[name] if not args.only or s[0] in args.only]
+        todo = [("fp32", None)] + [s for s in SETTINGS[name] if not args.only or s[0] in args.only
+                                   or label(*s) in args.only]
         for method, fields in todo:
             if fields is not None and method not in lowbit.methods():
                 print(f"skipping {method}: not registered", flush=True)
                 continue
-            setting = method + "".join(f" {k}={v}" for k, v in (fields or {}).items())
+            setting = label(method, fields)
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 row = {"model": name, "setting": setting}
@@ -97,9 +104,9 @@ def main() -> None:
     print_table(rows, ["model", "setting", "ppl", "vs_fp32", "quantize_s"],
                 title=f"perplexity, first {args.max_tokens} tokens of wiki.eval.txt; calibration {args.samples} x "
                       f"{args.seq_len} tokens of wiki.calib.txt")
-    only = "" if not args.only else "-" + "-".join(args.only)
+    only = "" if not args.only else "-" + "-".join(x.split()[0] for x in args.only)
     extra = {"calibration": {"samples": args.samples, "seq_len": args.seq_len, "seed": 0, "text": "wiki.calib.txt"}}
-    print(write_results("calibrated-quality-" + "-".join(args.models) + only, rows, describe_device(), extra=extra,
+    print(write_results(args.name or "calibrated-quality-" + "-".join(args.models) + only, rows, describe_device(), extra=extra,
                         results_dir=args.results_dir))
 
 

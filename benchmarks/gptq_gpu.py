@@ -91,7 +91,7 @@ def main() -> None:
     t0 = time.perf_counter()
     out, quantizer = lowbit.quantize_calibrated(
         work / "src", work / "out", lowbit.config("gptq", bits=4, group_size=128), ids=ids, device=device,
-        batch_size=args.batch_size, log=lambda line: (blocks.append(float(line.split()[2])), print(line, flush=True)))
+        batch_size=args.batch_size, log=lambda line: (line.startswith("block") and blocks.append(float(line.split()[2])), print(line, flush=True)))
     total_s = time.perf_counter() - t0
     row = {
         "device": torch.cuda.get_device_name() if not args.tiny else "cpu (dry run)", "torch": torch.__version__, "date": datetime.date.today().isoformat(),

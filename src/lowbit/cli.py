@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-shard-size", default="2GB")
     q.add_argument("--max-memory", metavar="SIZE", default=None,
                    help="stream disk to disk within about SIZE of memory (e.g. 2GB), for checkpoints larger than RAM; "
-                        "shards are then at most SIZE/3 (CPU only)")
+                        "shards are then at most SIZE/3 (CPU only; calibrated methods always go block by block)")
     q.add_argument("--clamp-nonfinite", action="store_true",
                    help="replace NaN weights by 0 and Inf by the tensor's largest finite value (default: error)")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that holds no model")
@@ -165,13 +165,13 @@ def _defaults(cfg) -> str:
 def _quantize_calibrated(args, cfg):
     from lowbit.calibration import quantize_calibrated
 
-    if args.max_memory is not None or args.clamp_nonfinite:
-        flag = "--max-memory" if args.max_memory is not None else "--clamp-nonfinite"
-        raise ConfigError(f"{flag} does not apply to calibrated methods, which always work one block at a time; "
-                          f"drop {flag}")
+    if args.clamp_nonfinite:
+        raise ConfigError("--clamp-nonfinite does not apply to calibrated methods: fix the NaN/Inf weights first, or "
+                          "quantize with a data-free method")
     return quantize_calibrated(args.src, args.out, cfg, calib=args.calib, samples=args.samples, seq_len=args.seq_len,
                                seed=args.seed, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                               max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=True)
+                               max_shard_size=args.max_shard_size, max_memory=args.max_memory,
+                               overwrite=args.overwrite, progress=True)
 
 
 def cmd_quantize(args) -> int:

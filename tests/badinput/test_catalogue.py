@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import struct
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -329,11 +330,21 @@ def test_unwritable_output_parent(tmp_path, sources):
     parent.mkdir()
     parent.chmod(0o500)
     try:
-        if os.access(parent, os.W_OK):
-            pytest.skip("running as root: a chmod 0500 folder stays writable, so this case cannot happen here "
-                        "(test_output_parent_where_mkdir_fails uses /sys, which refuses even root)")
-        expect_error(SaveError, lambda: lowbit.save_pretrained(sources["model"], parent / "out"),
-                     names=[parent, "permission"], watch=tmp_path)
+        if not os.access(parent, os.W_OK):
+            expect_error(SaveError, lambda: lowbit.save_pretrained(sources["model"], parent / "out"),
+                         names=[parent, "permission"], watch=tmp_path)
+            return
+        # root may write anywhere: run the CLI as root without the capability that overrides permission bits
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and no setpriv (util-linux) to drop CAP_DAC_OVERRIDE, so a chmod 0500 folder "
+                        "stays writable here")
+        before = helpers.snapshot(tmp_path)
+        runner = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-m", "lowbit"]
+        r = helpers.run_cli(["quantize", sources["llama"], parent / "out", "--method", "int4"], runner=runner)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and str(parent) in r.stderr and "permission" in r.stderr
+        assert helpers.snapshot(tmp_path) == before
     finally:
         parent.chmod(0o700)
 

@@ -49,16 +49,18 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
                         samples: int = DEFAULT_SAMPLES,
                         seq_len: int = DEFAULT_SEQ_LEN, seed: int = 0, batch_size: int = 8,
                         device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-                        max_shard_size: int | str = "2GB", overwrite: bool = False, progress: bool = False,
-                        log=None) -> tuple[Path, CalibratedQuantizer]:
+                        max_shard_size: int | str = "2GB", max_memory: int | str | None = None,
+                        overwrite: bool = False, progress: bool = False, log=None) -> tuple[Path, CalibratedQuantizer]:
     """Quantize ``src`` into ``out`` with a calibrated method (gptq, awq, smoothquant), block by block.
 
     Calibration text from ``calib`` (a UTF-8 file) or ``text``; ``samples`` windows of ``seq_len`` tokens chosen
     with ``seed``, run ``batch_size`` at a time on ``device``. ``ids`` ([samples, seq_len] token ids) replaces
     the text, for a dataset tokenized elsewhere. Returns the folder and the quantizer (its
-    ``summary()``). ``log(str)``, if given, receives one line per block (time, memory).
+    ``summary()``). ``log(str)``, if given, receives one line per block. ``max_memory`` caps the shard being
+    written at a third of it, as ``quantize_folder`` does; the blocks themselves are always one at a time.
     """
     check_output(out, overwrite)
+    shard_limit(max_shard_size, max_memory)  # a bad size fails before any work
     out = Path(out)
     ckpt = open_checkpoint(src)
     if ckpt.quantization_config is not None:
@@ -96,9 +98,11 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
     _load_outside(model, ckpt, source, prefix, device)
 
     work = _Work(out, _fingerprint(ckpt, cfg, ids))
+    start, hidden = work.resume(len(blocks), device)
     hidden0, calls = capture(model, blocks, list(ids.split(batch_size)), device)
     _free(model)  # the embeddings and everything else outside the blocks are not needed any more
-    start, hidden = work.resume(len(blocks), device)
+    if log is not None:
+        log(f"captured {ids.shape[0]} x {ids.shape[1]} tokens; starting at block {start} of {len(blocks)}")
     hidden = hidden if hidden is not None else hidden0
     del hidden0
     bar = tqdm(total=len(blocks), initial=start, desc=f"{cfg.method} blocks", unit="block", disable=not progress)
@@ -122,7 +126,7 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
     done = work.store()
     try:
         tensors = _stream(plan, qmodel, ckpt, quantizer, dtype, progress, False, done=done)
-        folder = write_folder(out, tensors, shard_limit(max_shard_size, None), qmodel, ckpt.path, overwrite=overwrite)
+        folder = write_folder(out, tensors, shard_limit(max_shard_size, max_memory), qmodel, ckpt.path, overwrite=overwrite)
     finally:
         done.close()
     work.remove()
