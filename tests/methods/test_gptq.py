@@ -10,7 +10,7 @@ import torch
 
 import lowbit
 from lowbit.errors import CalibrationError, ConfigError, FormatError
-from lowbit.formats import IntSpec
+from lowbit.formats import IntSpec, pack_bits, quantize_to_codes
 from lowbit.kernels import choose
 from lowbit.methods.gptq import GptqConfig, gptq
 from lowbit.rtn import rtn_quantize
@@ -119,3 +119,23 @@ def test_config_round_trip_and_errors():
                             ({"block_size": 0}, "gptq.block_size=0 is out of range")]:
         with pytest.raises(ConfigError, match=message):
             lowbit.config("gptq", **fields)
+
+
+@pytest.mark.parametrize("spec", [IntSpec(4, 64, False), IntSpec(3, 64, True)], ids=lambda s: s.describe())
+def test_mse_grid_never_rounds_worse_than_min_max_and_shrinks_around_outliers(spec):
+    from lowbit.methods.gptq import grid_params
+
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(2))
+    w[0, 5] = 12.0  # one outlier: clipping it costs less than coarsening the whole row's grid
+
+    def error(params):
+        s, z = params
+        stored = {"qweight": pack_bits(quantize_to_codes(w, spec, s, z), spec.bits), "scales": s}
+        if z is not None:
+            stored["zeros"] = z
+        return (spec.dequantize(stored) - w).abs().pow(2.4).sum(1)
+
+    plain, searched = error(grid_params(w, spec)), error(grid_params(w, spec, mse=True))
+    assert (searched <= plain + 1e-4).all()
+    assert searched.sum() < 0.95 * plain.sum()
+
