@@ -11,6 +11,7 @@ import torch
 
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.eval.perplexity import _ids, _quiet, adds_bos, load_text
+from lowbit.utils import release_freed_memory
 
 DEFAULT_SAMPLES = 128
 DEFAULT_SEQ_LEN = 512
@@ -28,6 +29,23 @@ def read_calibration_text(path: str | Path) -> str:
     return text
 
 
+CHUNK_CHARS = 1 << 16
+
+
+def _tokenize(tokenizer: Any, text: str) -> torch.Tensor:
+    """The text's ids, tokenized in pieces of about CHUNK_CHARS cut after a newline: a tokenizer's working memory
+    for a whole book-sized text (offsets, encodings) is hundreds of MB, and the process keeps much of it."""
+    parts, start = [], 0
+    while start < len(text):
+        stop = text.find("\n", start + CHUNK_CHARS)
+        stop = len(text) if stop < 0 else stop + 1
+        ids = _ids(tokenizer(text[start:stop], add_special_tokens=False, **_quiet(tokenizer)))
+        parts.append(torch.tensor(ids, dtype=torch.long))
+        start = stop
+    release_freed_memory()
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
 def calibration_samples(tokenizer: Any, text: str, samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN,
                         seed: int = 0) -> torch.Tensor:
     """[samples, seq_len] token ids: a seeded random choice of the text's non-overlapping windows.
@@ -42,7 +60,7 @@ def calibration_samples(tokenizer: Any, text: str, samples: int = DEFAULT_SAMPLE
         raise CalibrationError("the calibration text is empty; expected UTF-8 text (e.g. wiki.calib.txt)")
     bos = [int(tokenizer.bos_token_id)] if adds_bos(tokenizer) else []
     per = seq_len - len(bos)
-    ids = torch.tensor(_ids(tokenizer(text, add_special_tokens=False, **_quiet(tokenizer))), dtype=torch.long)
+    ids = _tokenize(tokenizer, text)
     windows = len(ids) // per
     if windows == 0:
         raise CalibrationError(f"the calibration text gives {len(ids)} tokens; one sample of seq_len={seq_len} needs "

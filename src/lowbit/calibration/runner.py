@@ -101,6 +101,7 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
     start, hidden = work.resume(len(blocks), device)
     hidden0, calls = capture(model, blocks, list(ids.split(batch_size)), device)
     _free(model)  # the embeddings and everything else outside the blocks are not needed any more
+    release_freed_memory()
     if log is not None:
         log(f"captured {ids.shape[0]} x {ids.shape[1]} tokens; starting at block {start} of {len(blocks)}")
     hidden = hidden if hidden is not None else hidden0
