@@ -8,6 +8,11 @@ This script runs ``lowbit.quantize_calibrated`` in this process, samples RssAnon
 the imports, and prints the measured peaks of both phases beside those terms.
 
     PYTHONPATH=src python benchmarks/calibrated_memory.py [--model gemma-3-270m] [--method gptq] [--samples 16]
+
+``--cgroup``: instead, GPTQ int4 g128 of quantize_memory.py's 3.2 GB 1.5B-shaped synthetic Llama (random bf16
+weights; calibration from random token ids, since it has no tokenizer) in a subprocess under a cgroup v1 memory
+limit (``--cgroup-limit``, 1.5 GiB): whether it finishes, the cgroup's peak usage (which counts the interpreter,
+imports and page cache too), OOM kills and the time.
 """
 
 from __future__ import annotations
@@ -47,13 +52,50 @@ def terms(path: Path, samples: int, seq_len: int) -> dict[str, float]:
             "hessians": sum(m.in_features ** 2 for m in linears) * 4 / MIB, "outside_blocks_fp32": outside * 4 / MIB}
 
 
+def cgroup_run(args) -> None:
+    import os
+    import subprocess
+
+    from quantize_memory import CGROUP_SPEC, _remove_cgroup, bench_dir, cgroup_stats, ensure_checkpoint, make_cgroup
+
+    from lowbit.loading.save import parse_size
+
+    src = ensure_checkpoint(bench_dir() / "quantize-memory-llama-1.5b-shape", CGROUP_SPEC)
+    limit = parse_size(args.cgroup_limit, "--cgroup-limit")
+    child, how = make_cgroup(limit)
+    code = ("import torch, lowbit; ids = torch.randint(0, 32000, (%d, %d), generator=torch.Generator().manual_seed(0)); "
+            "lowbit.quantize_calibrated(%r, %r, lowbit.config('gptq', group_size=128), ids=ids, max_memory='512MB')"
+            % (args.samples, args.seq_len, str(src), args.out))
+    join = (lambda: (child / "cgroup.procs").write_text(str(os.getpid()))) if child else None
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], preexec_fn=join, capture_output=True, text=True)
+        stats = cgroup_stats(child) if child else {}
+    finally:
+        if child:
+            _remove_cgroup(child)
+    out = Path(args.out)
+    row = {"checkpoint_gb": round(sum(p.stat().st_size for p in src.glob("*.safetensors")) / 1e9, 2),
+           "cgroup": how, "rc": proc.returncode, "seconds": round(time.monotonic() - t0, 1),
+           "samples": args.samples, "seq_len": args.seq_len, **stats,
+           "output_gb": round(sum(p.stat().st_size for p in out.glob("*.safetensors")) / 1e9, 2) if out.exists() else 0,
+           "stderr_tail": proc.stderr.strip().splitlines()[-2:] if proc.returncode else []}
+    print(row)
+    print(write_results("calibrated_memory-cgroup", [row], describe_device()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--method", default="gptq")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--cgroup", action="store_true", help="the 1.5B-shaped synthetic Llama under a cgroup limit")
+    ap.add_argument("--cgroup-limit", default="1.5GiB")
+    ap.add_argument("--out", default="/tmp/lowbit-bench/calibrated-cgroup-out")
     args = ap.parse_args()
+    if args.cgroup:
+        return cgroup_run(args)
     path = realmodels.model_path(args.model)
     text = load_text(default_text("wiki.calib.txt"))
     transformers.AutoModelForCausalLM  # noqa: B018  (lazily imported modeling code belongs in the baseline)

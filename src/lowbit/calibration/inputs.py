@@ -97,15 +97,17 @@ class BlockInputs:
     def tokens(self) -> int:
         return sum(b.hidden.shape[0] * b.hidden.shape[1] for b in self.batches)
 
-    def run(self, block: nn.Module) -> list[torch.Tensor]:
-        """The block's outputs, one tensor per batch."""
+    def run(self, block: nn.Module, first: int | None = None) -> list[torch.Tensor]:
+        """The block's outputs, one tensor per batch (of the ``first`` batches only, if given)."""
         with torch.no_grad():
-            return [_first(block(b.hidden, *b.args, **b.kwargs)) for b in self.batches]
+            return [_first(block(b.hidden, *b.args, **b.kwargs)) for b in self.batches[:first]]
 
-    def feed(self, block: nn.Module, modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> None:
-        """Run the block once over every batch, calling ``fn(name, x)`` with each named module's input ``x``."""
+    def feed(self, block: nn.Module, modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None],
+             first: int | None = None) -> None:
+        """Run the block over every batch (or the ``first`` ones), calling ``fn(name, x)`` with each named
+        module's input ``x``."""
         with self.hooks(modules, lambda name, args, kwargs: fn(name, args[0] if args else next(iter(kwargs.values())))):
-            self.run(block)
+            self.run(block, first)
 
     def calls(self, block: nn.Module, name: str, module: nn.Module) -> list[tuple[tuple, dict]]:
         """The (args, kwargs) ``module`` receives in each batch, to run it alone later (e.g. attention)."""

@@ -84,13 +84,10 @@ class GptqQuantizer(CalibratedQuantizer):
 
     def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
         linears = self.block_linears(block, prefix)
-        hessians, stages = _hessians(block, linears, inputs, record_stages=True)
-        if not self.config.true_sequential:
-            stages = [[n for stage in stages for n in stage]]
+        stages = _stages(block, linears, inputs) if self.config.true_sequential else [list(linears)]
         stored: Stored = {}
-        for s, stage in enumerate(stages):
-            if s and self.config.true_sequential:  # inputs computed with the earlier stages quantized
-                hessians = _hessians(block, {n: linears[n] for n in stage}, inputs)[0]
+        for stage in stages:  # later stages see the earlier ones quantized
+            hessians = _hessians(block, {n: linears[n] for n in stage}, inputs)
             for name in stage:
                 t0 = time.perf_counter()
                 stored[name] = self.quantize_layer(name, linears[name].weight, hessians.pop(name))
@@ -101,7 +98,7 @@ class GptqQuantizer(CalibratedQuantizer):
     def quantize_layer(self, name: str, weight: torch.Tensor, hessian: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         return gptq(weight, hessian, self.specs[name], act_order=cfg.act_order, static_groups=cfg.static_groups,
-                    damp=cfg.damp, block_size=cfg.block_size, mse=cfg.mse, name=name)
+                    damp=cfg.damp, block_size=cfg.block_size, mse=cfg.mse, name=name, inplace=True)
 
     def summary(self) -> str | None:
         if not self.timings:
@@ -110,55 +107,71 @@ class GptqQuantizer(CalibratedQuantizer):
         return f"gptq: {len(self.timings)} layers in {total:.1f} s ({1000 * total / len(self.timings):.0f} ms per layer)"
 
 
-def _hessians(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs,
-              record_stages: bool = False) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
-    """(H = X^T X / n per Linear from one pass over the batches, the Linears grouped by shared input in call order)."""
-    sums = {n: torch.zeros(m.in_features, m.in_features, device=m.weight.device) for n, m in linears.items()}
-    counts = dict.fromkeys(linears, 0)
-    order: list[tuple[str, int]] = []
-    shared: dict[str, str] = {}  # Linear → the one before it that was fed the same tensor (q/k/v share one H)
-    last: list = [None, None]  # the previous call's input and the Linear whose H it went into (kept: ids stay unique)
-
-    def add(name: str, x: torch.Tensor) -> None:
-        if record_stages and counts[name] == 0:
-            order.append((name, id(x)))
-        counts[name] += x.numel() // x.shape[-1]
-        if last[0] is x:
-            shared[name] = last[1]
-        else:
-            x2 = x.reshape(-1, x.shape[-1]).float()
-            sums[name].addmm_(x2.T, x2)
-            last[0], last[1] = x, name
-
-    inputs.feed(block, linears, add)
-    last.clear()
-    for name, first in shared.items():
-        sums[name] = sums[first]
-    missing = [n for n, c in counts.items() if c == 0]
-    if missing:
-        raise CalibrationError(f"{missing[0]} received no input while its block ran; expected every Linear of a "
-                               "block to be used; keep it unquantized with modules_to_not_convert")
+def _stages(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs) -> list[list[str]]:
+    """The Linears in call order, grouped by shared input (q/k/v; gate/up), from one batch."""
+    order: list[tuple[str, torch.Tensor]] = []  # the inputs are held so that their ids stay unique
+    inputs.feed(block, linears, lambda name, x: order.append((name, x)), first=1)
+    _check_used(linears, {name for name, _ in order})
     stages: list[list[str]] = []
     prev = None
-    for name, ident in order:
-        if stages and ident == prev:
+    for name, x in order:
+        if name in (n for stage in stages for n in stage):
+            continue
+        if stages and x is prev:
             stages[-1].append(name)
         else:
             stages.append([name])
-        prev = ident
-    return {n: sums[n] / counts[n] for n in linears}, stages
+        prev = x
+    return stages
+
+
+def _hessians(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs) -> dict[str, torch.Tensor]:
+    """H = X^T X / n of each Linear from one pass over the batches; Linears fed the same tensor share one H."""
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(linears, 0)
+    shared: dict[str, str] = {}  # Linear → the one before it that was fed the same tensor
+    last: list = [None, None]  # the previous call's input and the Linear whose H it went into (kept: ids stay unique)
+
+    def add(name: str, x: torch.Tensor) -> None:
+        counts[name] += x.numel() // x.shape[-1]
+        if last[0] is x:
+            shared[name] = last[1]
+            return
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        if name not in sums:
+            sums[name] = torch.zeros(x2.shape[1], x2.shape[1], device=x2.device)
+        sums[name].addmm_(x2.T, x2)
+        last[0], last[1] = x, name
+
+    inputs.feed(block, linears, add)
+    last.clear()
+    _check_used(linears, {n for n, c in counts.items() if c})
+    for name in linears:
+        if name in sums:
+            sums[name].div_(counts[name])
+    for name, first in shared.items():
+        sums[name] = sums[first]
+    return sums
+
+
+def _check_used(linears: dict[str, nn.Linear], used: set[str]) -> None:
+    missing = [n for n in linears if n not in used]
+    if missing:
+        raise CalibrationError(f"{missing[0]} received no input while its block ran; expected every Linear of a "
+                               "block to be used; keep it unquantized with modules_to_not_convert")
 
 
 def _inverse_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
-    """Upper Cholesky factor of the dampened H's inverse; in fp64 if fp32 fails; an error if that fails too."""
-    h = h.clone()
+    """Upper Cholesky factor of the dampened H's inverse (H is dampened in place); in fp64 if fp32 fails; an error
+    if that fails too. At most two more K x K matrices live at once."""
     h.diagonal().add_(damp * h.diagonal().mean())
     for dtype in (torch.float32, torch.float64):
-        hd = h.to(dtype)
-        factor, info = torch.linalg.cholesky_ex(hd)
+        factor, info = torch.linalg.cholesky_ex(h.to(dtype))
         if info == 0:
             inv = torch.cholesky_inverse(factor)
+            del factor
             upper, info = torch.linalg.cholesky_ex(inv, upper=True)
+            del inv
             if info == 0 and torch.isfinite(upper).all():
                 return upper.float()
     raise CalibrationError(f"{name}: the Hessian of its inputs is not positive definite even with damp={damp} (fp64); "
@@ -198,11 +211,15 @@ def grid_params(w: torch.Tensor, spec: IntSpec, mse: bool = False) -> tuple[torc
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, spec: IntSpec, *, act_order: bool = False,
          static_groups: bool = False, damp: float = 0.01, block_size: int = 128, mse: bool = False,
-         name: str = "weight") -> dict[str, torch.Tensor]:
-    """GPTQ of ``weight`` [N, K] given its inputs' ``hessian`` [K, K] → the stored tensors of ``spec``."""
+         name: str = "weight", inplace: bool = False) -> dict[str, torch.Tensor]:
+    """GPTQ of ``weight`` [N, K] given its inputs' ``hessian`` [K, K] → the stored tensors of ``spec``.
+
+    ``inplace`` lets it work in ``hessian`` itself (then garbage), saving a K x K copy."""
     w = weight.detach().float().clone()
     n, k = w.shape
-    h = hessian.float().to(w.device).clone()
+    h = hessian.to(w.device, torch.float32)
+    if h is hessian and not inplace:
+        h = h.clone()
     dead = h.diagonal() == 0  # inputs that are always zero: their columns do not matter
     h[dead, dead] = 1
     w[:, dead] = 0
@@ -213,6 +230,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, spec: IntSpec, *, act_orde
     if perm is not None:
         w, h = w[:, perm], h[perm][:, perm]
     hinv = _inverse_factor(h, damp, name)
+    del h
     wt = w.T.contiguous()  # [K, N]: a column of W is a contiguous row here, and updates are in-place rank-1 adds
     codes = torch.empty(k, n, dtype=torch.int8 if spec.symmetric else torch.uint8, device=w.device)
     scales, zeros = [], []
