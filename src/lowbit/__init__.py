@@ -17,12 +17,14 @@ from lowbit.loading.checkpoint import verify_checkpoint as verify  # noqa: E402
 from lowbit.loading.convert import quantize_folder  # noqa: E402
 from lowbit.loading.pipeline import from_pretrained  # noqa: E402
 from lowbit.loading.save import save_pretrained  # noqa: E402
+from lowbit.methods.awq import AwqConfig  # noqa: E402
 from lowbit.methods.fp8 import Fp8Config  # noqa: E402
 from lowbit.methods.gptq import GptqConfig  # noqa: E402
 from lowbit.methods.hqq import HqqConfig  # noqa: E402
 from lowbit.methods.mxfp4 import Mxfp4Config  # noqa: E402
 from lowbit.methods.nf4 import Fp4Config, Nf4Config  # noqa: E402
 from lowbit.methods.rtn import RtnConfig  # noqa: E402
+from lowbit.methods.smoothquant import SmoothQuantConfig  # noqa: E402
 from lowbit.quantizer import Quantizer  # noqa: E402
 from lowbit.registry import build_config as config  # noqa: E402
 from lowbit.registry import config_from_dict, register_alias, register_method  # noqa: E402
@@ -39,9 +41,8 @@ def Int4Config(**fields) -> RtnConfig:  # noqa: N802
     return config("int4", **fields)
 
 __all__ = [
-    "ComputeDtype", "Fp4Config", "Fp8Config", "GptqConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
-    "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig",
-    "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "quantize_calibrated",
-    "quantize_folder",
+    "AwqConfig", "ComputeDtype", "Fp4Config", "Fp8Config", "GptqConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
+    "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig", "SmoothQuantConfig",
+    "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "quantize_calibrated", "quantize_folder",
     "register_alias", "register_method", "save_pretrained", "verify",
 ]

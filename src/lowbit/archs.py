@@ -65,10 +65,8 @@ ARCHS: dict[str, ArchInfo] = {
         Balance("input_layernorm", ("self_attn.qkv_proj",), "self_attn"),
         Balance("post_attention_layernorm", ("mlp.gate_up_proj",), "mlp"),
     )),
-    "bert": ArchInfo(balance=(
-        Balance("attention.self.value", ("attention.output.dense",)),
-        Balance("attention.output.LayerNorm", ("intermediate.dense",)),
-    )),
+    # Post-norm: attention.output.LayerNorm's output is also the residual, so no scale can fold into it.
+    "bert": ArchInfo(balance=(Balance("attention.self.value", ("attention.output.dense",)),)),
     "mixtral": _MOE,
     "qwen2_moe": _MOE,
     "qwen3_moe": _MOE,

@@ -7,7 +7,7 @@ The package is also callable: ``lowbit.methods()`` lists the registered names (D
 import sys
 import types
 
-from lowbit.methods import fp8, gptq, hqq, mxfp4, nf4, rtn  # noqa: F401  (each registers its methods and aliases)
+from lowbit.methods import awq, fp8, gptq, hqq, mxfp4, nf4, rtn, smoothquant  # noqa: F401  (each registers its methods and aliases)
 
 
 class _MethodsPackage(types.ModuleType):
