@@ -116,6 +116,18 @@ def char_tokenizer(folder: Path) -> Path:
     return Path(folder)
 
 
+# Random printable text for the calibrated methods' tests (the char tokenizer maps it into the tiny vocab), and the
+# smallest calibration that exercises batching: 4 windows of 48 tokens, 2 at a time.
+CALIB_TEXT = "".join(chr(32 + int(c)) for c in torch.randint(0, 95, (6000,), generator=torch.Generator().manual_seed(0)))
+FAST_CALIB = {"text": CALIB_TEXT, "samples": 4, "seq_len": 48, "batch_size": 2}
+
+
+def make_llama_with_tokenizer(folder: Path, **kwargs) -> Path:
+    """``make_llama`` plus the character tokenizer, as calibration needs one."""
+    char_tokenizer(make_llama(folder, **kwargs))
+    return Path(folder)
+
+
 def token_ids(n: int = 12, vocab: int = 128, seed: int = 1, batch: int = 1) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(seed))
 

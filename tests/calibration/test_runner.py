@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import char_tokenizer, contents, logits, make_bert, make_gemma3, make_llama, run_cli, token_ids
+from helpers import (
+    CALIB_TEXT, FAST_CALIB, char_tokenizer, contents, logits, make_bert, make_gemma3, make_llama_with_tokenizer,
+    run_cli, token_ids,
+)
 
 import lowbit
 from lowbit.calibration import BlockInputs, find_blocks
@@ -12,15 +15,12 @@ from lowbit.calibration.inputs import capture
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.methods.gptq import GptqQuantizer
 
-TEXT = "".join(chr(32 + int(c)) for c in torch.randint(0, 95, (6000,), generator=torch.Generator().manual_seed(0)))
-FAST = dict(text=TEXT, samples=4, seq_len=48, batch_size=2)
+TEXT, FAST = CALIB_TEXT, FAST_CALIB
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    folder = make_llama(tmp_path_factory.mktemp("llama") / "m")
-    char_tokenizer(folder)
-    return folder
+    return make_llama_with_tokenizer(tmp_path_factory.mktemp("llama") / "m")
 
 
 def test_captured_arguments_reproduce_the_model_block_by_block(tmp_path):

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from helpers import char_tokenizer, data_dir, logits, make_gemma3, make_llama
+from helpers import CALIB_TEXT, FAST_CALIB, char_tokenizer, data_dir, logits, make_gemma3, make_llama_with_tokenizer
 
 import lowbit
 from lowbit.calibration import BlockInputs, find_blocks, use_dequantized
@@ -20,16 +20,13 @@ from lowbit.formats import IntSpec
 from lowbit.methods.awq import AwqConfig, AwqQuantizer, awq_scale, clip_search, fake_quantize
 from lowbit.rtn import rtn_quantize
 
-TEXT = "".join(chr(32 + int(c)) for c in torch.randint(0, 95, (6000,), generator=torch.Generator().manual_seed(0)))
-FAST = {"text": TEXT, "samples": 4, "seq_len": 48, "batch_size": 2}
+TEXT, FAST = CALIB_TEXT, FAST_CALIB
 OUTLIERS = [3, 17, 40, 51]  # input channels made 30x larger (their weight columns 30x smaller)
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    folder = make_llama(tmp_path_factory.mktemp("llama") / "m")
-    char_tokenizer(folder)
-    return folder
+    return make_llama_with_tokenizer(tmp_path_factory.mktemp("llama") / "m")
 
 
 def make_opt(folder):

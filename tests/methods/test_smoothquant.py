@@ -6,7 +6,10 @@ import copy
 
 import pytest
 import torch
-from helpers import char_tokenizer, data_dir, logits, make_bert, make_gemma3, make_llama, token_ids
+from helpers import (
+    CALIB_TEXT, FAST_CALIB, char_tokenizer, data_dir, logits, make_bert, make_gemma3, make_llama,
+    make_llama_with_tokenizer, token_ids,
+)
 
 import lowbit
 from lowbit.calibration import BlockInputs, find_blocks, use_dequantized
@@ -17,16 +20,13 @@ from lowbit.formats import W8A8Spec, format_from_key
 from lowbit.formats.w8a8 import fake_quantize_rows, int8_matmul, quantize_rows, w8a8_quantize
 from lowbit.methods.smoothquant import SmoothQuantConfig, SmoothQuantQuantizer, smooth_scale
 
-TEXT = "".join(chr(32 + int(c)) for c in torch.randint(0, 95, (6000,), generator=torch.Generator().manual_seed(0)))
-FAST = {"text": TEXT, "samples": 4, "seq_len": 48, "batch_size": 2}
+TEXT, FAST = CALIB_TEXT, FAST_CALIB
 SPEC = W8A8Spec()
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    folder = make_llama(tmp_path_factory.mktemp("llama") / "m")
-    char_tokenizer(folder)
-    return folder
+    return make_llama_with_tokenizer(tmp_path_factory.mktemp("llama") / "m")
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
