@@ -1,23 +1,30 @@
 """The Triton kernels (imported only when a CUDA layer runs; this module needs triton).
 
-Both kernels walk K in chunks of 128 inputs; ``_weights`` turns one chunk of ``BN`` rows into fp32 weights
-[BN, 8, 16] (input ``c*128 + i*16 + j``), dequantized in registers:
+Both kernels walk K in chunks of 128 inputs.
 
-- INT4: 4-bit codes from the chunked word layout (layout.py); ``f = bits(0x44800000 | q << 13)`` is the float
-  ``1024 + q`` without an int-to-float conversion (a slow instruction), and ``f * s - (1024 + z) * s`` is
-  ``(q - z) * s`` computed as one fma from exact operands. Zeros: uint8 or float (HQQ) tensors, or the
-  constant ``ZERO`` (symmetric codes are stored + 8).
-- NF4 / FP4: the same codes index a 16-entry table (code value / code-book maximum) times the block absmax.
-- INT8 / FP8: bytes of the canonical [N, K] rows; ``bits(0x44900000 + c << 13) - 1152`` is the int8 code c; the
-  per-channel scale multiplies the finished sums.
+``gemv_kernel`` (M <= 4): one activation row per program (grid: row blocks x M x split-K), FMA in fp32 on 2-D
+[BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). To keep
+the instructions per weight low, the scale and zero are factored out of the inner sum:
 
-``gemv_kernel``: one activation row per program (grid: row blocks x M x split-K), FMA in fp32 on 2-D tiles
-(no reshapes: 4-bit chunks as 8 slabs of [BN, 16]), weights read once per row of x (meant for M <= 4). ``gemm_kernel``: tensor cores (``tl.dot``) on [BM, 128] x [128, BN]
-tiles, the weight tile dequantized to x's dtype (or fp8 x fp8 for W8A8). With split-K > 1 both add fp32
-partial sums into a zeroed buffer with atomics.
+- INT4: ``bits(((w << (19 - 4i)) & 0x780000) | 0x3F800000)`` is the float ``1 + q/16`` (a shift and one
+  logic op, no int-to-float conversion); a group's sum ``sum (1 + q/16) x`` becomes
+  ``16 s * that - (16 + z) s * sum x``, so each weight costs a shift, a logic op and one FMA.
+- NF4 / FP4: ``sum table[q] x`` per block, times the block absmax afterwards.
+- INT8: ``bits((b << 13) + 0x44900000)`` is ``1152 + b``; ``1152 * sum x`` is subtracted at the end.
+- FP8: converted in registers; the per-channel scale multiplies the finished sums.
+
+``gemm_kernel``: tensor cores (``tl.dot``) on [BM, 128] x [128, BN] tiles, the weight tile dequantized by
+``_weights`` to x's dtype (or fp8 x fp8 for W8A8). ``SWAP`` computes W x^T instead ([BN, 128] weights as the
+first operand, which can stay in registers), better for small M.
+
+Split-K (both kernels) is deterministic: each of the SPLIT programs of a tile writes its fp32 partial sums to a
+workspace and bumps the tile's counter; the last one adds the partials in a fixed order, adds the bias, stores
+in the output dtype and resets the counter. No zeroed buffer, no atomics on the output, no extra launches.
 """
 
 from __future__ import annotations
+
+import os
 
 import triton
 import triton.language as tl
@@ -26,15 +33,20 @@ INT4 = tl.constexpr(0)
 NF4 = tl.constexpr(1)
 INT8 = tl.constexpr(2)
 FP8 = tl.constexpr(3)
+# One lop3 for (t & mask) | magic, which ptxas leaves as two logic ops; Triton's interpreter (TRITON_INTERPRET=1,
+# used to check these kernels without a GPU) cannot run PTX, so there the same expression is written out.
+ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
 def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, G,
              FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr):
+    """One chunk of BN rows as fp32 weights [BN, 8, 16] (input ``c*128 + i*16 + j``)."""
     i = tl.arange(0, 8)
     j = tl.arange(0, 16)
     if FMT == INT4 or FMT == NF4:
-        words = tl.load(w_ptr + rows[:, None] * (K // 8) + c * 16 + j[None, :])  # [BN, 16] int32
+        kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: rows start 64-byte aligned (16-byte loads)
+        words = tl.load(w_ptr + rows[:, None] * kw + c * 16 + j[None, :])  # [BN, 16] int32
         q = (words[:, None, :] >> (4 * i)[None, :, None]) & 15  # [BN, 8, 16]
         sidx = rows[:, None, None] * G + ((c * 128 + i * 16) // GS)[None, :, None]  # [BN, 8, 1]
         s = tl.load(s_ptr + sidx).to(tl.float32)
@@ -43,7 +55,7 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, G,
                 z = tl.load(z_ptr + sidx).to(tl.float32)
             else:
                 z = ZERO
-            f = ((q << 13) | 0x44800000).to(tl.float32, bitcast=True)
+            f = ((q << 13) | 0x44800000).to(tl.float32, bitcast=True)  # 1024 + q
             w = f * s + (-(1024.0 + z) * s)
         else:
             w = tl.load(lut_ptr + q) * s
@@ -57,73 +69,120 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, G,
     return w
 
 
-@triton.jit(do_not_specialize=["N", "chunks_per_split"])
-def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr,
-                N, K, G, stride_xm, stride_om, chunks_per_split,
+@triton.jit
+def _nibble(words, i: tl.constexpr):
+    """Nibble ``i`` of every int32 word as the float ``1 + q/16``: q moved to bits 19..22 of 1.0's mantissa."""
+    if 4 * i <= 19:
+        t = words << (19 - 4 * i)
+    else:
+        t = words >> (4 * i - 19)  # arithmetic shift: the sign bits land above the mask
+    if ASM:
+        bits = tl.inline_asm_elementwise("lop3.b32 $0, $1, 7864320, 1065353216, 234;", "=r,r", [t],
+                                         dtype=tl.int32, is_pure=True, pack=1)  # 0xEA: (a & b) | c
+    else:
+        bits = (t & 0x780000) | 0x3F800000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _finish(acc, offs_m, rows, lock_id, M, N, out_ptr, stride_om, b_ptr, ws_ptr, lock_ptr,
+            HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    """Store a finished fp32 tile [BM, BN] (+ bias); with split-K, the last program of the tile does it."""
+    mask = (offs_m < M)[:, None] & (rows < N)[None, :]
+    out = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + rows[None, :]
+    if SPLIT == 1:
+        if HAS_BIAS:
+            acc = acc + tl.load(b_ptr + tl.minimum(rows, N - 1)).to(tl.float32)[None, :]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tile = offs_m.to(tl.int64)[:, None] * N + rows[None, :]
+        tl.store(ws_ptr + tl.program_id(2) * M.to(tl.int64) * N + tile, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partials are written before the counter moves
+        arrived = tl.atomic_add(lock_ptr + lock_id, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT - 1:
+            total = tl.zeros_like(acc)
+            for p in tl.static_range(SPLIT):  # a fixed order: the same sums every run
+                total += tl.load(ws_ptr + p * M.to(tl.int64) * N + tile, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            if HAS_BIAS:
+                total = total + tl.load(b_ptr + tl.minimum(rows, N - 1)).to(tl.float32)[None, :]
+            tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(lock_ptr + lock_id, 0)  # ready for the next launch
+
+
+@triton.jit(do_not_specialize=["M", "N", "chunks_per_split"])
+def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
+                M, N, K, G, stride_xm, stride_om, chunks_per_split,
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
-                X_SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+                X_SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                 BN: tl.constexpr, CPI: tl.constexpr, ACC_W: tl.constexpr):
-    # 2-D tiles only: 4-bit formats walk a chunk as 8 slabs of [BN, 16] (nibble i of the [BN, 16] word tile
-    # meets x[i*16 : i*16+16]); byte formats take the [BN, 128] chunk at once. ACC_W is 16 or 128 accordingly.
+    # ACC_W: 16 for the 4-bit formats (slabs of [BN, 16]), 128 for the byte formats (the [BN, 128] chunk at once)
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     pid_k = tl.program_id(2)
     rows = pid_n * BN + tl.arange(0, BN)
-    row_mask = rows < N
     safe_rows = tl.minimum(rows, N - 1)  # loads stay in bounds; the store masks
     j = tl.arange(0, ACC_W)
     acc = tl.zeros((BN, ACC_W), dtype=tl.float32)
+    corr = tl.zeros((BN,), dtype=tl.float32)  # int4: the zero-point terms, subtracted at the end
+    xtot = tl.zeros((1, ACC_W), dtype=tl.float32)  # int8: sum of x, for the 1152 offset
+    kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: rows start 64-byte aligned (16-byte loads)
+    SUB: tl.constexpr = GS if GS < 128 else 128  # inputs that share one scale within a chunk
+    SPAN: tl.constexpr = SUB // 16  # slabs per scale
     c0 = pid_k * chunks_per_split  # the launcher splits K into equal parts
     x_row = x_ptr + m.to(tl.int64) * stride_xm
     for cc in range(0, chunks_per_split, CPI):
         for u in tl.static_range(CPI):
             c = c0 + cc + u
             if FMT == INT4 or FMT == NF4:
-                words = tl.load(w_ptr + safe_rows[:, None] * (K // 8) + c * 16 + j[None, :])
-                for i in tl.static_range(8):
-                    if (i * 16) % GS == 0:  # a group starts here: its scale (and zero)
-                        sidx = safe_rows * G + (c * 128 + i * 16) // GS
-                        s = tl.load(s_ptr + sidx).to(tl.float32)
+                words = tl.load(w_ptr + safe_rows[:, None] * kw + c * 16 + j[None, :])
+                for g in tl.static_range(128 // SUB):
+                    part = tl.zeros((BN, ACC_W), dtype=tl.float32)
+                    xsum = tl.zeros((1, ACC_W), dtype=tl.float32)  # 2-D like the tile: no second load of x
+                    for t in tl.static_range(SPAN):
+                        xv = tl.load(x_row + c * 128 + (g * SPAN + t) * 16 + j).to(tl.float32)
                         if FMT == INT4:
-                            if HAS_Z:
-                                off = -(1024.0 + tl.load(z_ptr + sidx).to(tl.float32)) * s
-                            else:
-                                off = -(1024.0 + ZERO) * s
-                    q = (words >> (4 * i)) & 15
+                            part += _nibble(words, g * SPAN + t) * xv[None, :]
+                            xsum += xv[None, :]
+                        else:
+                            part += tl.load(lut_ptr + ((words >> (4 * (g * SPAN + t))) & 15)) * xv[None, :]
+                    sidx = safe_rows * G + (c * 128 + g * SUB) // GS
+                    s = tl.load(s_ptr + sidx).to(tl.float32)
                     if FMT == INT4:
-                        w = ((q << 13) | 0x44800000).to(tl.float32, bitcast=True) * s[:, None] + off[:, None]
+                        if HAS_Z:
+                            z = tl.load(z_ptr + sidx).to(tl.float32)
+                        else:
+                            z = ZERO
+                        acc += part * (16.0 * s)[:, None]
+                        corr += ((16.0 + z) * s) * tl.sum(tl.sum(xsum, axis=1), axis=0)
                     else:
-                        w = tl.load(lut_ptr + q) * s[:, None]
-                    xv = tl.load(x_row + c * 128 + i * 16 + j).to(tl.float32)
-                    acc += w * xv[None, :]
+                        acc += part * s[:, None]
             else:
                 b = tl.load(w_ptr + safe_rows[:, None] * K + c * 128 + j[None, :])
-                if FMT == INT8:
-                    w = ((b.to(tl.int32) << 13) + 0x44900000).to(tl.float32, bitcast=True) - 1152.0
-                else:
-                    w = b.to(tl.float32)
                 xv = tl.load(x_row + c * 128 + j).to(tl.float32)
-                acc += w * xv[None, :]
-    y = tl.sum(acc, axis=1)
+                if FMT == INT8:
+                    acc += ((b.to(tl.int32) << 13) + 0x44900000).to(tl.float32, bitcast=True) * xv[None, :]
+                    xtot += xv[None, :]
+                else:
+                    acc += b.to(tl.float32) * xv[None, :]
+    y = tl.sum(acc, axis=1) - corr
+    if FMT == INT8:
+        y = y - 1152.0 * tl.sum(tl.sum(xtot, axis=1), axis=0)
     if X_SCALED:
         y = y * tl.load(xs_ptr + m)
     if FMT == INT8 or FMT == FP8:
         y = y * tl.load(s_ptr + safe_rows)
-    out = out_ptr + m.to(tl.int64) * stride_om + rows
-    if ATOMIC:
-        tl.atomic_add(out, y, mask=row_mask)
-    else:
-        if HAS_BIAS:
-            y = y + tl.load(b_ptr + safe_rows).to(tl.float32)
-        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=row_mask)
+    offs_m = m + tl.arange(0, 1)
+    _finish(y[None, :], offs_m, rows, m * tl.num_programs(0) + pid_n, M, N, out_ptr, stride_om, b_ptr,
+            ws_ptr, lock_ptr, HAS_BIAS, SPLIT)
 
 
 @triton.jit(do_not_specialize=["M", "N", "chunks_per_split"])
-def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr,
+def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
                 M, N, K, G, stride_xm, stride_om, chunks_per_split,
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
-                X_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, CPI: tl.constexpr):
+                X_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, CPI: tl.constexpr, SWAP: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -132,7 +191,10 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr,
     safe_m = tl.minimum(offs_m, M - 1).to(tl.int64)
     safe_rows = tl.minimum(rows, N - 1)
     kk = tl.arange(0, 128)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    if SWAP:
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
     c0 = pid_k * chunks_per_split  # the launcher splits K into equal parts
     for cc in range(0, chunks_per_split, CPI):
         c = c0 + cc
@@ -143,19 +205,21 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr,
             else:
                 w = _weights(w_ptr, s_ptr, z_ptr, lut_ptr, safe_rows, c + u, K, G, FMT, GS, HAS_Z, ZERO)
                 wt = tl.reshape(w, (BN, 128)).to(xt.dtype)
-            if X_FP8:
-                acc = tl.dot(xt, tl.trans(wt), acc, max_num_imprecise_acc=32)  # fp32 sums every 32 products
+            if SWAP:
+                if X_FP8:
+                    acc = tl.dot(wt, tl.trans(xt), acc, max_num_imprecise_acc=32)
+                else:
+                    acc = tl.dot(wt, tl.trans(xt), acc)
             else:
-                acc = tl.dot(xt, tl.trans(wt), acc)
+                if X_FP8:
+                    acc = tl.dot(xt, tl.trans(wt), acc, max_num_imprecise_acc=32)  # fp32 sums every 32 products
+                else:
+                    acc = tl.dot(xt, tl.trans(wt), acc)
+    if SWAP:
+        acc = tl.trans(acc)
     if X_FP8:
         acc = acc * tl.load(xs_ptr + safe_m)[:, None]
     if FMT == INT8 or FMT == FP8:
         acc = acc * tl.load(s_ptr + safe_rows)[None, :]
-    out = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + rows[None, :]
-    mask = (offs_m < M)[:, None] & (rows < N)[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=mask)
-    else:
-        if HAS_BIAS:
-            acc = acc + tl.load(b_ptr + safe_rows).to(tl.float32)[None, :]
-        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    _finish(acc, offs_m, rows, pid_m * tl.num_programs(1) + pid_n, M, N, out_ptr, stride_om, b_ptr,
+            ws_ptr, lock_ptr, HAS_BIAS, SPLIT)

@@ -34,6 +34,15 @@ def lut(code: str, device: torch.device) -> torch.Tensor:
     return (torch.tensor(CODES[code], dtype=torch.float32) / LEVELS[code]).to(device)
 
 
+LOCKS = 1 << 16  # split-K tile counters per device; a launch needing more runs without split-K
+
+
+@functools.lru_cache(maxsize=16)
+def locks(device: torch.device) -> torch.Tensor:
+    """Zeroed int32 counters for split-K tiles; each launch leaves the ones it used at zero again."""
+    return torch.zeros(LOCKS, dtype=torch.int32, device=device)
+
+
 def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.Tensor | None,
            fmt: str, cfg: dict, xs: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """y [M, N] = x2 [M, K] @ W.T (+ bias) for the stored ``w``/``s``/``z`` of ``fmt`` with one config.
@@ -45,32 +54,32 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     family, code, group = parse(fmt)
     m, k = x2.shape
     n = s.shape[0]
-    out_dtype = out_dtype or x2.dtype
     chunks = k // 128
     cpi = cfg["CPI"] if chunks % cfg["CPI"] == 0 else 1
+    gemv = cfg["path"] == "gemv"
+    tiles = (m if gemv else triton_cdiv(m, cfg["BM"])) * triton_cdiv(n, cfg["BN"])
     split = max(d for d in range(1, cfg["SPLIT_K"] + 1) if (chunks // cpi) % d == 0)  # equal parts
-    per = chunks // split
-    atomic = split > 1
-    out = torch.zeros(m, n, dtype=torch.float32, device=x2.device) if atomic else \
-        torch.empty(m, n, dtype=out_dtype, device=x2.device)
-    table = lut(family, x2.device) if code == 1 else s
+    if tiles > LOCKS:
+        split = 1
+    device = x2.device
+    out = torch.empty(m, n, dtype=out_dtype or x2.dtype, device=device)
+    ws = torch.empty(split, m, n, dtype=torch.float32, device=device) if split > 1 else out
+    table = lut(family, device) if code == 1 else s
     common = dict(FMT=code, GS=group or 1 << 30,  # per channel: every input in group 0
-                  HAS_Z=z is not None, ZERO=8.0, HAS_BIAS=bias is not None and not atomic,
-                  ATOMIC=atomic, CPI=cpi, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    args = (x2, xs if xs is not None else s, w, s, z if z is not None else s, table, bias if bias is not None else s, out)
+                  HAS_Z=z is not None, ZERO=8.0, HAS_BIAS=bias is not None, SPLIT=split, CPI=cpi,
+                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = (x2, xs if xs is not None else s, w, s, z if z is not None else s, table,
+            bias if bias is not None else s, out, ws, locks(device))
     g = s.shape[1] if s.dim() == 2 else 1
-    if cfg["path"] == "gemv":
+    per = chunks // split
+    if gemv:
         grid = (triton_cdiv(n, cfg["BN"]), m, split)
-        gemv_kernel[grid](*args, n, k, g, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
+        gemv_kernel[grid](*args, m, n, k, g, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
                           BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, **common)
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
         gemm_kernel[grid](*args, m, n, k, g, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
-                          BM=cfg["BM"], BN=cfg["BN"], **common)
-    if atomic:
-        out = out.to(out_dtype)
-        if bias is not None:
-            out += bias.to(out_dtype)
+                          BM=cfg["BM"], BN=cfg["BN"], SWAP=cfg.get("SWAP", False), **common)
     return out
 
 

@@ -64,19 +64,36 @@ def key(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> str:
     return f"{fmt}|{str(dtype).removeprefix('torch.')}|M{bucket(m)}|K{k}|N{n}"
 
 
+SMS = 132  # programs worth launching: about two per multiprocessor of an H100
+
+
 def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
-    """A reasonable untuned config: GEMV at M=1, split-K skinny GEMM to M=16, plain tiles above."""
+    """A reasonable untuned config: GEMV at M=1, split-K skinny GEMM to M=16, plain tiles above (the H100 tuning
+    picked split-K 4-8 GEMVs of 32-128 rows for M=1 and swapped 16-row tiles for M=16)."""
     b = bucket(m)
     if fmt == "fp8dyn" and b >= 16 and dtype == torch.bfloat16:
         return {"path": "scaled_mm"}
     if b == 1:
-        return {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 2}
+        split = max(1, min(8, 4 * SMS // -(-n // 64), k // 512))
+        return {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 2}
     if b <= 16:
-        tiles = -(-n // 64)
-        split = max(1, min(8, 264 // tiles, k // 512))
-        return {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 3}
+        split = max(1, min(8, 2 * SMS // -(-n // 64), k // 512))
+        return {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 3,
+                "SWAP": True}
     return {"path": "gemm", "BM": 64 if b <= 64 else 128, "BN": 128, "CPI": 1, "SPLIT_K": 1, "num_warps": 8,
             "num_stages": 3}
+
+
+GEMV = ((32, 4, 4, 1, 2), (32, 4, 8, 1, 2), (32, 4, 16, 1, 2), (64, 2, 8, 1, 2), (64, 4, 2, 1, 2),
+        (64, 4, 4, 1, 2), (64, 4, 8, 1, 2), (64, 4, 8, 2, 2), (64, 4, 8, 1, 3), (64, 4, 16, 1, 2), (128, 4, 2, 1, 2),
+        (128, 4, 4, 1, 2), (128, 4, 8, 1, 2), (128, 4, 8, 2, 2), (128, 4, 8, 1, 3), (128, 8, 2, 1, 2),
+        (256, 8, 4, 1, 2))  # (BN, warps, split-K, chunks per step, stages)
+SKINNY = ((False, 32, 1, 4, 3), (False, 64, 2, 4, 3), (False, 64, 4, 4, 3), (False, 128, 2, 4, 4),
+          (True, 64, 1, 4, 3), (True, 64, 2, 4, 3), (True, 64, 4, 4, 3), (True, 128, 1, 4, 3), (True, 128, 2, 4, 3),
+          (True, 128, 4, 4, 3), (True, 128, 2, 8, 3), (True, 256, 1, 8, 3))  # BM 16: (swap, BN, split, warps, stages)
+TILES = ((False, 32, 64, 2, 4, 3), (False, 32, 128, 1, 4, 3), (False, 64, 64, 1, 4, 3), (False, 64, 128, 1, 4, 3),
+         (False, 64, 128, 1, 8, 4), (False, 128, 128, 1, 8, 3), (False, 128, 64, 1, 4, 3), (False, 128, 256, 1, 8, 3),
+         (True, 32, 128, 1, 4, 3), (True, 64, 128, 1, 4, 3), (True, 32, 64, 2, 4, 3))  # (swap, BM, BN, ...)
 
 
 def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
@@ -84,21 +101,18 @@ def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
     b = bucket(m)
     out = []
     if b <= GEMV_MAX_M:
-        for bn, cpi, split, warps in ((16, 1, 1, 4), (32, 1, 1, 4), (32, 2, 1, 4), (64, 1, 1, 4), (64, 1, 1, 8),
-                                      (128, 1, 1, 8), (32, 1, 2, 4), (64, 1, 2, 4), (64, 1, 4, 8), (128, 1, 2, 8)):
-            out.append({"path": "gemv", "BN": bn, "CPI": cpi, "SPLIT_K": split, "num_warps": warps, "num_stages": 2})
-    if b <= 16:
-        for bn, split, stages in ((32, 1, 3), (32, 4, 3), (64, 2, 3), (64, 4, 3), (64, 8, 3), (128, 2, 3),
-                                  (128, 4, 4), (64, 4, 5)):
-            out.append({"path": "gemm", "BM": 16, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": 4,
+        for bn, warps, split, cpi, stages in GEMV:
+            out.append({"path": "gemv", "BN": bn, "CPI": cpi, "SPLIT_K": split, "num_warps": warps,
                         "num_stages": stages})
+    if b <= 16:
+        for swap, bn, split, warps, stages in SKINNY:
+            out.append({"path": "gemm", "BM": 16, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
+                        "num_stages": stages, "SWAP": swap})
     else:
-        for bm, bn, split, warps, stages in ((32, 64, 2, 4, 3), (32, 128, 1, 4, 3), (64, 64, 1, 4, 3),
-                                             (64, 128, 1, 4, 3), (64, 128, 1, 8, 4), (128, 128, 1, 8, 3),
-                                             (128, 64, 1, 4, 3), (128, 256, 1, 8, 3)):
+        for swap, bm, bn, split, warps, stages in TILES:
             if bm <= 2 * b:
                 out.append({"path": "gemm", "BM": bm, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
-                            "num_stages": stages})
+                            "num_stages": stages, "SWAP": swap})
     if fmt == "fp8dyn" and b >= 16 and dtype == torch.bfloat16:
         out.append({"path": "scaled_mm"})
     return out
@@ -144,7 +158,7 @@ def _triton_version() -> str:
 def short(cfg: dict) -> str:
     if cfg["path"] == "scaled_mm":
         return "torch._scaled_mm"
-    tile = f"BN{cfg['BN']}" if cfg["path"] == "gemv" else f"{cfg['BM']}x{cfg['BN']}"
+    tile = f"BN{cfg['BN']}" if cfg["path"] == "gemv" else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}"
     return f"{cfg['path']} {tile} splitK{cfg['SPLIT_K']} w{cfg['num_warps']}s{cfg['num_stages']}"
 
 
