@@ -17,6 +17,7 @@ from lowbit.loading.checkpoint import verify_checkpoint as verify  # noqa: E402
 from lowbit.loading.convert import quantize_folder  # noqa: E402
 from lowbit.loading.pipeline import from_pretrained  # noqa: E402
 from lowbit.loading.save import save_pretrained  # noqa: E402
+from lowbit.nn import fuse_projections  # noqa: E402
 from lowbit.methods.awq import AwqConfig  # noqa: E402
 from lowbit.methods.fp8 import Fp8Config  # noqa: E402
 from lowbit.methods.gptq import GptqConfig  # noqa: E402
@@ -43,6 +44,6 @@ def Int4Config(**fields) -> RtnConfig:  # noqa: N802
 __all__ = [
     "AwqConfig", "ComputeDtype", "Fp4Config", "Fp8Config", "GptqConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
     "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig", "SmoothQuantConfig",
-    "config", "config_from_dict", "errors", "from_pretrained", "inspect", "methods", "quantize_", "quantize_calibrated", "quantize_folder",
+    "config", "config_from_dict", "errors", "from_pretrained", "fuse_projections", "inspect", "methods", "quantize_", "quantize_calibrated", "quantize_folder",
     "register_alias", "register_method", "save_pretrained", "verify",
 ]

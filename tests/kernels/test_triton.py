@@ -197,6 +197,25 @@ def test_explicit_configs_match_reference(layers, name, cfg):
 
 
 @needs_cuda
+@pytest.mark.parametrize("name", ["int4-g128-asym", "int8"])
+@pytest.mark.parametrize("cfg", [
+    {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": 8, "num_warps": 4, "num_stages": 2},
+    {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": 4, "num_warps": 4, "num_stages": 3, "SWAP": True},
+], ids=["gemv-split8", "gemm-swap-split4"])
+def test_split_k_is_deterministic_and_leaves_counters_at_zero(layers, name, cfg):
+    """Split-K adds the partial sums in a fixed order: the same input gives the same bits, run after run."""
+    from lowbit.kernels.triton import ops
+
+    ql = layers(name, torch.bfloat16)
+    w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
+    x = torch.randn(3, K, device="cuda", dtype=torch.bfloat16)
+    first = ops.run(x, w, s, z, ql.bias, ql.kernel.fmt(ql.spec), cfg)
+    for _ in range(20):
+        assert torch.equal(ops.run(x, w, s, z, ql.bias, ql.kernel.fmt(ql.spec), cfg), first)
+    assert int(ops.locks(x.device).count_nonzero()) == 0
+
+
+@needs_cuda
 def test_shape_fast_path_cannot_take_falls_back_to_reference():
     spec = IntSpec(4, 64, False)
     ql = layer(spec, 96, 192, "cuda", torch.bfloat16)  # K = 192 is not a multiple of 128
@@ -251,3 +270,35 @@ def test_layer_on_second_gpu():
     x = torch.randn(4, 512, device="cuda:1", dtype=torch.bfloat16)
     ref = ref_out(ql, x)
     assert ((ql(x).float() - ref.float()).norm() / ref.float().norm()).item() < 1e-2
+
+
+@needs_cuda
+def test_fused_projections_under_compile_and_cuda_graph():
+    """q/k/v and gate/up fused into one launch each give the unfused logits, compiled and graph-captured too."""
+    import lowbit
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
+    lowbit.quantize_(model, lowbit.config("int4", group_size=128))
+    ids = torch.randint(0, 128, (1, 8), device="cuda")
+    with torch.inference_mode():
+        plain = model(ids).logits.float()
+        assert len(lowbit.fuse_projections(model)) == 4
+        assert model.model.layers[0].self_attn.q_proj.kernel.name == "triton_int4"
+        fused = model(ids).logits.float()
+        layer = model.model.layers[0]
+        layer.compile()
+        compiled = model(ids).logits.float()
+        layer._compiled_call_impl = None
+        graph = torch.cuda.CUDAGraph()
+        model(ids)  # warm-up outside the capture
+        with torch.cuda.graph(graph):
+            out = model(ids).logits
+        graph.replay()
+        torch.cuda.synchronize()
+    for got in (fused, compiled, out.float()):
+        assert ((got - plain).norm() / plain.norm()).item() < 1e-2
+    assert torch.equal(fused, out.float())

@@ -151,7 +151,10 @@ def _tensors(model: nn.Module):
                 if key in seen:
                     continue  # tied weights are tied again on load
                 seen.add(key)
-            yield name, tensor.detach().to("cpu").contiguous()
+            tensor = tensor.detach().to("cpu").contiguous()
+            if tensor.untyped_storage().nbytes() > tensor.nbytes:  # a view (fused layers' rows): own the bytes
+                tensor = tensor.clone()
+            yield name, tensor
 
 
 def _write(tensors: Iterable[tuple[str, torch.Tensor]], tmp: Path, limit: int,

@@ -32,6 +32,7 @@ class QuantLinear(QuantHolder):
         self._prepared: dict[str, torch.Tensor] = {}
         self._dropped: set[str] = set()
         self.tied_to: str | None = None  # an embedding whose int8 table this layer shares (saved there)
+        self.fused = None  # (FusedGroup, index) while fused with its siblings (nn/fuse.py)
 
     @classmethod
     def shell(cls, linear: nn.Linear, spec: WeightFormat) -> QuantLinear:
@@ -50,7 +51,7 @@ class QuantLinear(QuantHolder):
         return {n: rebuilt[n] if n in self._dropped else self._buffers[n] for n in self.tensor_names()}  # layout order
 
     def on_tensors_changed(self) -> None:
-        self.kernel, self._prepared, self._dropped = None, {}, set()
+        self.kernel, self._prepared, self._dropped, self.fused = None, {}, set(), None
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self.bias is not None:
@@ -84,6 +85,9 @@ class QuantLinear(QuantHolder):
             self.prepare()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            group, index = self.fused
+            return group.output(x, index)
         if self.kernel is None:
             self.prepare()
         y = self.kernel.run(x.to(self.compute_dtype), self._buffers, self._prepared, self.spec, self.bias)
