@@ -11,6 +11,9 @@ In the same run: transformers' own ``generate(cache_implementation="static")`` o
 the forward with torch.compile itself; timed on a second call), and the batch-1 ceiling
 ``copy GB/s / weight bytes read per token`` (every weight but the embedding table, of which one row is read).
 
+By default each decoder layer is compiled with ``torch.compile`` (``--no-compile``: eager inside the graph) and the
+quantized variants run q/k/v and gate/up as one launch each (``lowbit.fuse_projections``; ``--no-fuse``).
+
     PYTHONPATH=src python benchmarks/decode.py --out DIR [--layers 32] [--tokens 256] [--no-hf]
 """
 
@@ -33,7 +36,7 @@ import lowbit  # noqa: E402
 from common import print_table  # noqa: E402
 from lowbit.nn import QuantLinear  # noqa: E402
 
-VARIANTS = {"int8": ("int8", {}), "int4_g128": ("int4", {"group_size": 128}), "nf4": ("nf4", {})}
+VARIANTS = {"int4_g128": ("int4", {"group_size": 128}), "int8": ("int8", {}), "nf4": ("nf4", {})}
 PROMPT = 16
 
 
@@ -80,6 +83,8 @@ def tune_model(model: nn.Module, batches) -> int:
     for m in model.modules():
         if not (isinstance(m, QuantLinear) and m.kernel.name.startswith("triton")):
             continue
+        if m.fused is not None:  # the fused layer's shape is what runs
+            m = m.fused[0].linear
         fmt, (n, k) = m.kernel.fmt(m.spec), m.weight_shape
         w, s, z = m.kernel.tensors(m._buffers, m._prepared)
         for b in batches:
@@ -91,6 +96,19 @@ def tune_model(model: nn.Module, batches) -> int:
     return len(done)
 
 
+def compile_layers(model) -> None:
+    """torch.compile each decoder layer in place (one compiled graph serves all layers: same code, weights as
+    inputs), fusing the norms, RoPE, residual adds and cache writes around the quantized linears."""
+    torch._dynamo.reset()  # each variant starts with a fresh cache of compiled graphs
+    for layer in model.model.layers:
+        layer.compile(dynamic=False)
+
+
+def uncompile_layers(model) -> None:
+    for layer in model.model.layers:
+        layer._compiled_call_impl = None
+
+
 @torch.inference_mode()
 def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, str]:
     """(tok/s, generated tokens [batch, tokens], how it ran) with the decode step in one CUDA graph."""
@@ -100,7 +118,8 @@ def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, s
     cache = StaticCache(config=model.config, max_cache_len=PROMPT + warm + tokens + 1)
     prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
                            generator=torch.Generator("cuda").manual_seed(1))
-    tok = model(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    with torch.compiler.set_stance("force_eager"):  # the prefill runs once: not worth a compile
+        tok = model(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
     out = torch.zeros(batch, tokens + warm + 1, dtype=torch.long, device="cuda")
     idx = torch.zeros(1, dtype=torch.long, device="cuda")
 
@@ -116,7 +135,9 @@ def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, s
         for _ in range(warm):
             step()
     torch.cuda.current_stream().wait_stream(side)
-    how = "cuda graph"
+    compiled = any(type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None
+                   for m in model.model.layers)
+    how = "cuda graph" + (" + torch.compile per layer" if compiled else "")
     try:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -154,6 +175,11 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--hf-batches", type=int, nargs="*", default=[1], help="batches for transformers' generate")
     ap.add_argument("--no-tune", dest="tune", action="store_false", help="skip tuning configs the cache lacks")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="run the layers eagerly inside the CUDA graph (no torch.compile)")
+    ap.add_argument("--eager-bf16", action="store_true", help="also time bf16 without torch.compile")
+    ap.add_argument("--no-fuse", dest="fuse", action="store_false",
+                    help="keep q/k/v and gate/up as separate launches (default: lowbit.fuse_projections)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -165,7 +191,12 @@ def main() -> None:
         nbytes = weight_bytes(model)
         ceiling = bw * 1e9 / nbytes
         for b in args.batches:
-            tps, toks, how = graph_decode(model, b, args.tokens)
+            try:
+                tps, toks, how = graph_decode(model, b, args.tokens)
+            except Exception as e:  # noqa: BLE001 - recorded; the other variants still run
+                notes[f"{name} batch {b}"] = f"{type(e).__name__}: {e}"[:400]
+                print(name, b, notes[f"{name} batch {b}"], flush=True)
+                continue
             rows.append({"variant": name, "batch": b, "tok_s": round(tps, 1), "how": how,
                          "weight_gb_per_token": round(nbytes / 1e9, 3), "ceiling_tok_s": round(ceiling, 1),
                          "of_ceiling": round(tps / ceiling, 3) if b == 1 else None,
@@ -190,11 +221,21 @@ def main() -> None:
             tune.save(args.out / tune.cache_path().name)
         return payload
 
-    measure("bf16", base)
-    write()
+    if args.eager_bf16 or not args.compile:
+        measure("bf16" if not args.compile else "bf16 (no compile)", base)
+        write()
+    if args.compile:
+        compile_layers(base)
+        measure("bf16", base)
+        write()
+        uncompile_layers(base)  # the quantized copies and transformers' generate start from the eager model
     for name, (method, fields) in VARIANTS.items():
         model = copy.deepcopy(base)
         lowbit.quantize_(model, lowbit.config(method, **fields))
+        if args.fuse:
+            notes[f"{name} fused groups"] = len(lowbit.fuse_projections(model))
+        if args.compile:
+            compile_layers(model)
         notes[f"{name} kernels"] = sorted({m.kernel.name for m in model.modules() if isinstance(m, QuantLinear)})
         if args.tune:
             notes[f"{name} tuned keys"] = tune_model(model, [*args.batches, PROMPT])
