@@ -3,8 +3,10 @@
 Both kernels walk K in chunks of 128 inputs.
 
 ``gemv_kernel`` (M <= 4): one activation row per program (grid: row blocks x M x split-K), FMA in fp32 on 2-D
-[BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). To keep
-the instructions per weight low, the scale and zero are factored out of the inner sum:
+[BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). The next
+chunk's weights, scales and zeros are loaded before the current chunk is computed, so each program keeps a
+chunk of loads in flight. To keep the instructions per weight low, the scale and zero are factored out of the
+inner sum:
 
 - INT4: ``bits(((w << (19 - 4i)) & 0x780000) | 0x3F800000)`` is the float ``1 + q/16`` (a shift and one
   logic op, no int-to-float conversion); a group's sum ``sum (1 + q/16) x`` becomes
@@ -115,7 +117,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 M, N, K, G, stride_xm, stride_om, chunks_per_split,
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
                 X_SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                BN: tl.constexpr, CPI: tl.constexpr, ACC_W: tl.constexpr):
+                BN: tl.constexpr, ACC_W: tl.constexpr, PF: tl.constexpr):
     # ACC_W: 16 for the 4-bit formats (slabs of [BN, 16]), 128 for the byte formats (the [BN, 128] chunk at once)
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -124,48 +126,67 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
     safe_rows = tl.minimum(rows, N - 1)  # loads stay in bounds; the store masks
     j = tl.arange(0, ACC_W)
     acc = tl.zeros((BN, ACC_W), dtype=tl.float32)
-    corr = tl.zeros((BN,), dtype=tl.float32)  # int4: the zero-point terms, subtracted at the end
     xtot = tl.zeros((1, ACC_W), dtype=tl.float32)  # int8: sum of x, for the 1152 offset
     kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: rows start 64-byte aligned (16-byte loads)
     SUB: tl.constexpr = GS if GS < 128 else 128  # inputs that share one scale within a chunk
     SPAN: tl.constexpr = SUB // 16  # slabs per scale
+    NSUB: tl.constexpr = 128 // SUB
     c0 = pid_k * chunks_per_split  # the launcher splits K into equal parts
     x_row = x_ptr + m.to(tl.int64) * stride_xm
-    for cc in range(0, chunks_per_split, CPI):
-        for u in tl.static_range(CPI):
-            c = c0 + cc + u
-            if FMT == INT4 or FMT == NF4:
-                words = tl.load(w_ptr + safe_rows[:, None] * kw + c * 16 + j[None, :])
-                for g in tl.static_range(128 // SUB):
-                    part = tl.zeros((BN, ACC_W), dtype=tl.float32)
-                    xsum = tl.zeros((1, ACC_W), dtype=tl.float32)  # 2-D like the tile: no second load of x
-                    for t in tl.static_range(SPAN):
-                        xv = tl.load(x_row + c * 128 + (g * SPAN + t) * 16 + j).to(tl.float32)
-                        if FMT == INT4:
-                            part += _nibble(words, g * SPAN + t) * xv[None, :]
-                            xsum += xv[None, :]
-                        else:
-                            part += tl.load(lut_ptr + ((words >> (4 * (g * SPAN + t))) & 15)) * xv[None, :]
-                    sidx = safe_rows * G + (c * 128 + g * SUB) // GS
-                    s = tl.load(s_ptr + sidx).to(tl.float32)
+    if FMT == INT4 or FMT == NF4:
+        # The next chunk's words (and with PF, when one scale covers the chunk, its scales and zeros) are loaded
+        # while this chunk is computed: registers two deep.
+        w_at = w_ptr + safe_rows[:, None] * kw + j[None, :]
+        s_at = safe_rows * G
+        w_next = tl.load(w_at + c0 * 16)
+        s_next = tl.load(s_ptr + s_at + (c0 * 128) // GS)
+        z_next = tl.load(z_ptr + s_at + (c0 * 128) // GS) if HAS_Z else s_next
+    else:
+        b_at = w_ptr + safe_rows[:, None] * K + j[None, :]
+        b_next = tl.load(b_at + c0 * 128)
+    for it in range(0, chunks_per_split):
+        c = c0 + it
+        cn = c0 + tl.minimum(it + 1, chunks_per_split - 1)  # the last step reloads its own chunk (an L2 hit)
+        if FMT == INT4 or FMT == NF4:
+            words, s_chunk, z_chunk = w_next, s_next, z_next
+            w_next = tl.load(w_at + cn * 16)
+            if PF and NSUB == 1:
+                s_next = tl.load(s_ptr + s_at + (cn * 128) // GS)
+                if HAS_Z:
+                    z_next = tl.load(z_ptr + s_at + (cn * 128) // GS)
+            for g in tl.static_range(NSUB):
+                part = tl.zeros((BN, ACC_W), dtype=tl.float32)
+                xsum = tl.zeros((ACC_W,), dtype=tl.float32)  # per lane: x summed over this group's slabs
+                for t in tl.static_range(SPAN):
+                    xv = tl.load(x_row + c * 128 + (g * SPAN + t) * 16 + j).to(tl.float32)
                     if FMT == INT4:
-                        if HAS_Z:
-                            z = tl.load(z_ptr + sidx).to(tl.float32)
-                        else:
-                            z = ZERO
-                        acc += part * (16.0 * s)[:, None]
-                        corr += ((16.0 + z) * s) * tl.sum(tl.sum(xsum, axis=1), axis=0)
+                        part += _nibble(words, g * SPAN + t) * xv[None, :]
+                        xsum += xv
                     else:
-                        acc += part * s[:, None]
-            else:
-                b = tl.load(w_ptr + safe_rows[:, None] * K + c * 128 + j[None, :])
-                xv = tl.load(x_row + c * 128 + j).to(tl.float32)
-                if FMT == INT8:
-                    acc += ((b.to(tl.int32) << 13) + 0x44900000).to(tl.float32, bitcast=True) * xv[None, :]
-                    xtot += xv[None, :]
+                        part += tl.load(lut_ptr + ((words >> (4 * (g * SPAN + t))) & 15)) * xv[None, :]
+                if PF and NSUB == 1:
+                    s = s_chunk.to(tl.float32)
+                    z = z_chunk.to(tl.float32) if HAS_Z else ZERO
+                else:  # loaded here (several groups a chunk, or PF=0: no layout change of a carried vector)
+                    s = tl.load(s_ptr + s_at + (c * 128 + g * SUB) // GS).to(tl.float32)
+                    z = tl.load(z_ptr + s_at + (c * 128 + g * SUB) // GS).to(tl.float32) if HAS_Z else ZERO
+                if FMT == INT4:
+                    if not HAS_Z:
+                        z = ZERO
+                    # per lane, no reduction across threads here: the rows are summed once at the end
+                    acc += part * (16.0 * s)[:, None] - ((16.0 + z) * s)[:, None] * xsum[None, :]
                 else:
-                    acc += b.to(tl.float32) * xv[None, :]
-    y = tl.sum(acc, axis=1) - corr
+                    acc += part * s[:, None]
+        else:
+            b = b_next
+            b_next = tl.load(b_at + cn * 128)
+            xv = tl.load(x_row + c * 128 + j).to(tl.float32)
+            if FMT == INT8:
+                acc += ((b.to(tl.int32) << 13) + 0x44900000).to(tl.float32, bitcast=True) * xv[None, :]
+                xtot += xv[None, :]
+            else:
+                acc += b.to(tl.float32) * xv[None, :]
+    y = tl.sum(acc, axis=1)
     if FMT == INT8:
         y = y - 1152.0 * tl.sum(tl.sum(xtot, axis=1), axis=0)
     if X_SCALED:

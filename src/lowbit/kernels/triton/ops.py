@@ -55,8 +55,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     m, k = x2.shape
     n = s.shape[0]
     chunks = k // 128
-    cpi = cfg["CPI"] if chunks % cfg["CPI"] == 0 else 1
     gemv = cfg["path"] == "gemv"
+    cpi = cfg["CPI"] if not gemv and chunks % cfg["CPI"] == 0 else 1  # the GEMV prefetches one chunk instead
     tiles = (m if gemv else triton_cdiv(m, cfg["BM"])) * triton_cdiv(n, cfg["BN"])
     split = max(d for d in range(1, cfg["SPLIT_K"] + 1) if (chunks // cpi) % d == 0)  # equal parts
     if tiles > LOCKS:
@@ -66,7 +66,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     ws = torch.empty(split, m, n, dtype=torch.float32, device=device) if split > 1 else out
     table = lut(family, device) if code == 1 else s
     common = dict(FMT=code, GS=group or 1 << 30,  # per channel: every input in group 0
-                  HAS_Z=z is not None, ZERO=8.0, HAS_BIAS=bias is not None, SPLIT=split, CPI=cpi,
+                  HAS_Z=z is not None, ZERO=8.0, HAS_BIAS=bias is not None, SPLIT=split,
                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     args = (x2, xs if xs is not None else s, w, s, z if z is not None else s, table,
             bias if bias is not None else s, out, ws, locks(device))
@@ -75,11 +75,11 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     if gemv:
         grid = (triton_cdiv(n, cfg["BN"]), m, split)
         gemv_kernel[grid](*args, m, n, k, g, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
-                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, **common)
+                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1), **common)
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
         gemm_kernel[grid](*args, m, n, k, g, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
-                          BM=cfg["BM"], BN=cfg["BN"], SWAP=cfg.get("SWAP", False), **common)
+                          BM=cfg["BM"], BN=cfg["BN"], CPI=cpi, SWAP=cfg.get("SWAP", False), **common)
     return out
 
 

@@ -75,7 +75,7 @@ def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
         return {"path": "scaled_mm"}
     if b == 1:
         split = max(1, min(8, 4 * SMS // -(-n // 64), k // 512))
-        return {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 2}
+        return {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 1}
     if b <= 16:
         split = max(1, min(8, 2 * SMS // -(-n // 64), k // 512))
         return {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 3,
@@ -84,10 +84,9 @@ def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
             "num_stages": 3}
 
 
-GEMV = ((32, 4, 4, 1, 2), (32, 4, 8, 1, 2), (32, 4, 16, 1, 2), (64, 2, 8, 1, 2), (64, 4, 2, 1, 2),
-        (64, 4, 4, 1, 2), (64, 4, 8, 1, 2), (64, 4, 8, 2, 2), (64, 4, 8, 1, 3), (64, 4, 16, 1, 2), (128, 4, 2, 1, 2),
-        (128, 4, 4, 1, 2), (128, 4, 8, 1, 2), (128, 4, 8, 2, 2), (128, 4, 8, 1, 3), (128, 8, 2, 1, 2),
-        (256, 8, 4, 1, 2))  # (BN, warps, split-K, chunks per step, stages)
+GEMV = ((16, 2, 1), (16, 4, 1), (16, 4, 4), (32, 2, 4), (32, 2, 8), (32, 4, 2), (32, 4, 4), (32, 4, 8), (32, 4, 16),
+        (64, 2, 8), (64, 4, 2), (64, 4, 4), (64, 4, 8), (64, 4, 16), (128, 4, 2), (128, 4, 4), (128, 4, 8),
+        (128, 8, 2), (256, 8, 4))  # (BN, warps, split-K)
 SKINNY = ((False, 32, 1, 4, 3), (False, 64, 2, 4, 3), (False, 64, 4, 4, 3), (False, 128, 2, 4, 4),
           (True, 64, 1, 4, 3), (True, 64, 2, 4, 3), (True, 64, 4, 4, 3), (True, 128, 1, 4, 3), (True, 128, 2, 4, 3),
           (True, 128, 4, 4, 3), (True, 128, 2, 8, 3), (True, 256, 1, 8, 3))  # BM 16: (swap, BN, split, warps, stages)
@@ -101,9 +100,10 @@ def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
     b = bucket(m)
     out = []
     if b <= GEMV_MAX_M:
-        for bn, warps, split, cpi, stages in GEMV:
-            out.append({"path": "gemv", "BN": bn, "CPI": cpi, "SPLIT_K": split, "num_warps": warps,
-                        "num_stages": stages})
+        for bn, warps, split in GEMV:
+            for pf in ((0, 1) if fmt.startswith(("int4", "nf4", "fp4")) else (1,)):  # PF: prefetch scales too
+                out.append({"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
+                            "num_stages": 1, "PF": pf})
     if b <= 16:
         for swap, bn, split, warps, stages in SKINNY:
             out.append({"path": "gemm", "BM": 16, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
@@ -158,7 +158,7 @@ def _triton_version() -> str:
 def short(cfg: dict) -> str:
     if cfg["path"] == "scaled_mm":
         return "torch._scaled_mm"
-    tile = f"BN{cfg['BN']}" if cfg["path"] == "gemv" else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}"
+    tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}" if cfg["path"] == "gemv" else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}"
     return f"{cfg['path']} {tile} splitK{cfg['SPLIT_K']} w{cfg['num_warps']}s{cfg['num_stages']}"
 
 
