@@ -74,15 +74,15 @@ def _fuse(members: list[QuantLinear], names: tuple[str, ...]) -> bool:
     for m in members:
         if m.kernel is None:
             m.prepare()
-    same = {(m.spec.key(), m.in_features, str(m.compute_dtype), m.kernel.name, m.forced_kernel,
-             str(m.canonical_tensors()["qweight"].device)) for m in members}
+    same = {(m.spec.key(), m.in_features, str(m.compute_dtype), m.kernel.name, m.forced_kernel) for m in members}
     if len(same) > 1 or any(m.tied_to is not None or m.fused is not None for m in members):
         return False
     canon = [m.canonical_tensors() for m in members]
-    if not all(_row_wise(c[name], m.out_features) for c, m in zip(canon, members) for name in c):
+    device = canon[0]["qweight"].device
+    if any(c["qweight"].device != device for c in canon) or \
+            not all(_row_wise(c[name], m.out_features) for c, m in zip(canon, members) for name in c):
         return False
     n = sum(m.out_features for m in members)
-    device = canon[0]["qweight"].device
     linear = QuantLinear(first.in_features, n, any(m.bias is not None for m in members), first.spec, device,
                          first.compute_dtype)
     layout = first.spec.expected_tensors(n, first.in_features)
