@@ -69,7 +69,7 @@ SMS = 132  # programs worth launching: about two per multiprocessor of an H100
 
 def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
     """A reasonable untuned config: GEMV at M=1, split-K skinny GEMM to M=16, plain tiles above (the H100 tuning
-    picked split-K 4-8 GEMVs of 32-128 rows for M=1 and swapped 16-row tiles for M=16)."""
+    picked split-K 4-16 GEMVs of 32-128 rows for M=1 and swapped 16-row tiles for M=16)."""
     b = bucket(m)
     if fmt == "fp8dyn" and b >= 16 and dtype == torch.bfloat16:
         return {"path": "scaled_mm"}
