@@ -541,3 +541,38 @@ def test_device_map_on_cpu(ckpts, placement):
     model = _load(ckpts["llama"], INT4, **placement)
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert torch.equal(helpers.logits(model, ids), helpers.logits(_load(ckpts["llama"], INT4), ids))
+
+
+def _skeleton_on_two_gpus(monkeypatch, quantized: bool):
+    """A meta-device Llama (8 layers) as the loader builds it, on a machine that says it has two 80 GiB GPUs."""
+    from accelerate import init_empty_weights
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lowbit.registry import get
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 << 30, 80 << 30))
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=4,
+                      num_key_value_heads=4, vocab_size=128, tie_word_embeddings=False)
+    with init_empty_weights():
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    quantizer = get(INT4.method).quantizer_cls(INT4, pre_quantized=False) if quantized else None
+    if quantizer is not None:
+        quantizer.preprocess_model(model)
+    return model, quantizer
+
+
+def test_placement_over_two_gpus_uses_the_packed_sizes(monkeypatch):
+    """accelerate fills GPU 0 up to its max_memory from the packed (int4) sizes, then goes on to GPU 1."""
+    from lowbit.loading.pipeline import _placement
+
+    budget = {0: 2_900_000, 1: 10 << 30}  # bytes: room for one bf16 layer on GPU 0, or several int4 ones
+    layers_on = {}
+    for quantized in (False, True):
+        model, quantizer = _skeleton_on_two_gpus(monkeypatch, quantized)
+        place = _placement(model, quantizer, torch.device("cuda"), torch.bfloat16, "sequential", dict(budget))
+        devices = [place.device_of(f"model.layers.{i}.mlp.up_proj.weight") for i in range(8)]
+        assert {d.type for d in devices} == {"cuda"} and place.multi
+        layers_on[quantized] = sum(d.index == 0 for d in devices)
+    assert 0 < layers_on[False] < layers_on[True] < 8, layers_on  # split in both; int4 fits more layers on GPU 0
