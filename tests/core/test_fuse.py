@@ -5,7 +5,7 @@ import torch
 
 import lowbit
 from lowbit.nn import QuantLinear
-from tests.helpers import contents, logits, make_llama, token_ids
+from helpers import contents, logits, make_llama, token_ids
 
 GROUPS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["mlp.gate_proj", "mlp.up_proj"]
 
