@@ -135,8 +135,7 @@ def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, s
         for _ in range(warm):
             step()
     torch.cuda.current_stream().wait_stream(side)
-    compiled = any(type(m).__name__ == "OptimizedModule" or getattr(m, "_compiled_call_impl", None) is not None
-                   for m in model.model.layers)
+    compiled = any(layer._compiled_call_impl is not None for layer in model.model.layers)
     how = "cuda graph" + (" + torch.compile per layer" if compiled else "")
     try:
         graph = torch.cuda.CUDAGraph()

@@ -171,8 +171,6 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                     s = tl.load(s_ptr + s_at + (c * 128 + g * SUB) // GS).to(tl.float32)
                     z = tl.load(z_ptr + s_at + (c * 128 + g * SUB) // GS).to(tl.float32) if HAS_Z else ZERO
                 if FMT == INT4:
-                    if not HAS_Z:
-                        z = ZERO
                     # per lane, no reduction across threads here: the rows are summed once at the end
                     acc += part * (16.0 * s)[:, None] - ((16.0 + z) * s)[:, None] * xsum[None, :]
                 else:
