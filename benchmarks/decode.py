@@ -23,6 +23,7 @@ import argparse
 import copy
 import datetime
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -97,11 +98,23 @@ def tune_model(model: nn.Module, batches) -> int:
 
 
 def compile_layers(model) -> None:
-    """torch.compile each decoder layer in place (one compiled graph serves all layers: same code, weights as
-    inputs), fusing the norms, RoPE, residual adds and cache writes around the quantized linears."""
+    """torch.compile each decoder layer in place, fusing the norms, RoPE, residual adds and cache writes around
+    the quantized linears. Dynamo compiles the layer code once per layer (the cache's ``layer_idx`` is a static
+    int), the same graph each time (inductor's cache serves layers 2-32); the recompile limit is raised to the
+    layer count, past which dynamo would quietly run the remaining layers eagerly."""
     torch._dynamo.reset()  # each variant starts with a fresh cache of compiled graphs
+    torch._dynamo.utils.counters.clear()  # and a fresh count of them
+    limit = len(model.model.layers) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
+                                                           4 * limit)
     for layer in model.model.layers:
         layer.compile(dynamic=False)
+
+
+def compiled_graphs() -> int:
+    """Distinct graphs dynamo has compiled since the last reset (one per layer when every layer is compiled)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
 def uncompile_layers(model) -> None:
@@ -115,12 +128,13 @@ def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, s
     from transformers import StaticCache
 
     warm = 3
-    cache = StaticCache(config=model.config, max_cache_len=PROMPT + warm + tokens + 1)
+    extra = PROFILE_STEPS if PROFILE_DIR is not None else 0  # positions the profiled steps write
+    cache = StaticCache(config=model.config, max_cache_len=PROMPT + warm + tokens + 1 + extra)
     prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
                            generator=torch.Generator("cuda").manual_seed(1))
     with torch.compiler.set_stance("force_eager"):  # the prefill runs once: not worth a compile
         tok = model(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-    out = torch.zeros(batch, tokens + warm + 1, dtype=torch.long, device="cuda")
+    out = torch.zeros(batch, tokens + warm + 1 + extra, dtype=torch.long, device="cuda")
     idx = torch.zeros(1, dtype=torch.long, device="cuda")
 
     def step():
@@ -136,7 +150,7 @@ def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, s
             step()
     torch.cuda.current_stream().wait_stream(side)
     compiled = any(layer._compiled_call_impl is not None for layer in model.model.layers)
-    how = "cuda graph" + (" + torch.compile per layer" if compiled else "")
+    how = "cuda graph" + (f" + torch.compile per layer ({compiled_graphs()} graphs)" if compiled else "")
     try:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -151,7 +165,46 @@ def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, s
         run()
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    if PROFILE_DIR is not None and batch == 1:
+        kernel_breakdown(step, PROFILE_DIR / f"decode-kernels-{model._lowbit_variant}.txt", dt / tokens,
+                         PROFILE_STEPS)
     return batch * tokens / dt, out[:, warm:warm + tokens].cpu(), how
+
+
+SDPA = {"default": None, "efficient": "EFFICIENT_ATTENTION", "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+        "math": "MATH"}
+PROFILE_DIR: Path | None = None  # --profile: where the per-kernel tables go
+PROFILE_STEPS = 5
+
+
+def sdpa_backend(name: str):
+    """A context that restricts scaled_dot_product_attention to one backend (none for "default"); it must hold
+    while torch.compile traces, which happens in the first decode steps."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return contextlib.nullcontext() if SDPA[name] is None else sdpa_kernel(getattr(SDPBackend, SDPA[name]))
+
+
+def kernel_breakdown(step, path: Path, step_s: float, steps: int) -> None:
+    """GPU time per decode step by kernel name (torch.profiler over eager ``steps``; each kernel runs as it does
+    inside the graph), written as a table: where the time goes besides the weight reads."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total / steps, e.count / steps) for e in prof.key_averages()
+            if e.device_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    lines = [f"graph replay {1e6 * step_s:.0f} us/step; kernels {total:.0f} us/step (eager, summed)",
+             f"{'us/step':>9} {'share':>6} {'calls':>6}  kernel"]
+    lines += [f"{us:9.1f} {us / total:6.1%} {n:6.0f}  {name[:110]}" for name, us, n in rows]
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:25]), flush=True)
 
 
 @torch.inference_mode()
@@ -177,21 +230,31 @@ def main() -> None:
     ap.add_argument("--no-compile", dest="compile", action="store_false",
                     help="run the layers eagerly inside the CUDA graph (no torch.compile)")
     ap.add_argument("--eager-bf16", action="store_true", help="also time bf16 without torch.compile")
+    ap.add_argument("--profile", action="store_true",
+                    help="write GPU time per kernel of one batch-1 decode step (decode-kernels-<variant>.txt)")
+    ap.add_argument("--only", nargs="*", help="quantized variants to run (default: all)")
+    ap.add_argument("--sdpa", choices=sorted(SDPA), default="default",
+                    help="attention backend of lowbit's decode runs (default: torch's choice; transformers' generate "
+                         "always runs with torch's choice)")
     ap.add_argument("--no-fuse", dest="fuse", action="store_false",
                     help="keep q/k/v and gate/up as separate launches (default: lowbit.fuse_projections)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    global PROFILE_DIR
+    PROFILE_DIR = args.out if args.profile else None
     t_start = time.time()
     bw = copy_gbs()
     base = llama_8b(args.layers)
     rows, notes = [], {}
 
     def measure(name, model):
+        model._lowbit_variant = re.sub(r"\W+", "_", name).strip("_")
         nbytes = weight_bytes(model)
         ceiling = bw * 1e9 / nbytes
         for b in args.batches:
             try:
-                tps, toks, how = graph_decode(model, b, args.tokens)
+                with sdpa_backend(args.sdpa):
+                    tps, toks, how = graph_decode(model, b, args.tokens)
             except Exception as e:  # noqa: BLE001 - recorded; the other variants still run
                 notes[f"{name} batch {b}"] = f"{type(e).__name__}: {e}"[:400]
                 print(name, b, notes[f"{name} batch {b}"], flush=True)
@@ -209,7 +272,7 @@ def main() -> None:
 
     def write():  # after every variant: a run cut off keeps what it measured
         payload = {"date": date, "device": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__},
-                   "copy_gbs": round(bw), "layers": args.layers, "tokens": args.tokens, "rows": rows, "notes": notes,
+                   "sdpa": args.sdpa, "copy_gbs": round(bw), "layers": args.layers, "tokens": args.tokens, "rows": rows, "notes": notes,
                    "seconds": round(time.time() - t_start)}
         int4 = next((r for r in rows if r["variant"] == "int4_g128" and r["batch"] == 1), None)
         if int4:
@@ -229,6 +292,8 @@ def main() -> None:
         write()
         uncompile_layers(base)  # the quantized copies and transformers' generate start from the eager model
     for name, (method, fields) in VARIANTS.items():
+        if args.only is not None and name not in args.only:
+            continue
         model = copy.deepcopy(base)
         lowbit.quantize_(model, lowbit.config(method, **fields))
         if args.fuse:

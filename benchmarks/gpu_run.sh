@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU tests and benchmarks in one go; logs and JSON go to $OUT (default ./gpu-out).
 #   benchmarks/gpu_run.sh [tests] [linear] [decode] [twogpu]     (no argument: all but twogpu)
+# DECODE_ARGS adds options to decode.py (for example --profile).
 # Optional wheels (bitsandbytes, torchao baselines) are installed from .whl/ when that folder exists.
 # Each section's log is $OUT/<section>.log; the JSON results and the tuning cache land in $OUT too.
 set -u -o pipefail
@@ -23,7 +24,7 @@ for s in "${sections[@]}"; do
     tests)  python3 -m pytest tests/kernels/test_triton.py -q -x -n 8 -p no:cacheprovider > "$OUT/tests.log" 2>&1 ;;
     linear) python3 benchmarks/gpu_linear.py --out "$OUT" > "$OUT/linear.log" 2>&1
             cp "$OUT"/tuned_*.json src/lowbit/kernels/triton/ 2>/dev/null ;;  # later sections use the fresh configs
-    decode) python3 benchmarks/decode.py --out "$OUT" > "$OUT/decode.log" 2>&1 ;;
+    decode) python3 benchmarks/decode.py --out "$OUT" ${DECODE_ARGS:-} > "$OUT/decode.log" 2>&1 ;;
     twogpu) python3 benchmarks/two_gpu.py --out "$OUT" > "$OUT/twogpu.log" 2>&1 ;;
     *) echo "unknown section $s; expected tests, linear, decode or twogpu" >&2; exit 2 ;;
   esac

@@ -118,7 +118,13 @@ def test_kernel_layout_rebuilds_canonical(name):
     kernel = get_kernel(KERNEL_OF["codebook"] if isinstance(spec, CodebookSpec) else "triton_int4")
     t = stored(spec, torch.randn(48, 256))
     prepared = kernel.layout(t, spec)
-    assert torch.equal(kernel.canonical_from_prepared(prepared, spec, (48, 256))["qweight"], t["qweight"])
+    rebuilt = kernel.canonical_from_prepared(prepared, spec, (48, 256))
+    assert set(rebuilt) == set(kernel.dropped_names(spec)) & set(t)  # every dropped tensor comes back
+    for name, tensor in rebuilt.items():
+        assert torch.equal(tensor, t[name]) and tensor.is_contiguous(), name
+    scales = prepared["s"] if "s" in prepared else prepared["absmax"]
+    assert scales.shape == (48, 256 // spec.group_size if isinstance(spec, IntSpec) else 256 // spec.block_size)
+    assert scales.stride() == (1, 48)  # column-major: one group's rows side by side
     if isinstance(spec, IntSpec):  # symmetric codes are stored + 8
         codes = codes_from_words(prepared["w"])
         expect = unpack_bits(t["qweight"], 4) ^ (8 if spec.symmetric else 0)

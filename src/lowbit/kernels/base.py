@@ -32,6 +32,10 @@ class Kernel:
     def prepare(self, tensors: dict[str, torch.Tensor], spec: WeightFormat, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return {}
 
+    def dropped_names(self, spec: WeightFormat) -> tuple[str, ...]:
+        """The canonical tensors a layer drops after ``prepare``: ``canonical_from_prepared`` rebuilds them."""
+        return ("qweight",) if self.rebuilds_canonical else ()
+
     def canonical_from_prepared(self, prepared: dict[str, torch.Tensor], spec: WeightFormat,
                                 shape: tuple[int, int]) -> dict[str, torch.Tensor] | None:
         """The stored tensors that ``prepare`` consumed, rebuilt from the kernel layout.

@@ -74,9 +74,11 @@ class QuantLinear(QuantHolder):
         for name, tensor in canon.items():
             self._buffers[name] = tensor
         self.kernel, self.kernel_reason, self._prepared, self._dropped = kernel, reason, prepared, set()
-        if kernel.rebuilds_canonical and self.tied_to is None:
-            self._buffers["qweight"] = None  # the kernel layout holds the codes; state_dict rebuilds them
-            self._dropped.add("qweight")
+        if self.tied_to is None:  # the kernel layout holds these; state_dict rebuilds them
+            for name in kernel.dropped_names(self.spec):
+                if name in canon:
+                    self._buffers[name] = None
+                    self._dropped.add(name)
 
     def after_move(self, fn, target: torch.device) -> None:
         was_prepared = self.kernel is not None

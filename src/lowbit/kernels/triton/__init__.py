@@ -32,6 +32,12 @@ def _ops():
     return ops
 
 
+def by_columns(t: torch.Tensor) -> torch.Tensor:
+    """[N, groups] stored column-major (the N rows of one group side by side): a kernel's load of one group for
+    a block of rows is contiguous. Still indexed [row, group], so row slices (fused projections) stay views."""
+    return t.t().contiguous().t() if t.dim() == 2 else t.contiguous()
+
+
 class TritonKernel(Kernel):
     """Shared checks and the call; subclasses say which formats they take and how they lay them out."""
 
@@ -98,16 +104,25 @@ class TritonInt4Kernel(TritonKernel):
         codes = unpack_bits(tensors["qweight"], 4)
         if spec.symmetric:
             codes ^= 8  # signed c (two's complement nibble) → c + 8
-        return {"w": nibble_words(codes)}
+        out = {"w": nibble_words(codes), "s": by_columns(tensors["scales"])}
+        if "zeros" in tensors:
+            out["z"] = by_columns(tensors["zeros"])
+        return out
+
+    def dropped_names(self, spec):
+        return ("qweight", "scales", "zeros")
 
     def canonical_from_prepared(self, prepared, spec, shape):
         codes = codes_from_words(prepared["w"])
         if spec.symmetric:
             codes ^= 8
-        return {"qweight": pack_bits(codes, 4)}
+        out = {"qweight": pack_bits(codes, 4), "scales": prepared["s"].contiguous()}
+        if "z" in prepared:
+            out["zeros"] = prepared["z"].contiguous()
+        return out
 
     def tensors(self, tensors, prepared):
-        return prepared["w"], tensors["scales"], tensors.get("zeros")
+        return prepared["w"], prepared["s"], prepared.get("z")
 
 
 class TritonCodebookKernel(TritonKernel):
@@ -126,16 +141,21 @@ class TritonCodebookKernel(TritonKernel):
         return None
 
     def layout(self, tensors, spec):
-        out = {"w": nibble_words(unpack_nibbles(tensors["qweight"], HIGH_FIRST[spec.code]))}
-        if spec.double_quant:
-            out["absmax"] = spec.absmax(tensors).contiguous()  # fp32, decoded once
-        return out
+        # fp32 absmax (double quantization decoded once), column-major like the int4 scales
+        return {"w": nibble_words(unpack_nibbles(tensors["qweight"], HIGH_FIRST[spec.code])),
+                "absmax": by_columns(spec.absmax(tensors))}
+
+    def dropped_names(self, spec):
+        return ("qweight",) if spec.double_quant else ("qweight", "absmax")  # 8-bit absmax codes are kept
 
     def canonical_from_prepared(self, prepared, spec, shape):
-        return {"qweight": pack_nibbles(codes_from_words(prepared["w"]), HIGH_FIRST[spec.code])}
+        out = {"qweight": pack_nibbles(codes_from_words(prepared["w"]), HIGH_FIRST[spec.code])}
+        if not spec.double_quant:
+            out["absmax"] = prepared["absmax"].contiguous()
+        return out
 
     def tensors(self, tensors, prepared):
-        return prepared["w"], prepared.get("absmax", tensors["absmax"]), None
+        return prepared["w"], prepared["absmax"], None
 
 
 class TritonInt8Kernel(TritonKernel):

@@ -3,10 +3,12 @@
 Both kernels walk K in chunks of 128 inputs.
 
 ``gemv_kernel`` (M <= 4): one activation row per program (grid: row blocks x M x split-K), FMA in fp32 on 2-D
-[BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). The next
-chunk's weights, scales and zeros are loaded before the current chunk is computed, so each program keeps a
-chunk of loads in flight. To keep the instructions per weight low, the scale and zero are factored out of the
-inner sum:
+[BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). The
+weights of the next chunk, or of the next two (``PD``), are requested before the current chunk is computed, so
+each program keeps one or two chunks of loads in flight (ptxas issues those loads late in the loop body, so one
+chunk ahead hides little; two hide a whole iteration). Scales and zeros are stored column-major (the rows of one
+group side by side) so their loads are contiguous too. To keep the instructions per weight low, the scale and
+zero are factored out of the inner sum, and the 16 lanes of a row are summed once per group before scaling:
 
 - INT4: ``bits(((w << (19 - 4i)) & 0x780000) | 0x3F800000)`` is the float ``1 + q/16`` (a shift and one
   logic op, no int-to-float conversion); a group's sum ``sum (1 + q/16) x`` becomes
@@ -41,7 +43,7 @@ ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
-def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, G,
+def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
              FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr):
     """One chunk of BN rows as fp32 weights [BN, 8, 16] (input ``c*128 + i*16 + j``)."""
     i = tl.arange(0, 8)
@@ -50,7 +52,7 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, G,
         kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: rows start 64-byte aligned (16-byte loads)
         words = tl.load(w_ptr + rows[:, None] * kw + c * 16 + j[None, :])  # [BN, 16] int32
         q = (words[:, None, :] >> (4 * i)[None, :, None]) & 15  # [BN, 8, 16]
-        sidx = rows[:, None, None] * G + ((c * 128 + i * 16) // GS)[None, :, None]  # [BN, 8, 1]
+        sidx = rows[:, None, None] * stride_sn + ((c * 128 + i * 16) // GS)[None, :, None] * stride_sg  # [BN, 8, 1]
         s = tl.load(s_ptr + sidx).to(tl.float32)
         if FMT == INT4:
             if HAS_Z:
@@ -114,10 +116,10 @@ def _finish(acc, offs_m, rows, lock_id, M, N, out_ptr, stride_om, b_ptr, ws_ptr,
 
 @triton.jit(do_not_specialize=["M", "N", "chunks_per_split"])
 def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
-                M, N, K, G, stride_xm, stride_om, chunks_per_split,
+                M, N, K, stride_sn, stride_sg, stride_xm, stride_om, chunks_per_split,
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
                 X_SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                BN: tl.constexpr, ACC_W: tl.constexpr, PF: tl.constexpr):
+                BN: tl.constexpr, ACC_W: tl.constexpr, PF: tl.constexpr, PD: tl.constexpr):
     # ACC_W: 16 for the 4-bit formats (slabs of [BN, 16]), 128 for the byte formats (the [BN, 128] chunk at once)
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -125,35 +127,38 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
     rows = pid_n * BN + tl.arange(0, BN)
     safe_rows = tl.minimum(rows, N - 1)  # loads stay in bounds; the store masks
     j = tl.arange(0, ACC_W)
-    acc = tl.zeros((BN, ACC_W), dtype=tl.float32)
-    xtot = tl.zeros((1, ACC_W), dtype=tl.float32)  # int8: sum of x, for the 1152 offset
-    kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: rows start 64-byte aligned (16-byte loads)
-    SUB: tl.constexpr = GS if GS < 128 else 128  # inputs that share one scale within a chunk
-    SPAN: tl.constexpr = SUB // 16  # slabs per scale
-    NSUB: tl.constexpr = 128 // SUB
     c0 = pid_k * chunks_per_split  # the launcher splits K into equal parts
     x_row = x_ptr + m.to(tl.int64) * stride_xm
     if FMT == INT4 or FMT == NF4:
-        # The next chunk's words (and with PF, when one scale covers the chunk, its scales and zeros) are loaded
-        # while this chunk is computed: registers two deep.
+        SUB: tl.constexpr = GS if GS < 128 else 128  # inputs that share one scale within a chunk
+        SPAN: tl.constexpr = SUB // 16  # slabs per scale
+        NSUB: tl.constexpr = 128 // SUB
+        kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: rows start 64-byte aligned (16-byte loads)
+        # With PF, when one scale covers the chunk, the next chunk's scales and zeros are loaded ahead too.
         w_at = w_ptr + safe_rows[:, None] * kw + j[None, :]
-        s_at = safe_rows * G
+        s_at = s_ptr + safe_rows * stride_sn
+        z_at = z_ptr + safe_rows * stride_sn
+        # PD chunks of words in flight (1 or 2): chunk it + PD is requested while chunk it is computed
+        last = chunks_per_split - 1
         w_next = tl.load(w_at + c0 * 16)
-        s_next = tl.load(s_ptr + s_at + (c0 * 128) // GS)
-        z_next = tl.load(z_ptr + s_at + (c0 * 128) // GS) if HAS_Z else s_next
-    else:
-        b_at = w_ptr + safe_rows[:, None] * K + j[None, :]
-        b_next = tl.load(b_at + c0 * 128)
-    for it in range(0, chunks_per_split):
-        c = c0 + it
-        cn = c0 + tl.minimum(it + 1, chunks_per_split - 1)  # the last step reloads its own chunk (an L2 hit)
-        if FMT == INT4 or FMT == NF4:
-            words, s_chunk, z_chunk = w_next, s_next, z_next
-            w_next = tl.load(w_at + cn * 16)
+        w_far = tl.load(w_at + (c0 + tl.minimum(1, last)) * 16) if PD == 2 else w_next
+        s_next = tl.load(s_at + (c0 * 128) // GS * stride_sg)
+        z_next = tl.load(z_at + (c0 * 128) // GS * stride_sg) if HAS_Z else s_next
+        y = tl.zeros((BN,), dtype=tl.float32)
+        for it in range(0, chunks_per_split):
+            c = c0 + it
+            cn = c0 + tl.minimum(it + 1, chunks_per_split - 1)  # the last step reloads its own chunk (an L2 hit)
+            s_chunk, z_chunk = s_next, z_next
+            words = w_next
+            if PD == 2:
+                w_next = w_far
+                w_far = tl.load(w_at + (c0 + tl.minimum(it + 2, last)) * 16)
+            else:
+                w_next = tl.load(w_at + cn * 16)
             if PF and NSUB == 1:
-                s_next = tl.load(s_ptr + s_at + (cn * 128) // GS)
+                s_next = tl.load(s_at + (cn * 128) // GS * stride_sg)
                 if HAS_Z:
-                    z_next = tl.load(z_ptr + s_at + (cn * 128) // GS)
+                    z_next = tl.load(z_at + (cn * 128) // GS * stride_sg)
             for g in tl.static_range(NSUB):
                 part = tl.zeros((BN, ACC_W), dtype=tl.float32)
                 xsum = tl.zeros((ACC_W,), dtype=tl.float32)  # per lane: x summed over this group's slabs
@@ -167,30 +172,42 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 if PF and NSUB == 1:
                     s = s_chunk.to(tl.float32)
                     z = z_chunk.to(tl.float32) if HAS_Z else ZERO
-                else:  # loaded here (several groups a chunk, or PF=0: no layout change of a carried vector)
-                    s = tl.load(s_ptr + s_at + (c * 128 + g * SUB) // GS).to(tl.float32)
-                    z = tl.load(z_ptr + s_at + (c * 128 + g * SUB) // GS).to(tl.float32) if HAS_Z else ZERO
+                else:  # loaded here (several groups a chunk, or PF=0)
+                    gi = (c * 128 + g * SUB) // GS
+                    s = tl.load(s_at + gi * stride_sg).to(tl.float32)
+                    z = tl.load(z_at + gi * stride_sg).to(tl.float32) if HAS_Z else ZERO
+                # the lanes of a row are summed here (within a warp), then scaled once per row and group
                 if FMT == INT4:
-                    # per lane, no reduction across threads here: the rows are summed once at the end
-                    acc += part * (16.0 * s)[:, None] - ((16.0 + z) * s)[:, None] * xsum[None, :]
+                    y += (16.0 * s) * tl.sum(part, axis=1) - ((16.0 + z) * s) * tl.sum(xsum, axis=0)
                 else:
-                    acc += part * s[:, None]
-        else:
+                    y += s * tl.sum(part, axis=1)
+    else:
+        acc = tl.zeros((BN, ACC_W), dtype=tl.float32)
+        xtot = tl.zeros((1, ACC_W), dtype=tl.float32)  # int8: sum of x, for the 1152 offset
+        b_at = w_ptr + safe_rows[:, None] * K + j[None, :]
+        last = chunks_per_split - 1
+        b_next = tl.load(b_at + c0 * 128)
+        b_far = tl.load(b_at + (c0 + tl.minimum(1, last)) * 128) if PD == 2 else b_next
+        for it in range(0, chunks_per_split):
+            c = c0 + it
             b = b_next
-            b_next = tl.load(b_at + cn * 128)
+            if PD == 2:
+                b_next = b_far
+                b_far = tl.load(b_at + (c0 + tl.minimum(it + 2, last)) * 128)
+            else:
+                b_next = tl.load(b_at + (c0 + tl.minimum(it + 1, last)) * 128)
             xv = tl.load(x_row + c * 128 + j).to(tl.float32)
             if FMT == INT8:
                 acc += ((b.to(tl.int32) << 13) + 0x44900000).to(tl.float32, bitcast=True) * xv[None, :]
                 xtot += xv[None, :]
             else:
                 acc += b.to(tl.float32) * xv[None, :]
-    y = tl.sum(acc, axis=1)
-    if FMT == INT8:
-        y = y - 1152.0 * tl.sum(tl.sum(xtot, axis=1), axis=0)
+        y = tl.sum(acc, axis=1)
+        if FMT == INT8:
+            y = y - 1152.0 * tl.sum(tl.sum(xtot, axis=1), axis=0)
+        y = y * tl.load(s_ptr + safe_rows)
     if X_SCALED:
         y = y * tl.load(xs_ptr + m)
-    if FMT == INT8 or FMT == FP8:
-        y = y * tl.load(s_ptr + safe_rows)
     offs_m = m + tl.arange(0, 1)
     _finish(y[None, :], offs_m, rows, m * tl.num_programs(0) + pid_n, M, N, out_ptr, stride_om, b_ptr,
             ws_ptr, lock_ptr, HAS_BIAS, SPLIT)
@@ -198,7 +215,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
 
 @triton.jit(do_not_specialize=["M", "N", "chunks_per_split"])
 def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_ptr, lock_ptr,
-                M, N, K, G, stride_xm, stride_om, chunks_per_split,
+                M, N, K, stride_sn, stride_sg, stride_xm, stride_om, chunks_per_split,
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
                 X_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, CPI: tl.constexpr, SWAP: tl.constexpr):
@@ -222,7 +239,7 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
             if X_FP8:
                 wt = tl.load(w_ptr + safe_rows[:, None] * K + (c + u) * 128 + kk[None, :])
             else:
-                w = _weights(w_ptr, s_ptr, z_ptr, lut_ptr, safe_rows, c + u, K, G, FMT, GS, HAS_Z, ZERO)
+                w = _weights(w_ptr, s_ptr, z_ptr, lut_ptr, safe_rows, c + u, K, stride_sn, stride_sg, FMT, GS, HAS_Z, ZERO)
                 wt = tl.reshape(w, (BN, 128)).to(xt.dtype)
             if SWAP:
                 if X_FP8:

@@ -70,15 +70,19 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     args = (x2, xs if xs is not None else s, w, s, z if z is not None else s, table,
             bias if bias is not None else s, out, ws, locks(device))
-    g = s.shape[1] if s.dim() == 2 else 1
+    ssn, ssg = (s.stride(0), s.stride(1)) if s.dim() == 2 else (1, 0)  # scales [N, groups], any strides
+    if z is not None and z.stride() != s.stride():
+        raise ValueError(f"zeros strides {z.stride()} differ from the scales' {s.stride()}; the kernel indexes both "
+                         "alike (lay both out with the same function)")
     per = chunks // split
     if gemv:
         grid = (triton_cdiv(n, cfg["BN"]), m, split)
-        gemv_kernel[grid](*args, m, n, k, g, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
-                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1), **common)
+        gemv_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
+                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1), PD=cfg.get("PD", 1),
+                          **common)
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
-        gemm_kernel[grid](*args, m, n, k, g, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
+        gemm_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
                           BM=cfg["BM"], BN=cfg["BN"], CPI=cpi, SWAP=cfg.get("SWAP", False), **common)
     return out
 

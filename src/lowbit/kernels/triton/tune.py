@@ -85,8 +85,8 @@ def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
 
 
 GEMV = ((16, 2, 1), (16, 4, 1), (16, 4, 4), (32, 2, 4), (32, 2, 8), (32, 4, 2), (32, 4, 4), (32, 4, 8), (32, 4, 16),
-        (64, 2, 8), (64, 4, 2), (64, 4, 4), (64, 4, 8), (64, 4, 16), (128, 4, 2), (128, 4, 4), (128, 4, 8),
-        (128, 8, 2), (256, 8, 4))  # (BN, warps, split-K)
+        (64, 2, 4), (64, 2, 8), (64, 2, 16), (64, 4, 2), (64, 4, 4), (64, 4, 8), (64, 4, 16), (128, 4, 2),
+        (128, 4, 4), (128, 4, 8), (128, 4, 16), (128, 8, 2), (256, 8, 4), (256, 8, 8))  # (BN, warps, split-K)
 SKINNY = ((False, 32, 1, 4, 3), (False, 64, 2, 4, 3), (False, 64, 4, 4, 3), (False, 128, 2, 4, 4),
           (True, 64, 1, 4, 3), (True, 64, 2, 4, 3), (True, 64, 4, 4, 3), (True, 128, 1, 4, 3), (True, 128, 2, 4, 3),
           (True, 128, 4, 4, 3), (True, 128, 2, 8, 3), (True, 256, 1, 8, 3))  # BM 16: (swap, BN, split, warps, stages)
@@ -102,8 +102,9 @@ def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
     if b <= GEMV_MAX_M:
         for bn, warps, split in GEMV:
             for pf in ((0, 1) if fmt.startswith(("int4", "nf4", "fp4")) else (1,)):  # PF: prefetch scales too
-                out.append({"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
-                            "num_stages": 1, "PF": pf})
+                for pd in (1, 2):  # PD: chunks of weights in flight per program
+                    out.append({"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
+                                "num_stages": 1, "PF": pf, "PD": pd})
     if b <= 16:
         for swap, bn, split, warps, stages in SKINNY:
             out.append({"path": "gemm", "BM": 16, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
@@ -158,7 +159,7 @@ def _triton_version() -> str:
 def short(cfg: dict) -> str:
     if cfg["path"] == "scaled_mm":
         return "torch._scaled_mm"
-    tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}" if cfg["path"] == "gemv" else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}"
+    tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}{' pd2' if cfg.get('PD') == 2 else ''}" if cfg["path"] == "gemv" else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}"
     return f"{cfg['path']} {tile} splitK{cfg['SPLIT_K']} w{cfg['num_warps']}s{cfg['num_stages']}"
 
 
