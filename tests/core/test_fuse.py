@@ -93,6 +93,15 @@ def test_kernel_layouts_not_stored_by_rows_are_not_fused(src):
     assert lowbit.fuse_projections(model) == []
 
 
+def test_members_that_would_split_a_row_block_are_not_fused(src, monkeypatch):
+    model = load(src)
+    kernel = type(model.model.layers[0].self_attn.q_proj.kernel)
+    monkeypatch.setattr(kernel, "row_block", 128)  # q/k/v have 64 rows each, gate/up 128
+    fused = lowbit.fuse_projections(model)
+    assert fused == [f"model.layers.{i}.{{mlp.gate_proj,mlp.up_proj}}" for i in range(2)]
+    assert model.model.layers[0].self_attn.q_proj.fused is None
+
+
 def test_architecture_without_groups_fuses_nothing():
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
     lowbit.quantize_(model, lowbit.config("int8"))

@@ -106,10 +106,14 @@ def test_fp8_declines_without_fp8_units(monkeypatch):
 def test_nibble_layout_round_trip(n, k):
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
     words = nibble_words(codes)
-    assert words.shape == (n, k // 8) and words.dtype == torch.int32
-    assert torch.equal(codes_from_words(words), codes)
-    # word j of a chunk holds input i*16 + j in nibble i
-    assert int((words[0, 5] >> 12) & 15) == int(codes[0, 3 * 16 + 5])
+    rows = -(-n // 16) * 16  # padded to whole blocks of 16 rows
+    assert words.shape == (rows * k // 8,) and words.dtype == torch.int32
+    assert torch.equal(codes_from_words(words, n, k), codes)
+    # row r, chunk c, word j: block r // 16, then chunk c's 16 x 16 words, then row r % 16; nibble i of word j
+    # holds input c*128 + i*16 + j
+    r, c, i, j = min(n - 1, 19), k // 128 - 1, 3, 5
+    word = words[(r // 16) * 16 * (k // 8) + c * 256 + (r % 16) * 16 + j]
+    assert int((word >> (4 * i)) & 15) == int(codes[r, c * 128 + i * 16 + j])
 
 
 @pytest.mark.parametrize("name", ["int4-g32-asym", "int4-g128-sym", "nf4-b64", "nf4-b64-dq"])
@@ -126,7 +130,7 @@ def test_kernel_layout_rebuilds_canonical(name):
     assert scales.shape == (48, 256 // spec.group_size if isinstance(spec, IntSpec) else 256 // spec.block_size)
     assert scales.stride() == (1, 48)  # column-major: one group's rows side by side
     if isinstance(spec, IntSpec):  # symmetric codes are stored + 8
-        codes = codes_from_words(prepared["w"])
+        codes = codes_from_words(prepared["w"], 48, 256)
         expect = unpack_bits(t["qweight"], 4) ^ (8 if spec.symmetric else 0)
         assert torch.equal(codes, expect) and torch.equal(pack_bits(expect ^ (8 if spec.symmetric else 0), 4),
                                                            t["qweight"])

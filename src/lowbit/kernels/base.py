@@ -20,6 +20,7 @@ class Kernel:
     name: str = ""
     priority: int = 0  # higher is tried first
     rebuilds_canonical: bool = False  # canonical_from_prepared works: the layer keeps one copy
+    row_block: int = 1  # the kernel layout keeps rows together in blocks this tall: row slices must align to them
 
     def handles(self, spec: WeightFormat) -> bool:
         """Whether this kernel is about this kind of weight at all (others are not listed as declined)."""

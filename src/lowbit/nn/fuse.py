@@ -44,7 +44,8 @@ def fuse_projections(model: nn.Module) -> list[str]:
     """Fuse each block's sibling projections (q/k/v, gate/up) into one launch; returns the fused groups' names.
 
     A group is fused when its members are quantized Linears with the same format, input size, device, compute
-    dtype and kernel, and every tensor of that kernel is stored row by row; other groups stay as they are.
+    dtype and kernel, and every tensor of that kernel is stored row by row (in the kernel's row blocks, which each
+    member's rows must fill); other groups stay as they are.
     """
     from lowbit.calibration.inputs import find_blocks
 
@@ -76,6 +77,8 @@ def _fuse(members: list[QuantLinear], names: tuple[str, ...]) -> bool:
             m.prepare()
     same = {(m.spec.key(), m.in_features, str(m.compute_dtype), m.kernel.name, m.forced_kernel) for m in members}
     if len(same) > 1 or any(m.tied_to is not None or m.fused is not None for m in members):
+        return False
+    if any(m.out_features % first.kernel.row_block for m in members):  # a member would start inside a row block
         return False
     canon = [m.canonical_tensors() for m in members]
     device = canon[0]["qweight"].device

@@ -14,7 +14,7 @@ import torch
 from lowbit.formats import CodebookSpec, Fp8Spec, IntSpec, pack_bits, unpack_bits
 from lowbit.formats.codebook import HIGH_FIRST, pack_nibbles, unpack_nibbles
 from lowbit.kernels.base import Kernel
-from lowbit.kernels.triton.layout import codes_from_words, nibble_words
+from lowbit.kernels.triton.layout import ROWS, codes_from_words, nibble_words
 
 _HALF = (torch.bfloat16, torch.float16)
 FP8_CAPABILITY = (8, 9)
@@ -86,6 +86,7 @@ class TritonKernel(Kernel):
 class TritonInt4Kernel(TritonKernel):
     name = "triton_int4"
     rebuilds_canonical = True
+    row_block = ROWS
 
     def handles(self, spec):
         return isinstance(spec, IntSpec) and spec.bits == 4
@@ -113,7 +114,7 @@ class TritonInt4Kernel(TritonKernel):
         return ("qweight", "scales", "zeros")
 
     def canonical_from_prepared(self, prepared, spec, shape):
-        codes = codes_from_words(prepared["w"])
+        codes = codes_from_words(prepared["w"], *shape)
         if spec.symmetric:
             codes ^= 8
         out = {"qweight": pack_bits(codes, 4), "scales": prepared["s"].contiguous()}
@@ -128,6 +129,7 @@ class TritonInt4Kernel(TritonKernel):
 class TritonCodebookKernel(TritonKernel):
     name = "triton_nf4"
     rebuilds_canonical = True
+    row_block = ROWS
 
     def handles(self, spec):
         return isinstance(spec, CodebookSpec)
@@ -149,7 +151,7 @@ class TritonCodebookKernel(TritonKernel):
         return ("qweight",) if spec.double_quant else ("qweight", "absmax")  # 8-bit absmax codes are kept
 
     def canonical_from_prepared(self, prepared, spec, shape):
-        out = {"qweight": pack_nibbles(codes_from_words(prepared["w"]), HIGH_FIRST[spec.code])}
+        out = {"qweight": pack_nibbles(codes_from_words(prepared["w"], *shape), HIGH_FIRST[spec.code])}
         if not spec.double_quant:
             out["absmax"] = prepared["absmax"].contiguous()
         return out

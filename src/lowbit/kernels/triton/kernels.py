@@ -49,8 +49,7 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
     i = tl.arange(0, 8)
     j = tl.arange(0, 16)
     if FMT == INT4 or FMT == NF4:
-        kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: rows start 64-byte aligned (16-byte loads)
-        words = tl.load(w_ptr + rows[:, None] * kw + c * 16 + j[None, :])  # [BN, 16] int32
+        words = tl.load(w_ptr + _word_rows(rows, K)[:, None] + c * 256 + j[None, :])  # [BN, 16] int32
         q = (words[:, None, :] >> (4 * i)[None, :, None]) & 15  # [BN, 8, 16]
         sidx = rows[:, None, None] * stride_sn + ((c * 128 + i * 16) // GS)[None, :, None] * stride_sg  # [BN, 8, 1]
         s = tl.load(s_ptr + sidx).to(tl.float32)
@@ -71,6 +70,14 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
         else:
             w = b.to(tl.float32)
     return w
+
+
+@triton.jit
+def _word_rows(rows, K):
+    """Where each row's words start in the blocked layout (layout.py): blocks of 16 rows, each holding its chunks
+    in order, a chunk being 16 rows x 16 words; chunk c of a row is 256 c words further on."""
+    kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: every offset is a multiple of 16 words (64 bytes)
+    return tl.multiple_of((rows // 16) * (16 * kw) + (rows % 16) * 16, 16)
 
 
 @triton.jit
@@ -133,15 +140,14 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         SUB: tl.constexpr = GS if GS < 128 else 128  # inputs that share one scale within a chunk
         SPAN: tl.constexpr = SUB // 16  # slabs per scale
         NSUB: tl.constexpr = 128 // SUB
-        kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: rows start 64-byte aligned (16-byte loads)
         # With PF, when one scale covers the chunk, the next chunk's scales and zeros are loaded ahead too.
-        w_at = w_ptr + safe_rows[:, None] * kw + j[None, :]
+        w_at = w_ptr + _word_rows(safe_rows, K)[:, None] + j[None, :]
         s_at = s_ptr + safe_rows * stride_sn
         z_at = z_ptr + safe_rows * stride_sn
         # PD chunks of words in flight (1 or 2): chunk it + PD is requested while chunk it is computed
         last = chunks_per_split - 1
-        w_next = tl.load(w_at + c0 * 16)
-        w_far = tl.load(w_at + (c0 + tl.minimum(1, last)) * 16) if PD == 2 else w_next
+        w_next = tl.load(w_at + c0 * 256)
+        w_far = tl.load(w_at + (c0 + tl.minimum(1, last)) * 256) if PD == 2 else w_next
         s_next = tl.load(s_at + (c0 * 128) // GS * stride_sg)
         z_next = tl.load(z_at + (c0 * 128) // GS * stride_sg) if HAS_Z else s_next
         y = tl.zeros((BN,), dtype=tl.float32)
@@ -152,9 +158,9 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
             words = w_next
             if PD == 2:
                 w_next = w_far
-                w_far = tl.load(w_at + (c0 + tl.minimum(it + 2, last)) * 16)
+                w_far = tl.load(w_at + (c0 + tl.minimum(it + 2, last)) * 256)
             else:
-                w_next = tl.load(w_at + cn * 16)
+                w_next = tl.load(w_at + cn * 256)
             if PF and NSUB == 1:
                 s_next = tl.load(s_at + (cn * 128) // GS * stride_sg)
                 if HAS_Z:
