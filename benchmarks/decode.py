@@ -97,14 +97,14 @@ def tune_model(model: nn.Module, batches) -> int:
     return len(done)
 
 
-def compile_layers(model) -> None:
+def compile_layers(model, batches: int) -> None:
     """torch.compile each decoder layer in place, fusing the norms, RoPE, residual adds and cache writes around
-    the quantized linears. Dynamo compiles the layer code once per layer (the cache's ``layer_idx`` is a static
-    int), the same graph each time (inductor's cache serves layers 2-32); the recompile limit is raised to the
-    layer count, past which dynamo would quietly run the remaining layers eagerly."""
+    the quantized linears. Dynamo compiles the layer code once per layer and batch size (the cache's
+    ``layer_idx`` is a static int), the same graph for every layer (inductor's cache serves layers 2-32); the
+    recompile limit is raised to that count, past which dynamo would quietly run the remaining layers eagerly."""
     torch._dynamo.reset()  # each variant starts with a fresh cache of compiled graphs
     torch._dynamo.utils.counters.clear()  # and a fresh count of them
-    limit = len(model.model.layers) + 8
+    limit = len(model.model.layers) * batches + 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
                                                            4 * limit)
@@ -113,7 +113,7 @@ def compile_layers(model) -> None:
 
 
 def compiled_graphs() -> int:
-    """Distinct graphs dynamo has compiled since the last reset (one per layer when every layer is compiled)."""
+    """Distinct graphs dynamo has compiled since the last reset: one per layer and batch size when all are."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
@@ -287,7 +287,7 @@ def main() -> None:
         measure("bf16" if not args.compile else "bf16 (no compile)", base)
         write()
     if args.compile:
-        compile_layers(base)
+        compile_layers(base, len(args.batches))
         measure("bf16", base)
         write()
         uncompile_layers(base)  # the quantized copies and transformers' generate start from the eager model
@@ -299,7 +299,7 @@ def main() -> None:
         if args.fuse:
             notes[f"{name} fused groups"] = len(lowbit.fuse_projections(model))
         if args.compile:
-            compile_layers(model)
+            compile_layers(model, len(args.batches))
         notes[f"{name} kernels"] = sorted({m.kernel.name for m in model.modules() if isinstance(m, QuantLinear)})
         if args.tune:
             notes[f"{name} tuned keys"] = tune_model(model, [*args.batches, PROMPT])

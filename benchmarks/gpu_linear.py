@@ -15,7 +15,7 @@ time: Python launch costs are left out, as in a captured decode step). ``gbs`` i
 effective bandwidth: bytes of packed weights + scales + zeros read / time. ``x_bf16`` = bf16 µs / µs;
 ``of_copy`` = gbs / copy GB/s of the same size. ``rel_err``: relative error against lowbit's reference op.
 
-    PYTHONPATH=src python benchmarks/gpu_linear.py --out DIR [--no-tune] [--quick]
+    PYTHONPATH=src python benchmarks/gpu_linear.py --out DIR [--no-tune] [--quick] [--ms 1 16] [--only lowbit_int4]
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def baselines(w: torch.Tensor) -> dict:
     return out, notes
 
 
-def run_shape(k: int, n: int, ms, tune_configs: bool) -> tuple[list[dict], dict]:
+def run_shape(k: int, n: int, ms, tune_configs: bool, only=None) -> tuple[list[dict], dict]:
     from lowbit.kernels.triton import ops, tune
 
     torch.manual_seed(0)
@@ -132,7 +132,8 @@ def run_shape(k: int, n: int, ms, tune_configs: bool) -> tuple[list[dict], dict]
     copy_gbs = 2 * w.numel() * 2 / copy_us / 1e3
     rows = [{"K": k, "N": n, "M": 0, "variant": "copy", "us": round(copy_us, 2), "gbs": round(copy_gbs)}]
     base, notes = baselines(w)
-    layers = {name: quant_linear(w, method, fields) for name, (method, fields) in LOWBIT.items()}
+    layers = {name: quant_linear(w, method, fields) for name, (method, fields) in LOWBIT.items()
+              if only is None or name in only}
     for m in ms:
         x = torch.randn(m, k, device="cuda", dtype=DT)
         found = {}
@@ -168,15 +169,15 @@ def targets(rows) -> list[dict]:
     out = []
 
     def add(target, values, goal):
-        met = bool(values) and all(x >= goal for x in values.values())
-        out.append({"target": target, "measured": values, "met": met})
+        if values:  # a partial run (--only, --ms) leaves out the targets it did not measure
+            out.append({"target": target, "measured": values, "met": all(x >= goal for x in values.values())})
 
     def of(m, variant, field, shapes=SHAPES):
-        return {f"{k}x{n}": get(rows, k, n, m, variant)[field] for k, n in shapes}
+        return {f"{k}x{n}": r[field] for k, n in shapes if (r := get(rows, k, n, m, variant))}
 
     def faster_than(baseline, variant):  # baseline µs / lowbit µs at M=1, on the shapes where the baseline ran
-        return {f"{k}x{n}": round(b["us"] / get(rows, k, n, 1, variant)["us"], 3)
-                for k, n in SHAPES if (b := get(rows, k, n, 1, baseline))}
+        return {f"{k}x{n}": round(b["us"] / r["us"], 3)
+                for k, n in SHAPES if (b := get(rows, k, n, 1, baseline)) and (r := get(rows, k, n, 1, variant))}
 
     add("int4 g128 M=1 >= 0.80 of copy bandwidth (3 large shapes)", of(1, "lowbit_int4", "of_copy", LARGE), 0.8)
     add("int4 g128 M=1 no slower than torch int4 (torch µs / lowbit µs >= 1)",
@@ -194,16 +195,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="folder for the JSON results and the tuning cache")
     ap.add_argument("--no-tune", dest="tune", action="store_false", help="use the cached/default configs")
     ap.add_argument("--quick", action="store_true", help="first shape, M=1 and 16 only (a smoke run)")
+    ap.add_argument("--ms", type=int, nargs="+", help=f"batch sizes (default {' '.join(map(str, MS))})")
+    ap.add_argument("--only", nargs="+", choices=sorted(LOWBIT), help="lowbit variants to run (default: all)")
     args = ap.parse_args()
     from lowbit.kernels.triton import tune
 
     args.out.mkdir(parents=True, exist_ok=True)
     shapes, ms = (SHAPES[:1], MS[:2]) if args.quick else (SHAPES, MS)
+    ms = args.ms or ms
     rows, notes, t0 = [], {}, time.time()
     date = datetime.date.today().isoformat()
-    path = args.out / f"gpu_linear-{tune.device_slug()}-{date}.json"
+    partial = args.quick or args.ms or args.only
+    path = args.out / f"gpu_linear-{tune.device_slug()}-{date}{'-partial' if partial else ''}.json"
     for k, n in shapes:  # results and tuning cache written after every shape: a cut-off run keeps what it had
-        r, nt = run_shape(k, n, ms, args.tune)
+        r, nt = run_shape(k, n, ms, args.tune, args.only)
         rows += r
         notes.update({f"{k}x{n} {key}": v for key, v in nt.items()})
         print(f"{k}x{n} done at {time.time() - t0:.0f}s", flush=True)
