@@ -272,8 +272,8 @@ def main() -> None:
 
     def write():  # after every variant: a run cut off keeps what it measured
         payload = {"date": date, "device": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__},
-                   "sdpa": args.sdpa, "copy_gbs": round(bw), "layers": args.layers, "tokens": args.tokens, "rows": rows, "notes": notes,
-                   "seconds": round(time.time() - t_start)}
+                   "sdpa": args.sdpa, "copy_gbs": round(bw), "layers": args.layers, "tokens": args.tokens,
+                   "rows": rows, "notes": notes, "seconds": round(time.time() - t_start)}
         int4 = next((r for r in rows if r["variant"] == "int4_g128" and r["batch"] == 1), None)
         if int4:
             payload["target"] = {"target": "int4 batch 1 >= 0.60 of its ceiling", "measured": int4["of_ceiling"],

@@ -136,6 +136,21 @@ def test_kernel_layout_rebuilds_canonical(name):
                                                            t["qweight"])
 
 
+@pytest.mark.parametrize("name", ["int4-g64-hqq", "int4-g128-sym", "nf4-b64", "nf4-b64-dq"])
+def test_layer_keeps_only_the_kernel_layout_and_saves_the_canonical_tensors(name, monkeypatch):
+    spec = SPECS[name]
+    kernel = get_kernel(KERNEL_OF["codebook"] if isinstance(spec, CodebookSpec) else "triton_int4")
+    monkeypatch.setattr(type(kernel), "can_implement", lambda *a: (True, "layout only"))  # never run here
+    ql = QuantLinear(256, 40, False, spec, device="cpu", dtype=torch.bfloat16)
+    canon = stored(spec, torch.randn(40, 256))
+    ql.load_quantized({n: t.clone() for n, t in canon.items()})
+    ql.prepare(torch.bfloat16, kernel.name)
+    dropped = {n for n in ql.tensor_names() if ql._buffers[n] is None}
+    assert dropped == set(kernel.dropped_names(spec)) & set(canon) and "qweight" in dropped
+    state = ql.state_dict()
+    assert set(state) == set(canon) and all(torch.equal(state[n], canon[n]) for n in canon)
+
+
 def test_every_triton_kernel_is_registered():
     names = {k.name for k in TRITON_KERNELS}
     assert names == {"triton_int4", "triton_int8", "triton_nf4", "triton_fp8"}

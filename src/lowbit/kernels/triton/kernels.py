@@ -4,10 +4,10 @@ Both kernels walk K in chunks of 128 inputs.
 
 ``gemv_kernel`` (M <= 4): one activation row per program (grid: row blocks x M x split-K), FMA in fp32 on 2-D
 [BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). The
-weights of the next chunk, or of the next two (``PD``), are requested before the current chunk is computed, so
-each program keeps one or two chunks of loads in flight (ptxas issues those loads late in the loop body, so one
-chunk ahead hides little; two hide a whole iteration). Scales and zeros are stored column-major (the rows of one
-group side by side) so their loads are contiguous too. To keep the instructions per weight low, the scale and
+weights of the next chunk, or of the next two (``PD``, a tuner choice that rarely wins on an H100), are requested
+before the current chunk is computed. The 4-bit words are stored in blocks of 16 rows (layout.py), so a chunk of
+BN rows is BN/16 contiguous kilobytes; scales and zeros are stored column-major (the rows of one group side by
+side), so their loads are contiguous too. To keep the instructions per weight low, the scale and
 zero are factored out of the inner sum, and the 16 lanes of a row are summed once per group before scaling:
 
 - INT4: ``bits(((w << (19 - 4i)) & 0x780000) | 0x3F800000)`` is the float ``1 + q/16`` (a shift and one
@@ -153,7 +153,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         y = tl.zeros((BN,), dtype=tl.float32)
         for it in range(0, chunks_per_split):
             c = c0 + it
-            cn = c0 + tl.minimum(it + 1, chunks_per_split - 1)  # the last step reloads its own chunk (an L2 hit)
+            cn = c0 + tl.minimum(it + 1, last)  # the last step reloads its own chunk (an L2 hit)
             s_chunk, z_chunk = s_next, z_next
             words = w_next
             if PD == 2:
@@ -245,7 +245,8 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
             if X_FP8:
                 wt = tl.load(w_ptr + safe_rows[:, None] * K + (c + u) * 128 + kk[None, :])
             else:
-                w = _weights(w_ptr, s_ptr, z_ptr, lut_ptr, safe_rows, c + u, K, stride_sn, stride_sg, FMT, GS, HAS_Z, ZERO)
+                w = _weights(w_ptr, s_ptr, z_ptr, lut_ptr, safe_rows, c + u, K, stride_sn, stride_sg,
+                             FMT, GS, HAS_Z, ZERO)
                 wt = tl.reshape(w, (BN, 128)).to(xt.dtype)
             if SWAP:
                 if X_FP8:

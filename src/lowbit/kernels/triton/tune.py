@@ -159,7 +159,10 @@ def _triton_version() -> str:
 def short(cfg: dict) -> str:
     if cfg["path"] == "scaled_mm":
         return "torch._scaled_mm"
-    tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}{' pd2' if cfg.get('PD') == 2 else ''}" if cfg["path"] == "gemv" else f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}"
+    if cfg["path"] == "gemv":
+        tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}{' pd2' if cfg.get('PD') == 2 else ''}"
+    else:
+        tile = f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}"
     return f"{cfg['path']} {tile} splitK{cfg['SPLIT_K']} w{cfg['num_warps']}s{cfg['num_stages']}"
 
 
