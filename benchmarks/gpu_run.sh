@@ -3,7 +3,8 @@
 #   benchmarks/gpu_run.sh [tests] [linear] [decode] [twogpu]     (no argument: all but twogpu)
 # DECODE_ARGS adds options to decode.py (for example --profile).
 # Optional wheels (bitsandbytes, torchao baselines) are installed from .whl/ when that folder exists.
-# Each section's log is $OUT/<section>.log; the JSON results and the tuning cache land in $OUT too.
+# Each section's log is <section>.log inside $OUT/logs.tgz (with decode's per-kernel tables); the JSON results and
+# the tuning cache land in $OUT itself.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -33,4 +34,8 @@ for s in "${sections[@]}"; do
   echo "== $s: exit $rc in $(( $(date +%s) - start ))s"
   tail -n 25 "$OUT/$s.log"
 done
+# The logs and per-kernel tables go into one archive, so the JSON results and the tuning cache stay few files
+# (a remote runner may return only a handful).
+(cd "$OUT" && extra=$(ls *.log *.txt 2>/dev/null) && [ -n "$extra" ] && tar czf logs.tgz $extra && rm -f $extra)
+ls "$OUT"
 exit $status
