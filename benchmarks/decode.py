@@ -123,12 +123,13 @@ def uncompile_layers(model) -> None:
 
 
 @torch.inference_mode()
-def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, str]:
-    """(tok/s, generated tokens [batch, tokens], how it ran) with the decode step in one CUDA graph."""
+def graph_decode(model, batch: int, tokens: int, profile: Path | None = None) -> tuple[float, torch.Tensor, str]:
+    """(tok/s, generated tokens [batch, tokens], how it ran) with the decode step in one CUDA graph; with
+    ``profile``, the GPU time per kernel of a few more steps is written there."""
     from transformers import StaticCache
 
     warm = 3
-    extra = PROFILE_STEPS if PROFILE_DIR is not None else 0  # positions the profiled steps write
+    extra = PROFILE_STEPS if profile is not None else 0  # positions the profiled steps write
     cache = StaticCache(config=model.config, max_cache_len=PROMPT + warm + tokens + 1 + extra)
     prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
                            generator=torch.Generator("cuda").manual_seed(1))
@@ -165,15 +166,13 @@ def graph_decode(model, batch: int, tokens: int) -> tuple[float, torch.Tensor, s
         run()
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    if PROFILE_DIR is not None and batch == 1:
-        kernel_breakdown(step, PROFILE_DIR / f"decode-kernels-{model._lowbit_variant}.txt", dt / tokens,
-                         PROFILE_STEPS)
+    if profile is not None:
+        kernel_breakdown(step, profile, dt / tokens, PROFILE_STEPS)
     return batch * tokens / dt, out[:, warm:warm + tokens].cpu(), how
 
 
 SDPA = {"default": None, "efficient": "EFFICIENT_ATTENTION", "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
         "math": "MATH"}
-PROFILE_DIR: Path | None = None  # --profile: where the per-kernel tables go
 PROFILE_STEPS = 5
 
 
@@ -240,21 +239,20 @@ def main() -> None:
                     help="keep q/k/v and gate/up as separate launches (default: lowbit.fuse_projections)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    global PROFILE_DIR
-    PROFILE_DIR = args.out if args.profile else None
     t_start = time.time()
     bw = copy_gbs()
     base = llama_8b(args.layers)
     rows, notes = [], {}
 
     def measure(name, model):
-        model._lowbit_variant = re.sub(r"\W+", "_", name).strip("_")
+        slug = re.sub(r"\W+", "_", name).strip("_")
+        table = args.out / f"decode-kernels-{slug}.txt" if args.profile else None
         nbytes = weight_bytes(model)
         ceiling = bw * 1e9 / nbytes
         for b in args.batches:
             try:
                 with sdpa_backend(args.sdpa):
-                    tps, toks, how = graph_decode(model, b, args.tokens)
+                    tps, toks, how = graph_decode(model, b, args.tokens, table if b == 1 else None)
             except Exception as e:  # noqa: BLE001 - recorded; the other variants still run
                 notes[f"{name} batch {b}"] = f"{type(e).__name__}: {e}"[:400]
                 print(name, b, notes[f"{name} batch {b}"], flush=True)
