@@ -207,7 +207,9 @@ def test_triton_matches_reference(layers, name, compute, m):
     {"path": "gemv", "BN": 8, "CPI": 2, "SPLIT_K": 3, "num_warps": 4, "num_stages": 2},
     {"path": "gemm", "BM": 16, "BN": 128, "CPI": 1, "SPLIT_K": 11, "num_warps": 4, "num_stages": 4},
     {"path": "gemm", "BM": 64, "BN": 64, "CPI": 3, "SPLIT_K": 1, "num_warps": 8, "num_stages": 2},
-], ids=["gemv-split3", "gemm16-split11", "gemm64-cpi3"])
+    {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 2, "SWAP": True,
+     "FLAT": 1},
+], ids=["gemv-split3", "gemm16-split11", "gemm64-cpi3", "gemm64-swap-flat"])
 def test_explicit_configs_match_reference(layers, name, cfg):
     """Configs the tuner may pick that the default paths do not take (odd split-K, several chunks a step)."""
     from lowbit.kernels.triton import ops
@@ -271,6 +273,23 @@ def test_opcheck(name):
     for x, bias in ((torch.randn(3, 384, device="cuda", dtype=torch.bfloat16), ql.bias),
                     (torch.randn(2, 1, 384, device="cuda", dtype=torch.bfloat16), None)):
         torch.library.opcheck(torch.ops.lowbit.triton_linear.default, (x, w, s, z, bias, fmt), test_utils=utils)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("m, k", [(1, 4096), (5, 4096 + 128), (257, 14336), (3, 96)])
+def test_fp8_row_quantization_is_the_torch_one_bit_for_bit(dtype, m, k):
+    from lowbit.formats.fp8 import quantize_rows
+    from lowbit.kernels.triton import ops
+
+    x = (torch.randn(m, k, device="cuda") * torch.logspace(-3, 3, m, device="cuda")[:, None]).to(dtype)
+    x[0, : k // 2] = 0
+    if m > 2:
+        x[2] = 0  # an all-zero row: scale 1, codes 0
+    q, s = ops.quantize_rows_cuda(x)
+    want_q, want_s = quantize_rows(x)
+    assert torch.equal(s, want_s)
+    assert torch.equal(q.view(torch.uint8), want_q.view(torch.uint8))
 
 
 @needs_cuda

@@ -13,13 +13,18 @@ zero are factored out of the inner sum, and the 16 lanes of a row are summed onc
 - INT4: ``bits(((w << (19 - 4i)) & 0x780000) | 0x3F800000)`` is the float ``1 + q/16`` (a shift and one
   logic op, no int-to-float conversion); a group's sum ``sum (1 + q/16) x`` becomes
   ``16 s * that - (16 + z) s * sum x``, so each weight costs a shift, a logic op and one FMA.
-- NF4 / FP4: ``sum table[q] x`` per block, times the block absmax afterwards.
+- NF4 / FP4: ``sum table[q] x`` per block, times the block absmax afterwards; four codes of a word are decoded
+  at once in registers by lut.py's inline PTX (the interpreter loads the same values from memory instead).
 - INT8: ``bits((b << 13) + 0x44900000)`` is ``1152 + b``; ``1152 * sum x`` is subtracted at the end.
 - FP8: converted in registers; the per-channel scale multiplies the finished sums.
 
 ``gemm_kernel``: tensor cores (``tl.dot``) on [BM, 128] x [128, BN] tiles, the weight tile dequantized by
-``_weights`` to x's dtype (or fp8 x fp8 for W8A8). ``SWAP`` computes W x^T instead ([BN, 128] weights as the
-first operand, which can stay in registers), better for small M.
+``_weights`` to x's dtype (or fp8 x fp8 for W8A8). ``SWAP`` computes W x^T instead: with the [BN, 128] weights as
+the first operand, Hopper's ``wgmma`` takes them from registers and one product stays in flight while the next
+tile is dequantized (with the weights second, they go through shared memory and each product is waited for).
+``FLAT`` unpacks 4-bit tiles to [BN, 128] straight from the words (a tuner choice; it costs shared memory).
+
+``quantize_rows_kernel``: W8A8's per-row fp8 quantization of the activations in one launch.
 
 Split-K (both kernels) is deterministic: each of the SPLIT programs of a tile writes its fp32 partial sums to a
 workspace and bumps the tile's counter; the last one adds the partials in a fixed order, adds the bias, stores
@@ -33,6 +38,8 @@ import os
 import triton
 import triton.language as tl
 
+from lowbit.kernels.triton.lut import CODE_ASM, WORD_ASM
+
 INT4 = tl.constexpr(0)
 NF4 = tl.constexpr(1)
 INT8 = tl.constexpr(2)
@@ -40,36 +47,66 @@ FP8 = tl.constexpr(3)
 # One lop3 for (t & mask) | magic, which ptxas leaves as two logic ops; Triton's interpreter (TRITON_INTERPRET=1,
 # used to check these kernels without a GPU) cannot run PTX, so there the same expression is written out.
 ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+WORD_ASM_LO = tl.constexpr(WORD_ASM[0])
+WORD_ASM_HI = tl.constexpr(WORD_ASM[1])
+CODE_ASM = tl.constexpr(CODE_ASM)
 
 
 @triton.jit
 def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
-             FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr):
-    """One chunk of BN rows as fp32 weights [BN, 8, 16] (input ``c*128 + i*16 + j``)."""
-    i = tl.arange(0, 8)
-    j = tl.arange(0, 16)
+             FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr, FLAT: tl.constexpr):
+    """One chunk of BN rows as fp32 weights: [BN, 8, 16] (input ``c*128 + i*16 + j``), or [BN, 128] straight away
+    for the byte formats and, with ``FLAT``, for the 4-bit ones too (each word loaded once per code it holds; a
+    tile that is never reshaped can go to ``tl.dot`` without a trip through shared memory)."""
+    if FLAT or FMT == INT8 or FMT == FP8:
+        k = tl.arange(0, 128)[None, :]  # [1, 128]: input c*128 + k is nibble k // 16 of word k % 16
+        shift = 4 * (k // 16)
+        word = k % 16
+        group = (c * 128 + k) // GS
+        at = rows[:, None]
+        w_at = _word_rows(rows, K)[:, None]
+    else:
+        i = tl.arange(0, 8)[None, :, None]
+        j = tl.arange(0, 16)[None, None, :]
+        k = i * 16 + j  # [1, 8, 16]
+        shift = 4 * i
+        word = j
+        group = (c * 128 + i * 16) // GS  # [1, 8, 1]
+        at = rows[:, None, None]
+        w_at = _word_rows(rows, K)[:, None, None]
+    if GS >= 128:
+        group = (c * 128) // GS  # one scale per row for the whole chunk
     if FMT == INT4 or FMT == NF4:
-        words = tl.load(w_ptr + _word_rows(rows, K)[:, None] + c * 256 + j[None, :])  # [BN, 16] int32
-        q = (words[:, None, :] >> (4 * i)[None, :, None]) & 15  # [BN, 8, 16]
-        sidx = rows[:, None, None] * stride_sn + ((c * 128 + i * 16) // GS)[None, :, None] * stride_sg  # [BN, 8, 1]
-        s = tl.load(s_ptr + sidx).to(tl.float32)
+        words = tl.load(w_ptr + w_at + c * 256 + word)
+        q = (words >> shift) & 15
+        s = tl.load(s_ptr + at * stride_sn + group * stride_sg).to(tl.float32)
         if FMT == INT4:
             if HAS_Z:
-                z = tl.load(z_ptr + sidx).to(tl.float32)
+                z = tl.load(z_ptr + at * stride_sn + group * stride_sg).to(tl.float32)
             else:
                 z = ZERO
             f = ((q << 13) | 0x44800000).to(tl.float32, bitcast=True)  # 1024 + q
             w = f * s + (-(1024.0 + z) * s)
+        elif ASM:  # the code book in registers (lut.py)
+            w = tl.inline_asm_elementwise(
+                CODE_ASM, "=r,=r,=r,=r" + ",r" * 36,
+                [q, _book(lut_ptr, 0), _book(lut_ptr, 1), _book(lut_ptr, 2), _book(lut_ptr, 3), _book(lut_ptr, 4),
+                 _book(lut_ptr, 5), _book(lut_ptr, 6), _book(lut_ptr, 7)], dtype=tl.float32, is_pure=True, pack=4) * s
         else:
-            w = tl.load(lut_ptr + q) * s
+            w = _table(lut_ptr, q) * s
     else:
-        t = i[:, None] * 16 + j[None, :]
-        b = tl.load(w_ptr + rows[:, None, None] * K + c * 128 + t[None, :, :])  # [BN, 8, 16] bytes
+        b = tl.load(w_ptr + at * K + c * 128 + k)  # bytes
         if FMT == INT8:
             w = ((b.to(tl.int32) << 13) + 0x44900000).to(tl.float32, bitcast=True) - 1152.0
         else:
             w = b.to(tl.float32)
     return w
+
+
+@triton.jit
+def _table(lut_ptr, q):
+    """The code book's values for codes ``q``, loaded (the interpreter's path: no PTX there)."""
+    return tl.load(lut_ptr + q).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -93,6 +130,21 @@ def _nibble(words, i: tl.constexpr):
     else:
         bits = (t & 0x780000) | 0x3F800000
     return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _book(lut_ptr, r):
+    """Table word ``r`` of lut.py's ``table_words`` (stored after the 16 decoded values)."""
+    return tl.load(lut_ptr + 16 + r)
+
+
+@triton.jit
+def _book4(words, half: tl.constexpr, lut_ptr):
+    """Codes 4 half .. 4 half + 3 of each int32 word as four fp32 tensors, decoded in registers (lut.py)."""
+    return tl.inline_asm_elementwise(
+        WORD_ASM_LO if half == 0 else WORD_ASM_HI, "=r,=r,=r,=r" + ",r" * 9,
+        [words, _book(lut_ptr, 0), _book(lut_ptr, 1), _book(lut_ptr, 2), _book(lut_ptr, 3), _book(lut_ptr, 4),
+         _book(lut_ptr, 5), _book(lut_ptr, 6), _book(lut_ptr, 7)], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -173,8 +225,21 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                     if FMT == INT4:
                         part += _nibble(words, g * SPAN + t) * xv[None, :]
                         xsum += xv
+                    elif ASM:  # the code book in registers (lut.py), four slabs per decode
+                        if g * SPAN + t == 0:
+                            v0, v1, v2, v3 = _book4(words, 0, lut_ptr)
+                        if g * SPAN + t == 4:
+                            v0, v1, v2, v3 = _book4(words, 1, lut_ptr)
+                        if (g * SPAN + t) % 4 == 0:
+                            part += v0 * xv[None, :]
+                        elif (g * SPAN + t) % 4 == 1:
+                            part += v1 * xv[None, :]
+                        elif (g * SPAN + t) % 4 == 2:
+                            part += v2 * xv[None, :]
+                        else:
+                            part += v3 * xv[None, :]
                     else:
-                        part += tl.load(lut_ptr + ((words >> (4 * (g * SPAN + t))) & 15)) * xv[None, :]
+                        part += _table(lut_ptr, (words >> (4 * (g * SPAN + t))) & 15) * xv[None, :]
                 if PF and NSUB == 1:
                     s = s_chunk.to(tl.float32)
                     z = z_chunk.to(tl.float32) if HAS_Z else ZERO
@@ -224,7 +289,8 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 M, N, K, stride_sn, stride_sg, stride_xm, stride_om, chunks_per_split,
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
                 X_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                BM: tl.constexpr, BN: tl.constexpr, CPI: tl.constexpr, SWAP: tl.constexpr):
+                BM: tl.constexpr, BN: tl.constexpr, CPI: tl.constexpr, SWAP: tl.constexpr,
+                FLAT: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -246,8 +312,8 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 wt = tl.load(w_ptr + safe_rows[:, None] * K + (c + u) * 128 + kk[None, :])
             else:
                 w = _weights(w_ptr, s_ptr, z_ptr, lut_ptr, safe_rows, c + u, K, stride_sn, stride_sg,
-                             FMT, GS, HAS_Z, ZERO)
-                wt = tl.reshape(w, (BN, 128)).to(xt.dtype)
+                             FMT, GS, HAS_Z, ZERO, FLAT)
+                wt = tl.reshape(w, (BN, 128)).to(xt.dtype)  # a no-op for [BN, 128]
             if SWAP:
                 if X_FP8:
                     acc = tl.dot(wt, tl.trans(xt), acc, max_num_imprecise_acc=32)
@@ -266,3 +332,25 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         acc = acc * tl.load(s_ptr + safe_rows)[None, :]
     _finish(acc, offs_m, rows, pid_m * tl.num_programs(1) + pid_n, M, N, out_ptr, stride_om, b_ptr,
             ws_ptr, lock_ptr, HAS_BIAS, SPLIT)
+
+
+@triton.jit
+def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, BLOCK: tl.constexpr):
+    """One row of x per program → e4m3 codes and a float32 scale, as ``formats.fp8.quantize_rows`` computes them
+    on CUDA (amax / 448, which torch computes as amax * fp32(1/448), 1 for an all-zero row; x / scale rounded to
+    nearest, clamped to ±448), in one launch."""
+    m = tl.program_id(0)
+    row = x_ptr + m.to(tl.int64) * stride_xm
+    out = q_ptr + m.to(tl.int64) * K
+    amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        amax = tl.maximum(amax, tl.abs(tl.load(row + k, mask=k < K, other=0.0).to(tl.float32)))
+    a = tl.max(amax, axis=0)
+    scale = tl.where(a > 0, a * (1.0 / 448.0), 1.0)
+    tl.store(s_ptr + m, scale)
+    for k0 in range(0, K, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        v = tl.math.div_rn(tl.load(row + k, mask=k < K, other=0.0).to(tl.float32), scale)
+        v = tl.minimum(tl.maximum(v, -448.0), 448.0)
+        tl.store(out + k, v.to(tl.float8e4nv), mask=k < K)

@@ -14,9 +14,9 @@ import functools
 import torch
 
 from lowbit.formats.codebook import CODES, LEVELS
-from lowbit.formats.fp8 import quantize_rows
 from lowbit.kernels.base import fake_linear, flat
 from lowbit.kernels.triton import tune
+from lowbit.kernels.triton.lut import kernel_table, table_words
 
 FORMATS = {"int4": 0, "nf4": 1, "fp4": 1, "int8": 2, "fp8": 3, "fp8dyn": 3}
 
@@ -28,10 +28,18 @@ def parse(fmt: str) -> tuple[str, int, int]:
     return family, FORMATS[family], int(group or 0)
 
 
+def book(code: str) -> tuple[float, ...]:
+    """A code book's values over its largest magnitude: the weight is book[code] * block absmax."""
+    return tuple((torch.tensor(CODES[code], dtype=torch.float32) / LEVELS[code]).tolist())
+
+
 @functools.lru_cache(maxsize=16)
 def lut(code: str, device: torch.device) -> torch.Tensor:
-    """A code book's values over its largest magnitude: the weight is lut[code] * block absmax."""
-    return (torch.tensor(CODES[code], dtype=torch.float32) / LEVELS[code]).to(device)
+    """int32 [24]: the code book as the kernels decode it (fp32 bits of the values to bf16 precision), then the
+    eight table words of its in-register decoding (lut.py)."""
+    values = torch.tensor(kernel_table(book(code)), dtype=torch.float32).view(torch.int32).tolist()
+    words = [w - (1 << 32) if w >= 1 << 31 else w for w in table_words(book(code))]  # as int32
+    return torch.tensor(values + words, dtype=torch.int32).to(device)
 
 
 LOCKS = 1 << 16  # split-K tile counters per device; a launch needing more runs without split-K
@@ -83,7 +91,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
         gemm_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
-                          BM=cfg["BM"], BN=cfg["BN"], CPI=cpi, SWAP=cfg.get("SWAP", False), **common)
+                          BM=cfg["BM"], BN=cfg["BN"], CPI=cpi, SWAP=cfg.get("SWAP", False),
+                          FLAT=cfg.get("FLAT", 0), **common)
     return out
 
 
@@ -91,12 +100,29 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def quantize_rows_cuda(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``formats.fp8.quantize_rows`` of a contiguous [M, K] x in one Triton launch (the torch version is about ten
+    kernels): (e4m3 codes [M, K], float32 scales [M, 1]), bit for bit the same."""
+    from lowbit.kernels.triton.kernels import quantize_rows_kernel
+
+    m, k = x2.shape
+    q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x2.device)
+    scales = torch.empty(m, 1, dtype=torch.float32, device=x2.device)
+    block = min(4096, triton_next_pow2(k))
+    quantize_rows_kernel[(m,)](x2, q, scales, k, x2.stride(0), BLOCK=block, num_warps=8 if block >= 2048 else 4)
+    return q, scales
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 def run(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.Tensor | None,
         fmt: str, cfg: dict) -> torch.Tensor:
     """One layer call with one config: W8A8 quantizes the activations first."""
     if fmt != "fp8dyn":
         return launch(x2, w, s, z, bias, fmt, cfg)
-    xq, xs = quantize_rows(x2)
+    xq, xs = quantize_rows_cuda(x2)
     if cfg["path"] == "scaled_mm":
         y = torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=s.reshape(1, -1), out_dtype=x2.dtype)
         return y if bias is None else y + bias.to(y.dtype)

@@ -86,34 +86,45 @@ def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
 
 GEMV = ((16, 2, 1), (16, 4, 1), (16, 4, 4), (32, 2, 4), (32, 2, 8), (32, 4, 2), (32, 4, 4), (32, 4, 8), (32, 4, 16),
         (64, 2, 4), (64, 2, 8), (64, 2, 16), (64, 4, 2), (64, 4, 4), (64, 4, 8), (64, 4, 16), (128, 4, 2),
-        (128, 4, 4), (128, 4, 8), (128, 4, 16), (128, 8, 2), (256, 8, 4), (256, 8, 8))  # (BN, warps, split-K)
+        (128, 4, 4), (128, 4, 8), (128, 4, 16), (128, 8, 2), (256, 8, 4), (256, 8, 8),
+        (64, 1, 8), (64, 1, 16), (128, 2, 4), (128, 2, 8), (128, 2, 16), (256, 4, 4), (256, 4, 8))  # (BN, warps, split-K)
+# A warp covers 8 rows of a [BN, 16] word tile (4 threads a row, 16 bytes each), so a thread holds BN / (8 warps)
+# rows: the last rows above give it 8, over which its x values (converted, summed) are shared.
 SKINNY = ((False, 32, 1, 4, 3), (False, 64, 2, 4, 3), (False, 64, 4, 4, 3), (False, 128, 2, 4, 4),
           (True, 64, 1, 4, 3), (True, 64, 2, 4, 3), (True, 64, 4, 4, 3), (True, 128, 1, 4, 3), (True, 128, 2, 4, 3),
           (True, 128, 4, 4, 3), (True, 128, 2, 8, 3), (True, 256, 1, 8, 3))  # BM 16: (swap, BN, split, warps, stages)
 TILES = ((False, 32, 64, 2, 4, 3), (False, 32, 128, 1, 4, 3), (False, 64, 64, 1, 4, 3), (False, 64, 128, 1, 4, 3),
          (False, 64, 128, 1, 8, 4), (False, 128, 128, 1, 8, 3), (False, 128, 64, 1, 4, 3), (False, 128, 256, 1, 8, 3),
-         (True, 32, 128, 1, 4, 3), (True, 64, 128, 1, 4, 3), (True, 32, 64, 2, 4, 3))  # (swap, BM, BN, ...)
+         (True, 32, 128, 1, 4, 3), (True, 64, 128, 1, 4, 3), (True, 32, 64, 2, 4, 3), (True, 64, 64, 1, 4, 4),
+         (True, 128, 64, 1, 4, 3), (True, 128, 128, 1, 8, 3))  # (swap, BM, BN, split, warps, stages)
+# 4-bit tiles unpacked straight to [BN, 128] (FLAT): weights first (SWAP), so the dequantized tile feeds the tensor
+# cores from registers; two stages, as each stage holds the words once per code in shared memory.
+FLAT_SKINNY = ((64, 4, 4, 2), (128, 2, 4, 2))  # BM 16: (BN, split, warps, stages)
+FLAT_TILES = ((64, 64, 1, 4, 2), (128, 64, 1, 4, 2), (64, 128, 1, 4, 2), (128, 128, 1, 8, 2))  # (BM, BN, ...)
 
 
 def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
     """What the tuner tries for one M bucket."""
     b = bucket(m)
+    four_bit = fmt.startswith(("int4", "nf4", "fp4"))
     out = []
     if b <= GEMV_MAX_M:
         for bn, warps, split in GEMV:
-            for pf in ((0, 1) if fmt.startswith(("int4", "nf4", "fp4")) else (1,)):  # PF: prefetch scales too
+            for pf in ((0, 1) if four_bit else (1,)):  # PF: prefetch scales too
                 for pd in (1, 2):  # PD: chunks of weights in flight per program
                     out.append({"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
                                 "num_stages": 1, "PF": pf, "PD": pd})
+    tiles = []
     if b <= 16:
-        for swap, bn, split, warps, stages in SKINNY:
-            out.append({"path": "gemm", "BM": 16, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
-                        "num_stages": stages, "SWAP": swap})
+        tiles += [(swap, 16, bn, split, warps, stages, 0) for swap, bn, split, warps, stages in SKINNY]
+        tiles += [(True, 16, bn, split, warps, stages, 1) for bn, split, warps, stages in FLAT_SKINNY if four_bit]
     else:
-        for swap, bm, bn, split, warps, stages in TILES:
-            if bm <= 2 * b:
-                out.append({"path": "gemm", "BM": bm, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
-                            "num_stages": stages, "SWAP": swap})
+        tiles += [(*t, 0) for t in TILES if t[1] <= 2 * b]
+        tiles += [(True, *t, 1) for t in FLAT_TILES if four_bit and t[0] <= 2 * b]
+    for swap, bm, bn, split, warps, stages, flat in tiles:
+        cfg = {"path": "gemm", "BM": bm, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
+               "num_stages": stages, "SWAP": swap}
+        out.append(cfg | {"FLAT": 1} if flat else cfg)
     if fmt == "fp8dyn" and b >= 16 and dtype == torch.bfloat16:
         out.append({"path": "scaled_mm"})
     return out
@@ -162,7 +173,7 @@ def short(cfg: dict) -> str:
     if cfg["path"] == "gemv":
         tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}{' pd2' if cfg.get('PD') == 2 else ''}"
     else:
-        tile = f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}"
+        tile = f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}{' flat' if cfg.get('FLAT') else ''}"
     return f"{cfg['path']} {tile} splitK{cfg['SPLIT_K']} w{cfg['num_warps']}s{cfg['num_stages']}"
 
 
