@@ -133,6 +133,26 @@ def _nibble(words, i: tl.constexpr):
 
 
 @triton.jit
+def _groups(at, c, stride_sg, GS: tl.constexpr, NSUB: tl.constexpr):
+    """The scales (or zeros) of chunk ``c`` for rows ``at``: [BN], or [BN, NSUB] when a chunk has NSUB groups."""
+    if NSUB == 1:
+        v = tl.load(at + (c * 128) // GS * stride_sg)
+    else:
+        v = tl.load(at[:, None] + (c * NSUB + tl.arange(0, NSUB))[None, :] * stride_sg)
+    return v
+
+
+@triton.jit
+def _group(v, g: tl.constexpr, NSUB: tl.constexpr):
+    """Group ``g`` of :func:`_groups`' result, as fp32 [BN]."""
+    if NSUB == 1:
+        out = v.to(tl.float32)
+    else:
+        out = tl.sum(tl.where(tl.arange(0, NSUB)[None, :] == g, v.to(tl.float32), 0.0), axis=1)
+    return out
+
+
+@triton.jit
 def _book(lut_ptr, r):
     """Table word ``r`` of lut.py's ``table_words`` (stored after the 16 decoded values)."""
     return tl.load(lut_ptr + 16 + r)
@@ -192,7 +212,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         SUB: tl.constexpr = GS if GS < 128 else 128  # inputs that share one scale within a chunk
         SPAN: tl.constexpr = SUB // 16  # slabs per scale
         NSUB: tl.constexpr = 128 // SUB
-        # With PF, when one scale covers the chunk, the next chunk's scales and zeros are loaded ahead too.
+        # With PF, the next chunk's scales and zeros are loaded ahead too ([BN], or [BN, NSUB] for several groups).
         w_at = w_ptr + _word_rows(safe_rows, K)[:, None] + j[None, :]
         s_at = s_ptr + safe_rows * stride_sn
         z_at = z_ptr + safe_rows * stride_sn
@@ -200,8 +220,8 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         last = chunks_per_split - 1
         w_next = tl.load(w_at + c0 * 256)
         w_far = tl.load(w_at + (c0 + tl.minimum(1, last)) * 256) if PD == 2 else w_next
-        s_next = tl.load(s_at + (c0 * 128) // GS * stride_sg)
-        z_next = tl.load(z_at + (c0 * 128) // GS * stride_sg) if HAS_Z else s_next
+        s_next = _groups(s_at, c0, stride_sg, GS, NSUB)
+        z_next = _groups(z_at, c0, stride_sg, GS, NSUB) if HAS_Z else s_next
         y = tl.zeros((BN,), dtype=tl.float32)
         for it in range(0, chunks_per_split):
             c = c0 + it
@@ -213,10 +233,10 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 w_far = tl.load(w_at + (c0 + tl.minimum(it + 2, last)) * 256)
             else:
                 w_next = tl.load(w_at + cn * 256)
-            if PF and NSUB == 1:
-                s_next = tl.load(s_at + (cn * 128) // GS * stride_sg)
+            if PF:
+                s_next = _groups(s_at, cn, stride_sg, GS, NSUB)
                 if HAS_Z:
-                    z_next = tl.load(z_at + (cn * 128) // GS * stride_sg)
+                    z_next = _groups(z_at, cn, stride_sg, GS, NSUB)
             for g in tl.static_range(NSUB):
                 part = tl.zeros((BN, ACC_W), dtype=tl.float32)
                 xsum = tl.zeros((ACC_W,), dtype=tl.float32)  # per lane: x summed over this group's slabs
@@ -240,10 +260,10 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                             part += v3 * xv[None, :]
                     else:
                         part += _table(lut_ptr, (words >> (4 * (g * SPAN + t))) & 15) * xv[None, :]
-                if PF and NSUB == 1:
-                    s = s_chunk.to(tl.float32)
-                    z = z_chunk.to(tl.float32) if HAS_Z else ZERO
-                else:  # loaded here (several groups a chunk, or PF=0)
+                if PF:
+                    s = _group(s_chunk, g, NSUB)
+                    z = _group(z_chunk, g, NSUB) if HAS_Z else ZERO
+                else:  # loaded here
                     gi = (c * 128 + g * SUB) // GS
                     s = tl.load(s_at + gi * stride_sg).to(tl.float32)
                     z = tl.load(z_at + gi * stride_sg).to(tl.float32) if HAS_Z else ZERO
