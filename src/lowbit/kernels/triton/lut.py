@@ -3,7 +3,8 @@
 A ``prmt.b32 d, a, b, c`` picks each byte of ``d`` from the 8 bytes of ``a, b`` by a 3-bit index in a nibble
 of ``c``; with the nibble's top bit set it writes the picked byte's sign instead (0x00 or 0xFF). The kernels keep
 two bytes of every table value, the fp32's top byte (sign, exponent) and the next one (exponent, mantissa),
-as two 16-byte tables in immediates, and decode four codes with ten ``prmt``:
+as two 16-byte tables (eight 32-bit words, loaded once and passed to the PTX in registers), and decode four codes
+with ten ``prmt``:
 
 - twice per table: entries 0-7 and 8-15 looked up by the low 3 bits of each code, then one ``prmt`` choosing
   between them by the code's bit 3;
