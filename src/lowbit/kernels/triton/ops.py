@@ -103,18 +103,16 @@ def triton_cdiv(a: int, b: int) -> int:
 def quantize_rows_cuda(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``formats.fp8.quantize_rows`` of a contiguous [M, K] x in one Triton launch (the torch version is about ten
     kernels): (e4m3 codes [M, K], float32 scales [M, 1]), bit for bit the same."""
+    import triton
+
     from lowbit.kernels.triton.kernels import quantize_rows_kernel
 
     m, k = x2.shape
     q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x2.device)
     scales = torch.empty(m, 1, dtype=torch.float32, device=x2.device)
-    block = min(4096, triton_next_pow2(k))
+    block = min(4096, triton.next_power_of_2(k))
     quantize_rows_kernel[(m,)](x2, q, scales, k, x2.stride(0), BLOCK=block, num_warps=8 if block >= 2048 else 4)
     return q, scales
-
-
-def triton_next_pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
 
 
 def run(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.Tensor | None,
