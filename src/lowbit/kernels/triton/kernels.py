@@ -198,7 +198,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 M, N, K, stride_sn, stride_sg, stride_xm, stride_om, chunks_per_split,
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
                 X_SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                BN: tl.constexpr, ACC_W: tl.constexpr, PF: tl.constexpr, PD: tl.constexpr):
+                BN: tl.constexpr, ACC_W: tl.constexpr, PF: tl.constexpr, PD: tl.constexpr, TMA: tl.constexpr):
     # ACC_W: 16 for the 4-bit formats (slabs of [BN, 16]), 128 for the byte formats (the [BN, 128] chunk at once)
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -213,27 +213,39 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         SPAN: tl.constexpr = SUB // 16  # slabs per scale
         NSUB: tl.constexpr = 128 // SUB
         # With PF, the next chunk's scales and zeros are loaded ahead too ([BN], or [BN, NSUB] for several groups).
-        w_at = w_ptr + _word_rows(safe_rows, K)[:, None] + j[None, :]
+        if not TMA:
+            w_at = w_ptr + _word_rows(safe_rows, K)[:, None] + j[None, :]
         s_at = s_ptr + safe_rows * stride_sn
         z_at = z_ptr + safe_rows * stride_sn
         # PD chunks of words in flight (1 or 2): chunk it + PD is requested while chunk it is computed
+        # PD = 0: every load in the loop, kept in flight by Triton's software pipelining (num_stages buffers in
+        # shared memory; with TMA, w_ptr is a tensor descriptor and the copy engine fetches the chunks)
         last = chunks_per_split - 1
-        w_next = tl.load(w_at + c0 * 256)
-        w_far = tl.load(w_at + (c0 + tl.minimum(1, last)) * 256) if PD == 2 else w_next
-        s_next = _groups(s_at, c0, stride_sg, GS, NSUB)
-        z_next = _groups(z_at, c0, stride_sg, GS, NSUB) if HAS_Z else s_next
+        if PD > 0:
+            w_next = tl.load(w_at + c0 * 256)
+            w_far = tl.load(w_at + (c0 + tl.minimum(1, last)) * 256) if PD == 2 else w_next
+            s_next = _groups(s_at, c0, stride_sg, GS, NSUB)
+            z_next = _groups(z_at, c0, stride_sg, GS, NSUB) if HAS_Z else s_next
         y = tl.zeros((BN,), dtype=tl.float32)
         for it in range(0, chunks_per_split):
             c = c0 + it
             cn = c0 + tl.minimum(it + 1, last)  # the last step reloads its own chunk (an L2 hit)
-            s_chunk, z_chunk = s_next, z_next
-            words = w_next
+            if PD == 0:
+                if TMA:
+                    words = tl.reshape(w_ptr.load([pid_n * (BN // 16), c * 16, 0]), (BN, 16))
+                else:
+                    words = tl.load(w_at + c * 256)
+                s_chunk = _groups(s_at, c, stride_sg, GS, NSUB)
+                z_chunk = _groups(z_at, c, stride_sg, GS, NSUB) if HAS_Z else s_chunk
+            else:
+                s_chunk, z_chunk = s_next, z_next
+                words = w_next
             if PD == 2:
                 w_next = w_far
                 w_far = tl.load(w_at + (c0 + tl.minimum(it + 2, last)) * 256)
-            else:
+            elif PD == 1:
                 w_next = tl.load(w_at + cn * 256)
-            if PF:
+            if PF and PD > 0:
                 s_next = _groups(s_at, cn, stride_sg, GS, NSUB)
                 if HAS_Z:
                     z_next = _groups(z_at, cn, stride_sg, GS, NSUB)
@@ -260,7 +272,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                             part += v3 * xv[None, :]
                     else:
                         part += _table(lut_ptr, (words >> (4 * (g * SPAN + t))) & 15) * xv[None, :]
-                if PF:
+                if PF or PD == 0:
                     s = _group(s_chunk, g, NSUB)
                     z = _group(z_chunk, g, NSUB) if HAS_Z else ZERO
                 else:  # loaded here
@@ -275,17 +287,25 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
     else:
         acc = tl.zeros((BN, ACC_W), dtype=tl.float32)
         xtot = tl.zeros((1, ACC_W), dtype=tl.float32)  # int8: sum of x, for the 1152 offset
-        b_at = w_ptr + safe_rows[:, None] * K + j[None, :]
+        if not TMA:
+            b_at = w_ptr + safe_rows[:, None] * K + j[None, :]
         last = chunks_per_split - 1
-        b_next = tl.load(b_at + c0 * 128)
-        b_far = tl.load(b_at + (c0 + tl.minimum(1, last)) * 128) if PD == 2 else b_next
+        if PD > 0:
+            b_next = tl.load(b_at + c0 * 128)
+            b_far = tl.load(b_at + (c0 + tl.minimum(1, last)) * 128) if PD == 2 else b_next
         for it in range(0, chunks_per_split):
             c = c0 + it
-            b = b_next
+            if PD == 0:
+                if TMA:
+                    b = w_ptr.load([pid_n * BN, c * 128])
+                else:
+                    b = tl.load(b_at + c * 128)
+            else:
+                b = b_next
             if PD == 2:
                 b_next = b_far
                 b_far = tl.load(b_at + (c0 + tl.minimum(it + 2, last)) * 128)
-            else:
+            elif PD == 1:
                 b_next = tl.load(b_at + (c0 + tl.minimum(it + 1, last)) * 128)
             xv = tl.load(x_row + c * 128 + j).to(tl.float32)
             if FMT == INT8:

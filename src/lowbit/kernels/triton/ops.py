@@ -85,15 +85,29 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     per = chunks // split
     if gemv:
         grid = (triton_cdiv(n, cfg["BN"]), m, split)
+        tma = bool(cfg.get("TMA", 0))
+        if tma:  # the weights through the copy engine: a descriptor of the chunk tiles instead of a pointer
+            args = (args[0], args[1], weight_tiles(w, k, cfg["BN"], code <= 1), *args[3:])
         gemv_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
-                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1), PD=cfg.get("PD", 1),
-                          **common)
+                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1),
+                          PD=0 if tma else cfg.get("PD", 1), TMA=tma, **common)
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
         gemm_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
                           BM=cfg["BM"], BN=cfg["BN"], CPI=cpi, SWAP=cfg.get("SWAP", False),
                           FLAT=cfg.get("FLAT", 0), **common)
     return out
+
+
+def weight_tiles(w: torch.Tensor, k: int, bn: int, four_bit: bool):
+    """A TMA descriptor whose [BN rows, 128 inputs] tiles are the GEMV's chunks: for the 4-bit words, the blocked
+    layout (layout.py) seen as [row blocks, chunk*16 + row in block, word] in tiles of [BN/16, 16, 16]; for the byte
+    formats, [N, K] in tiles of [BN, 128]. Rows past N read as zeros."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if four_bit:
+        return TensorDescriptor.from_tensor(w.view(-1, k // 8, 16), [bn // 16, 16, 16])
+    return TensorDescriptor.from_tensor(w, [bn, 128])
 
 
 def triton_cdiv(a: int, b: int) -> int:
