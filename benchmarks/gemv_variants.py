@@ -3,7 +3,10 @@
 - ``registers``: the tuned config from the cache (the next chunk loaded into registers while this one is computed).
 - ``pipelined``: every load in the loop (``PD=0``), Triton's software pipelining keeping ``num_stages - 1`` chunks
   in flight through shared memory.
-- ``tma``: the same with the weights fetched by the copy engine through a tensor descriptor (``TMA=1``).
+
+A third variant, the weights fetched by the copy engine through a TMA tensor descriptor, was 1-17% slower than
+the better of these two on every shape and format on an H100 (``results/gemv_variants-h100-2026-11-26-pipelined-tma
+.json``, measured at commit 1ae99fb) and was removed.
 
 For int4 g128, nf4 b64 and int8 on the decode shapes of a Llama-3-8B-sized model, each variant's best over a grid
 of tiles, with µs, effective GB/s, the fraction of a same-run copy's bandwidth and the error against the reference
@@ -33,10 +36,9 @@ TILES = ((32, 2, 4), (32, 2, 8), (64, 2, 4), (64, 2, 8), (64, 2, 16), (64, 4, 4)
 STAGES = (2, 3, 4)
 
 
-def grid(variant: str) -> list[dict]:
-    extra = {"PD": 0, "PF": 0} if variant == "pipelined" else {"TMA": 1}
-    return [{"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps, "num_stages": stages, **extra}
-            for bn, warps, split in TILES for stages in STAGES]
+def pipelined() -> list[dict]:
+    return [{"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps, "num_stages": stages, "PD": 0,
+             "PF": 0} for bn, warps, split in TILES for stages in STAGES]
 
 
 def main() -> None:
@@ -67,7 +69,7 @@ def main() -> None:
                     return float("inf")
             ref = ref_out(ql, x)
             tuned = tune.config_for(fmt, DT, 1, k, n)
-            for variant, configs in (("registers", [tuned]), ("pipelined", grid("pipelined")), ("tma", grid("tma"))):
+            for variant, configs in (("registers", [tuned]), ("pipelined", pipelined())):
                 timed = sorted((measure(c), i) for i, c in enumerate(configs))
                 us, best = timed[0]
                 cfg = configs[best]
@@ -75,7 +77,7 @@ def main() -> None:
                 gbs = ql.packed_nbytes() / us / 1e3
                 rows.append({"K": k, "N": n, "format": name, "variant": variant, "us": round(us, 2),
                              "gbs": round(gbs), "of_copy": round(gbs / copy_gbs, 3), "rel_err": err,
-                             "config": tune.short(cfg) + (" tma" if cfg.get("TMA") else ""),
+                             "config": tune.short(cfg),
                              "failed": sum(t == float("inf") for t, _ in timed), "first_error": errors[:1]})
                 errors.clear()
                 print(rows[-1], flush=True)

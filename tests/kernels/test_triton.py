@@ -224,6 +224,29 @@ def test_explicit_configs_match_reference(layers, name, cfg):
 
 
 @needs_cuda
+@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("spec", [IntSpec(4, 128, False), IntSpec(4, 128, True), IntSpec(4, 32, False),
+                                  IntSpec(4, None, False)], ids=["g128-asym", "g128-sym", "g32-asym", "channel"])
+@pytest.mark.parametrize("cfg", [
+    {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3, "SWAP": True},
+    {"path": "gemm", "BM": 64, "BN": 128, "CPI": 1, "SPLIT_K": 1, "num_warps": 8, "num_stages": 3},
+], ids=["swap16-split2", "tile64"])
+def test_gemm_decodes_int4_weights_exactly(spec, compute, cfg):
+    """x = identity: each output is one weight times 1.0 (fp32 sums of exact products), so the GEMM returns its
+    decoded weights: bit for bit the reference's dequantization rounded to x's dtype, for every decode path with
+    integer zeros (two weights a register, scaled in the tile or after the product, and the fp32 one; HQQ's
+    fractional zeros are within the tolerance of the tests above, not exact)."""
+    from lowbit.kernels.triton import ops
+
+    torch.manual_seed(0)
+    ql = layer(spec, 200, 384, "cuda", compute, bias=False)  # 200 rows: a partial tile of rows
+    w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
+    got = ops.run(torch.eye(384, device="cuda", dtype=compute), w, s, z, None, ql.kernel.fmt(ql.spec), cfg)
+    want = ql.spec.dequantize(ql.canonical_tensors(), torch.float32).to(compute).t()
+    assert torch.equal(got, want), f"{(got != want).sum().item()} of {got.numel()} weights differ"
+
+
+@needs_cuda
 @pytest.mark.parametrize("name", ["int4-g128-asym", "int8"])
 @pytest.mark.parametrize("cfg", [
     {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": 8, "num_warps": 4, "num_stages": 2},

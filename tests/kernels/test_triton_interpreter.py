@@ -50,11 +50,11 @@ SPECS = {
     "fp8": (Fp8Spec(), TritonFp8Kernel()),
 }
 CONFIGS = [
-    {"path": "gemv", "BN": 16, "CPI": 1, "SPLIT_K": 1, "num_warps": 2, "num_stages": 1, "PF": 1, "PD": 2},
-    {"path": "gemv", "BN": 32, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 1, "PF": 0, "PD": 2},
+    {"path": "gemv", "BN": 16, "CPI": 1, "SPLIT_K": 1, "num_warps": 2, "num_stages": 1, "PF": 1, "PD": 1},
+    {"path": "gemv", "BN": 32, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 1, "PF": 0, "PD": 1},
     {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": 4, "num_warps": 4, "num_stages": 1, "PF": 1, "PD": 1},
     {"path": "gemv", "BN": 32, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3, "PF": 0, "PD": 0},
-    {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3, "TMA": 1},
+    {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 2, "PF": 1, "PD": 0},
     {"path": "gemm", "BM": 16, "BN": 32, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 2, "SWAP": False},
     {"path": "gemm", "BM": 16, "BN": 64, "CPI": 2, "SPLIT_K": 1, "num_warps": 4, "num_stages": 2, "SWAP": True},
     {"path": "gemm", "BM": 16, "BN": 32, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 2, "SWAP": True,

@@ -4,8 +4,8 @@ Both kernels walk K in chunks of 128 inputs.
 
 ``gemv_kernel`` (M <= 4): one activation row per program (grid: row blocks x M x split-K), FMA in fp32 on 2-D
 [BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). The
-weights of the next chunk, or of the next two (``PD``, a tuner choice that rarely wins on an H100), are requested
-before the current chunk is computed. The 4-bit words are stored in blocks of 16 rows (layout.py), so a chunk of
+weights of the next chunk are requested into registers before the current chunk is computed, or (``PD=0``, a
+tuner choice) loaded in the loop and kept in flight by Triton's software pipelining. The 4-bit words are stored in blocks of 16 rows (layout.py), so a chunk of
 BN rows is BN/16 contiguous kilobytes; scales and zeros are stored column-major (the rows of one group side by
 side), so their loads are contiguous too. To keep the instructions per weight low, the scale and
 zero are factored out of the inner sum, and the 16 lanes of a row are summed once per group before scaling:
@@ -19,7 +19,13 @@ zero are factored out of the inner sum, and the 16 lanes of a row are summed onc
 - FP8: converted in registers; the per-channel scale multiplies the finished sums.
 
 ``gemm_kernel``: tensor cores (``tl.dot``) on [BM, 128] x [128, BN] tiles, the weight tile dequantized by
-``_weights`` to x's dtype (or fp8 x fp8 for W8A8). ``SWAP`` computes W x^T instead: with the [BN, 128] weights as
+``_weights`` to x's dtype (or fp8 x fp8 for W8A8). For int4 with scales in x's dtype and integer zeros
+(``PACKED``), two weights are decoded per register in x's dtype: two shifts, a ``prmt`` and a ``lop3`` give the
+halves ``magic + q`` (bf16 128 + q, fp16 1024 + q), then a packed subtract of ``magic + z`` (exact) and a packed
+multiply by the scale (one rounding, as the reference's fp32 ``(q - z) * s`` rounded to x's dtype). Scales in
+another dtype (fp16 scales, bf16 x: the usual int4 checkpoint in a bf16 model) cannot be rounded to x's dtype
+exactly, so with ``LATE`` the tile holds ``q - z`` and each chunk's fp32 products are scaled (groups of 128 or
+more: one scale per row a chunk). ``SWAP`` computes W x^T instead: with the [BN, 128] weights as
 the first operand, Hopper's ``wgmma`` takes them from registers and one product stays in flight while the next
 tile is dequantized (with the weights second, they go through shared memory and each product is waited for).
 ``FLAT`` unpacks 4-bit tiles to [BN, 128] straight from the words (a tuner choice; it costs shared memory).
@@ -52,9 +58,25 @@ WORD_ASM_HI = tl.constexpr(WORD_ASM[1])
 CODE_ASM = tl.constexpr(CODE_ASM)
 
 
+def _pair_asm(half: str, magic: int, scaled: bool) -> str:
+    """pack=2: two weights → one register holding two halves of type ``half`` (bf16, f16). Each word ($1, $2)
+    shifted right by 4 i for its nibble i ($3, $4), the low 16 bits of both placed side by side, their low
+    nibbles set into the magic number's mantissa (bf16 128 + q, fp16 1024 + q), minus magic + zero ($5: exact,
+    q - z); ``scaled``: times the scale ($6: one rounding, as the reference's fp32 ``(q - z) * s`` rounded to
+    x's dtype). Every operand is per element, so the pair may be any two elements Triton's layout groups."""
+    lines = ["{", ".reg .b32 %pa, %pb;", "shr.u32 %pa, $1, $3;", "shr.u32 %pb, $2, $4;", "prmt.b32 $0, %pa, %pb, 0x5410;",
+             f"lop3.b32 $0, $0, 0x000F000F, {magic << 16 | magic:#010x}, 0xEA;", f"sub.rn.{half}x2 $0, $0, $5;"]
+    return "\n".join(lines + ([f"mul.rn.{half}x2 $0, $0, $6;"] if scaled else []) + ["}"])
+
+
+PAIR_ASM = tl.constexpr(tuple(_pair_asm(half, magic, scaled) for half, magic in (("bf16", 0x4300), ("f16", 0x6400))
+                              for scaled in (True, False)))  # PAIR_ASM[2 * (PACKED - 1) + LATE]
+
+
 @triton.jit
 def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
-             FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr, FLAT: tl.constexpr):
+             FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr, FLAT: tl.constexpr,
+             PACKED: tl.constexpr = 0, LATE: tl.constexpr = 0):
     """One chunk of BN rows as fp32 weights: [BN, 8, 16] (input ``c*128 + i*16 + j``), or [BN, 128] straight away
     for the byte formats and, with ``FLAT``, for the 4-bit ones too (each word loaded once per code it holds; a
     tile that is never reshaped can go to ``tl.dot`` without a trip through shared memory)."""
@@ -76,7 +98,23 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
         w_at = _word_rows(rows, K)[:, None, None]
     if GS >= 128:
         group = (c * 128) // GS  # one scale per row for the whole chunk
-    if FMT == INT4 or FMT == NF4:
+    if FMT == INT4 and PACKED and not FLAT:  # two weights a register, decoded (and scaled) in x's dtype
+        words = tl.broadcast_to(tl.load(w_ptr + w_at + c * 256 + word), (rows.shape[0], 8, 16))
+        if HAS_Z:
+            z = tl.load(z_ptr + at * stride_sn + group * stride_sg).to(tl.float32)
+        else:
+            z = ZERO
+        x_dtype = tl.bfloat16 if PACKED == 1 else tl.float16
+        sh = tl.broadcast_to(4 * i, words.shape)
+        off = tl.broadcast_to(((128.0 if PACKED == 1 else 1024.0) + z).to(x_dtype), words.shape)
+        if LATE:  # q - z: the caller scales the chunk's products
+            w = tl.inline_asm_elementwise(PAIR_ASM[2 * (PACKED - 1) + 1], "=r" + ",r" * 5, [words, sh, off],
+                                          dtype=x_dtype, is_pure=True, pack=2)
+        else:
+            scale = tl.broadcast_to(tl.load(s_ptr + at * stride_sn + group * stride_sg).to(x_dtype), words.shape)
+            w = tl.inline_asm_elementwise(PAIR_ASM[2 * (PACKED - 1)], "=r" + ",r" * 6, [words, sh, off, scale],
+                                          dtype=x_dtype, is_pure=True, pack=2)
+    elif FMT == INT4 or FMT == NF4:
         words = tl.load(w_ptr + w_at + c * 256 + word)
         q = (words >> shift) & 15
         s = tl.load(s_ptr + at * stride_sn + group * stride_sg).to(tl.float32)
@@ -198,7 +236,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 M, N, K, stride_sn, stride_sg, stride_xm, stride_om, chunks_per_split,
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
                 X_SCALED: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                BN: tl.constexpr, ACC_W: tl.constexpr, PF: tl.constexpr, PD: tl.constexpr, TMA: tl.constexpr):
+                BN: tl.constexpr, ACC_W: tl.constexpr, PF: tl.constexpr, PD: tl.constexpr):
     # ACC_W: 16 for the 4-bit formats (slabs of [BN, 16]), 128 for the byte formats (the [BN, 128] chunk at once)
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -213,17 +251,14 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         SPAN: tl.constexpr = SUB // 16  # slabs per scale
         NSUB: tl.constexpr = 128 // SUB
         # With PF, the next chunk's scales and zeros are loaded ahead too ([BN], or [BN, NSUB] for several groups).
-        if not TMA:
-            w_at = w_ptr + _word_rows(safe_rows, K)[:, None] + j[None, :]
+        w_at = w_ptr + _word_rows(safe_rows, K)[:, None] + j[None, :]
         s_at = s_ptr + safe_rows * stride_sn
         z_at = z_ptr + safe_rows * stride_sn
-        # PD chunks of words in flight (1 or 2): chunk it + PD is requested while chunk it is computed
-        # PD = 0: every load in the loop, kept in flight by Triton's software pipelining (num_stages buffers in
-        # shared memory; with TMA, w_ptr is a tensor descriptor and the copy engine fetches the chunks)
+        # PD = 1: chunk it + 1 is requested (into registers) while chunk it is computed. PD = 0: every load in
+        # the loop, kept in flight by Triton's software pipelining (num_stages - 1 chunks ahead in shared memory)
         last = chunks_per_split - 1
-        if PD > 0:
+        if PD == 1:
             w_next = tl.load(w_at + c0 * 256)
-            w_far = tl.load(w_at + (c0 + tl.minimum(1, last)) * 256) if PD == 2 else w_next
             s_next = _groups(s_at, c0, stride_sg, GS, NSUB)
             z_next = _groups(z_at, c0, stride_sg, GS, NSUB) if HAS_Z else s_next
         y = tl.zeros((BN,), dtype=tl.float32)
@@ -231,21 +266,14 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
             c = c0 + it
             cn = c0 + tl.minimum(it + 1, last)  # the last step reloads its own chunk (an L2 hit)
             if PD == 0:
-                if TMA:
-                    words = tl.reshape(w_ptr.load([pid_n * (BN // 16), c * 16, 0]), (BN, 16))
-                else:
-                    words = tl.load(w_at + c * 256)
+                words = tl.load(w_at + c * 256)
                 s_chunk = _groups(s_at, c, stride_sg, GS, NSUB)
                 z_chunk = _groups(z_at, c, stride_sg, GS, NSUB) if HAS_Z else s_chunk
             else:
                 s_chunk, z_chunk = s_next, z_next
                 words = w_next
-            if PD == 2:
-                w_next = w_far
-                w_far = tl.load(w_at + (c0 + tl.minimum(it + 2, last)) * 256)
-            elif PD == 1:
                 w_next = tl.load(w_at + cn * 256)
-            if PF and PD > 0:
+            if PF and PD == 1:
                 s_next = _groups(s_at, cn, stride_sg, GS, NSUB)
                 if HAS_Z:
                     z_next = _groups(z_at, cn, stride_sg, GS, NSUB)
@@ -287,25 +315,16 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
     else:
         acc = tl.zeros((BN, ACC_W), dtype=tl.float32)
         xtot = tl.zeros((1, ACC_W), dtype=tl.float32)  # int8: sum of x, for the 1152 offset
-        if not TMA:
-            b_at = w_ptr + safe_rows[:, None] * K + j[None, :]
+        b_at = w_ptr + safe_rows[:, None] * K + j[None, :]
         last = chunks_per_split - 1
-        if PD > 0:
+        if PD == 1:
             b_next = tl.load(b_at + c0 * 128)
-            b_far = tl.load(b_at + (c0 + tl.minimum(1, last)) * 128) if PD == 2 else b_next
         for it in range(0, chunks_per_split):
             c = c0 + it
             if PD == 0:
-                if TMA:
-                    b = w_ptr.load([pid_n * BN, c * 128])
-                else:
-                    b = tl.load(b_at + c * 128)
+                b = tl.load(b_at + c * 128)
             else:
                 b = b_next
-            if PD == 2:
-                b_next = b_far
-                b_far = tl.load(b_at + (c0 + tl.minimum(it + 2, last)) * 128)
-            elif PD == 1:
                 b_next = tl.load(b_at + (c0 + tl.minimum(it + 1, last)) * 128)
             xv = tl.load(x_row + c * 128 + j).to(tl.float32)
             if FMT == INT8:
@@ -330,7 +349,7 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr,
                 X_FP8: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, CPI: tl.constexpr, SWAP: tl.constexpr,
-                FLAT: tl.constexpr):
+                FLAT: tl.constexpr, PACKED: tl.constexpr, LATE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -352,9 +371,15 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 wt = tl.load(w_ptr + safe_rows[:, None] * K + (c + u) * 128 + kk[None, :])
             else:
                 w = _weights(w_ptr, s_ptr, z_ptr, lut_ptr, safe_rows, c + u, K, stride_sn, stride_sg,
-                             FMT, GS, HAS_Z, ZERO, FLAT)
+                             FMT, GS, HAS_Z, ZERO, FLAT, PACKED, LATE)
                 wt = tl.reshape(w, (BN, 128)).to(xt.dtype)  # a no-op for [BN, 128]
-            if SWAP:
+            if LATE:  # this chunk's products of q - z, times the rows' scales of its group
+                sc = tl.load(s_ptr + safe_rows * stride_sn + ((c + u) * 128 // GS) * stride_sg).to(tl.float32)
+                if SWAP:
+                    acc += tl.dot(wt, tl.trans(xt)) * sc[:, None]
+                else:
+                    acc += tl.dot(xt, tl.trans(wt)) * sc[None, :]
+            elif SWAP:
                 if X_FP8:
                     acc = tl.dot(wt, tl.trans(xt), acc, max_num_imprecise_acc=32)
                 else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import torch
 
@@ -85,29 +86,28 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     per = chunks // split
     if gemv:
         grid = (triton_cdiv(n, cfg["BN"]), m, split)
-        tma = bool(cfg.get("TMA", 0))
-        if tma:  # the weights through the copy engine: a descriptor of the chunk tiles instead of a pointer
-            args = (args[0], args[1], weight_tiles(w, k, cfg["BN"], code <= 1), *args[3:])
         gemv_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
                           BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1),
-                          PD=0 if tma else cfg.get("PD", 1), TMA=tma, **common)
+                          PD=cfg.get("PD", 1), **common)
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
+        half, late = packed(x2, s, z, group) if code == 0 and not cfg.get("FLAT") else (0, 0)
         gemm_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
                           BM=cfg["BM"], BN=cfg["BN"], CPI=cpi, SWAP=cfg.get("SWAP", False),
-                          FLAT=cfg.get("FLAT", 0), **common)
+                          FLAT=cfg.get("FLAT", 0), PACKED=half, LATE=late, **common)
     return out
 
 
-def weight_tiles(w: torch.Tensor, k: int, bn: int, four_bit: bool):
-    """A TMA descriptor whose [BN rows, 128 inputs] tiles are the GEMV's chunks: for the 4-bit words, the blocked
-    layout (layout.py) seen as [row blocks, chunk*16 + row in block, word] in tiles of [BN/16, 16, 16]; for the byte
-    formats, [N, K] in tiles of [BN, 128]. Rows past N read as zeros."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    if four_bit:
-        return TensorDescriptor.from_tensor(w.view(-1, k // 8, 16), [bn // 16, 16, 16])
-    return TensorDescriptor.from_tensor(w, [bn, 128])
+def packed(x2: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, group: int) -> tuple[int, int]:
+    """(PACKED, LATE) for the GEMM's int4 tiles: decoded two weights a register in x's dtype (1: bf16, 2: fp16;
+    0: in fp32), and scaled after each chunk's product (LATE) when the scales are in another dtype, which needs
+    one group per chunk. Zeros must be integers; Triton's interpreter cannot run the PTX."""
+    half = {torch.bfloat16: 1, torch.float16: 2}.get(x2.dtype, 0)
+    if os.environ.get("TRITON_INTERPRET") == "1" or not half or (z is not None and z.is_floating_point()):
+        return 0, 0
+    if s.dtype == x2.dtype:
+        return half, 0
+    return (half, 1) if not group or group >= 128 else (0, 0)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -110,10 +110,11 @@ def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
     out = []
     if b <= GEMV_MAX_M:
         for bn, warps, split in GEMV:
-            for pf in ((0, 1) if four_bit else (1,)):  # PF: prefetch scales too
-                for pd in (1, 2):  # PD: chunks of weights in flight per program
-                    out.append({"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
-                                "num_stages": 1, "PF": pf, "PD": pd})
+            # PD 1: the next chunk prefetched into registers (PF: its scales too); PD 0: Triton's pipelining
+            for pf, pd, stages in ((0, 1, 1), (1, 1, 1), (0, 0, 2), (0, 0, 3)) if four_bit else \
+                    ((1, 1, 1), (1, 0, 2), (1, 0, 3)):
+                out.append({"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
+                            "num_stages": stages, "PF": pf, "PD": pd})
     tiles = []
     if b <= 16:
         tiles += [(swap, 16, bn, split, warps, stages, 0) for swap, bn, split, warps, stages in SKINNY]
@@ -171,7 +172,7 @@ def short(cfg: dict) -> str:
     if cfg["path"] == "scaled_mm":
         return "torch._scaled_mm"
     if cfg["path"] == "gemv":
-        tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}{' pd2' if cfg.get('PD') == 2 else ''}"
+        tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}{' piped' if cfg.get('PD') == 0 else ''}"
     else:
         tile = f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}{' flat' if cfg.get('FLAT') else ''}"
     return f"{cfg['path']} {tile} splitK{cfg['SPLIT_K']} w{cfg['num_warps']}s{cfg['num_stages']}"
