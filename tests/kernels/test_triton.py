@@ -230,7 +230,8 @@ def test_explicit_configs_match_reference(layers, name, cfg):
 @pytest.mark.parametrize("cfg", [
     {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3, "SWAP": True},
     {"path": "gemm", "BM": 64, "BN": 128, "CPI": 1, "SPLIT_K": 1, "num_warps": 8, "num_stages": 3},
-], ids=["swap16-split2", "tile64"])
+    {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3, "PK": 0},
+], ids=["swap16-split2", "tile64", "tile64-fp32-decode"])
 def test_gemm_decodes_int4_weights_exactly(spec, compute, cfg):
     """x = identity: each output is one weight times 1.0 (fp32 sums of exact products), so the GEMM returns its
     decoded weights: bit for bit the reference's dequantization rounded to x's dtype, for every decode path with

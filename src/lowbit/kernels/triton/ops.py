@@ -91,7 +91,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
                           PD=cfg.get("PD", 1), **common)
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
-        half, late = packed(x2, s, z, group) if code == 0 and not cfg.get("FLAT") else (0, 0)
+        # PK=0 (a tuner choice): int4 tiles decoded in fp32 even where the packed decode is exact
+        half, late = packed(x2, s, z, group) if code == 0 and cfg.get("PK", 1) and not cfg.get("FLAT") else (0, 0)
         gemm_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
                           BM=cfg["BM"], BN=cfg["BN"], CPI=cpi, SWAP=cfg.get("SWAP", False),
                           FLAT=cfg.get("FLAT", 0), PACKED=half, LATE=late, **common)
