@@ -124,7 +124,10 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
             else:
                 z = ZERO
             f = ((q << 13) | 0x44800000).to(tl.float32, bitcast=True)  # 1024 + q
-            w = f * s + (-(1024.0 + z) * s)
+            if s_ptr.dtype.element_ty == tl.float32:  # (q - z) * s, one rounding as the reference's
+                w = (f - (1024.0 + z)) * s
+            else:  # 16-bit scales: (1024 + z) * s is exact in fp32, so one FMA gives the same
+                w = f * s + (-(1024.0 + z) * s)
         elif ASM:  # the code book in registers (lut.py)
             w = tl.inline_asm_elementwise(
                 CODE_ASM, "=r,=r,=r,=r" + ",r" * 36,
