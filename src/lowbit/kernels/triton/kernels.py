@@ -30,8 +30,6 @@ the first operand, Hopper's ``wgmma`` takes them from registers and one product 
 tile is dequantized (with the weights second, they go through shared memory and each product is waited for).
 ``FLAT`` unpacks 4-bit tiles to [BN, 128] straight from the words (a tuner choice; it costs shared memory).
 
-``quantize_rows_kernel``: W8A8's per-row fp8 quantization of the activations in one launch.
-
 Split-K (both kernels) is deterministic: each of the SPLIT programs of a tile writes its fp32 partial sums to a
 workspace and bumps the tile's counter; the last one adds the partials in a fixed order, adds the bias, stores
 in the output dtype and resets the counter. No zeroed buffer, no atomics on the output, no extra launches.
@@ -400,25 +398,3 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         acc = acc * tl.load(s_ptr + safe_rows)[None, :]
     _finish(acc, offs_m, rows, pid_m * tl.num_programs(1) + pid_n, M, N, out_ptr, stride_om, b_ptr,
             ws_ptr, lock_ptr, HAS_BIAS, SPLIT)
-
-
-@triton.jit
-def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, BLOCK: tl.constexpr):
-    """One row of x per program → e4m3 codes and a float32 scale, as ``formats.fp8.quantize_rows`` computes them
-    on CUDA (amax / 448, which torch computes as amax * fp32(1/448), 1 for an all-zero row; x / scale rounded to
-    nearest, clamped to ±448), in one launch."""
-    m = tl.program_id(0)
-    row = x_ptr + m.to(tl.int64) * stride_xm
-    out = q_ptr + m.to(tl.int64) * K
-    amax = tl.zeros((BLOCK,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK):
-        k = k0 + tl.arange(0, BLOCK)
-        amax = tl.maximum(amax, tl.abs(tl.load(row + k, mask=k < K, other=0.0).to(tl.float32)))
-    a = tl.max(amax, axis=0)
-    scale = tl.where(a > 0, a * (1.0 / 448.0), 1.0)
-    tl.store(s_ptr + m, scale)
-    for k0 in range(0, K, BLOCK):
-        k = k0 + tl.arange(0, BLOCK)
-        v = tl.math.div_rn(tl.load(row + k, mask=k < K, other=0.0).to(tl.float32), scale)
-        v = tl.minimum(tl.maximum(v, -448.0), 448.0)
-        tl.store(out + k, v.to(tl.float8e4nv), mask=k < K)

@@ -120,7 +120,7 @@ def quantize_rows_cuda(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     kernels): (e4m3 codes [M, K], float32 scales [M, 1]), bit for bit the same."""
     import triton
 
-    from lowbit.kernels.triton.kernels import quantize_rows_kernel
+    from lowbit.kernels.triton.rows import quantize_rows_kernel
 
     m, k = x2.shape
     q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x2.device)
