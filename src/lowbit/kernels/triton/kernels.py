@@ -5,10 +5,11 @@ Both kernels walk K in chunks of 128 inputs.
 ``gemv_kernel`` (M <= 4): one activation row per program (grid: row blocks x M x split-K), FMA in fp32 on 2-D
 [BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). The
 weights of the next chunk are requested into registers before the current chunk is computed, or (``PD=0``, a
-tuner choice) loaded in the loop and kept in flight by Triton's software pipelining. The 4-bit words are stored in blocks of 16 rows (layout.py), so a chunk of
-BN rows is BN/16 contiguous kilobytes; scales and zeros are stored column-major (the rows of one group side by
-side), so their loads are contiguous too. To keep the instructions per weight low, the scale and
-zero are factored out of the inner sum, and the 16 lanes of a row are summed once per group before scaling:
+tuner choice) loaded in the loop and kept in flight by Triton's software pipelining. The 4-bit words are stored
+in blocks of 16 rows (layout.py), so a chunk of BN rows is BN/16 contiguous kilobytes; scales and zeros are
+stored column-major (the rows of one group side by side), so their loads are contiguous too. To keep the
+instructions per weight low, the scale and zero are factored out of the inner sum, and the 16 lanes of a row are
+summed once per group before scaling:
 
 - INT4: ``bits(((w << (19 - 4i)) & 0x780000) | 0x3F800000)`` is the float ``1 + q/16`` (a shift and one
   logic op, no int-to-float conversion); a group's sum ``sum (1 + q/16) x`` becomes
@@ -57,14 +58,12 @@ CODE_ASM = tl.constexpr(CODE_ASM)
 
 
 def _pair_asm(half: str, magic: int, scaled: bool) -> str:
-    """pack=2: two weights → one register holding two halves of type ``half`` (bf16, f16). Each word ($1, $2)
-    shifted right by 4 i for its nibble i ($3, $4), the low 16 bits of both placed side by side, their low
-    nibbles set into the magic number's mantissa (bf16 128 + q, fp16 1024 + q), minus magic + zero ($5: exact,
-    q - z); ``scaled``: times the scale ($6: one rounding, as the reference's fp32 ``(q - z) * s`` rounded to
-    x's dtype). Every operand is per element, so the pair may be any two elements Triton's layout groups."""
-    lines = ["{", ".reg .b32 %pa, %pb;", "shr.u32 %pa, $1, $3;", "shr.u32 %pb, $2, $4;", "prmt.b32 $0, %pa, %pb, 0x5410;",
-             f"lop3.b32 $0, $0, 0x000F000F, {magic << 16 | magic:#010x}, 0xEA;", f"sub.rn.{half}x2 $0, $0, $5;"]
-    return "\n".join(lines + ([f"mul.rn.{half}x2 $0, $0, $6;"] if scaled else []) + ["}"])
+    """pack=2, the ``PACKED`` decode above: words $1, $2 shifted by 4 i ($3, $4), minus magic + zero ($5), times
+    the scale ($6) if ``scaled``. Every operand is per element: the pair may be any two elements of the layout."""
+    lines = ["{", ".reg .b32 %pa, %pb;", "shr.u32 %pa, $1, $3;", "shr.u32 %pb, $2, $4;",
+             "prmt.b32 $0, %pa, %pb, 0x5410;", f"lop3.b32 $0, $0, 0x000F000F, {magic << 16 | magic:#010x}, 0xEA;",
+             f"sub.rn.{half}x2 $0, $0, $5;"] + ([f"mul.rn.{half}x2 $0, $0, $6;"] if scaled else [])
+    return "\n".join(lines + ["}"])
 
 
 PAIR_ASM = tl.constexpr(tuple(_pair_asm(half, magic, scaled) for half, magic in (("bf16", 0x4300), ("f16", 0x6400))
@@ -75,9 +74,9 @@ PAIR_ASM = tl.constexpr(tuple(_pair_asm(half, magic, scaled) for half, magic in 
 def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
              FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr, FLAT: tl.constexpr,
              PACKED: tl.constexpr = 0, LATE: tl.constexpr = 0):
-    """One chunk of BN rows as fp32 weights: [BN, 8, 16] (input ``c*128 + i*16 + j``), or [BN, 128] straight away
-    for the byte formats and, with ``FLAT``, for the 4-bit ones too (each word loaded once per code it holds; a
-    tile that is never reshaped can go to ``tl.dot`` without a trip through shared memory)."""
+    """One chunk of BN rows as fp32 weights (``PACKED``: x's dtype; ``LATE``: unscaled): [BN, 8, 16] (input
+    ``c*128 + i*16 + j``), or [BN, 128] straight away for the byte formats and, with ``FLAT``, for the 4-bit ones
+    too (each word loaded once per code it holds: no reshape, so no trip through shared memory for ``tl.dot``)."""
     if FLAT or FMT == INT8 or FMT == FP8:
         k = tl.arange(0, 128)[None, :]  # [1, 128]: input c*128 + k is nibble k // 16 of word k % 16
         shift = 4 * (k // 16)

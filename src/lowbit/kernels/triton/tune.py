@@ -87,9 +87,10 @@ def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
 GEMV = ((16, 2, 1), (16, 4, 1), (16, 4, 4), (32, 2, 4), (32, 2, 8), (32, 4, 2), (32, 4, 4), (32, 4, 8), (32, 4, 16),
         (64, 2, 4), (64, 2, 8), (64, 2, 16), (64, 4, 2), (64, 4, 4), (64, 4, 8), (64, 4, 16), (128, 4, 2),
         (128, 4, 4), (128, 4, 8), (128, 4, 16), (128, 8, 2), (256, 8, 4), (256, 8, 8),
-        (64, 1, 8), (64, 1, 16), (128, 2, 4), (128, 2, 8), (128, 2, 16), (256, 4, 4), (256, 4, 8))  # (BN, warps, split-K)
-# A warp covers 8 rows of a [BN, 16] word tile (4 threads a row, 16 bytes each), so a thread holds BN / (8 warps)
-# rows: the last rows above give it 8, over which its x values (converted, summed) are shared.
+        (64, 1, 8), (64, 1, 16), (128, 2, 4), (128, 2, 8), (128, 2, 16), (256, 4, 4), (256, 4, 8))
+# (BN, warps, split-K). A warp covers 8 rows of a [BN, 16] word tile (4 threads a row, 16 bytes each), so a
+# thread holds BN / (8 warps) rows: the last rows above give it 8, over which its x values (converted, summed)
+# are shared.
 SKINNY = ((False, 32, 1, 4, 3), (False, 64, 2, 4, 3), (False, 64, 4, 4, 3), (False, 128, 2, 4, 4),
           (True, 64, 1, 4, 3), (True, 64, 2, 4, 3), (True, 64, 4, 4, 3), (True, 128, 1, 4, 3), (True, 128, 2, 4, 3),
           (True, 128, 4, 4, 3), (True, 128, 2, 8, 3), (True, 256, 1, 8, 3))  # BM 16: (swap, BN, split, warps, stages)
