@@ -60,13 +60,7 @@ def main() -> None:
             wt, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
             fmt = ql.kernel.fmt(ql.spec)
             errors = []
-
-            def measure(cfg):
-                try:
-                    return ops.bench_gpu(lambda: ops.run(x, wt, s, z, None, fmt, cfg))
-                except Exception as e:  # noqa: BLE001 - a tile out of registers or shared memory is no candidate
-                    errors.append(f"{type(e).__name__}: {e}"[:300])
-                    return float("inf")
+            measure = ops._measure(x, wt, s, z, None, fmt, errors)
             ref = ref_out(ql, x)
             tuned = tune.config_for(fmt, DT, 1, k, n)
             for variant, configs in (("registers", [tuned]), ("pipelined", pipelined())):

@@ -87,8 +87,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     if gemv:
         grid = (triton_cdiv(n, cfg["BN"]), m, split)
         gemv_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
-                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1),
-                          PD=cfg.get("PD", 1), **common)
+                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1), PD=cfg.get("PD", 1),
+                          **common)
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
         # PK=0 (a tuner choice): int4 tiles decoded in fp32 even where the packed decode is exact
@@ -165,12 +165,14 @@ def bench_gpu(fn, reps: int = 40) -> float:
     return times[len(times) // 2]
 
 
-def _measure(x2, w, s, z, bias, fmt):
-    """For the tuner: a config → its median GPU µs (inf if it does not compile or run)."""
+def _measure(x2, w, s, z, bias, fmt, errors: list[str] | None = None):
+    """For the tuner: a config → its median GPU µs (inf if it does not compile or run; why, into ``errors``)."""
     def measure(cfg: dict) -> float:
         try:
             return bench_gpu(lambda: run(x2, w, s, z, bias, fmt, cfg))
-        except Exception:  # out of shared memory or registers for this tile: not a candidate
+        except Exception as e:  # out of shared memory or registers for this tile: not a candidate
+            if errors is not None:
+                errors.append(f"{type(e).__name__}: {e}"[:300])
             return float("inf")
     return measure
 
