@@ -86,7 +86,7 @@ def tune_model(model: nn.Module, batches) -> int:
             continue
         if m.fused is not None:  # the fused layer's shape is what runs
             m = m.fused[0].linear
-        fmt, (n, k) = m.kernel.fmt(m.spec), m.weight_shape
+        fmt, (n, k) = m.kernel.op_key(m.fmt), m.weight_shape
         w, s, z = m.kernel.tensors(m._buffers, m._prepared)
         for b in batches:
             key = tune.key(fmt, torch.bfloat16, b, k, n)

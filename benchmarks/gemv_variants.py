@@ -58,7 +58,7 @@ def main() -> None:
         for name in args.formats:
             ql = quant_linear(w, *FORMATS[name])
             wt, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-            fmt = ql.kernel.fmt(ql.spec)
+            fmt = ql.kernel.op_key(ql.fmt)
             errors = []
             measure = ops._measure(x, wt, s, z, None, fmt, errors)
             ref = ref_out(ql, x)

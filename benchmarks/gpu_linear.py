@@ -79,7 +79,7 @@ def quant_linear(w: torch.Tensor, method: str, fields: dict) -> nn.Module:
 
 def ref_out(ql, x):
     canon = ql.canonical_tensors()
-    return torch.ops.lowbit.linear_ref(x, [canon[n] for n in ql.spec.tensor_names()], ql.spec.key(), None)
+    return torch.ops.lowbit.linear_ref(x, [canon[n] for n in ql.fmt.tensor_names()], ql.fmt.key(), None)
 
 
 def rel_err(got, ref) -> float:
@@ -146,7 +146,7 @@ def run_shape(k: int, n: int, ms, tune_configs: bool, only=None) -> tuple[list[d
             if not ql.kernel.name.startswith("triton"):
                 notes[name] = f"kernel {ql.kernel.name}: {ql.kernel_reason}"
             wt, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-            fmt = ql.kernel.fmt(ql.spec)
+            fmt = ql.kernel.op_key(ql.fmt)
             if tune_configs:
                 tune.tune(fmt, DT, m, k, n, ops._measure(x, wt, s, z, None, fmt))
             cfg = tune.config_for(fmt, DT, m, k, n)

@@ -194,15 +194,15 @@ def check_layers(src: Path, out: Path, layers: int) -> dict[str, bool]:
     import torch
     from safetensors import safe_open
 
-    from lowbit.formats import IntSpec
+    from lowbit.formats import IntFormat
     from lowbit.rtn import rtn_quantize
 
     src_map = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
     out_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
-    spec, result = IntSpec(bits=4, group_size=128, symmetric=False), {}
+    fmt, result = IntFormat(bits=4, group_size=128, symmetric=False), {}
     for name in (c.format(mid=layers // 2, last=layers - 1) for c in CHECKED):
         with safe_open(str(src / src_map[f"{name}.weight"]), "pt") as f:
-            expected = rtn_quantize(f.get_tensor(f"{name}.weight"), spec)
+            expected = rtn_quantize(f.get_tensor(f"{name}.weight"), fmt)
         same = True
         for part, tensor in expected.items():
             with safe_open(str(out / out_map[f"{name}.{part}"]), "pt") as f:

@@ -32,7 +32,7 @@ def quantize_(model: nn.Module, config: QuantConfig | str) -> nn.Module:
     originals = dict(model.named_modules())
     quantizer.validate_environment(device, dtype)
     quantizer.preprocess_model(model)
-    for name in quantizer.specs:
+    for name in quantizer.formats:
         if quantizer.tied_head and name == quantizer.tied_head[0]:
             continue
         orig, shell = originals[name], model.get_submodule(name)
@@ -94,7 +94,7 @@ def inspect(model_or_path: nn.Module | str | Path, **load_kwargs) -> Inspection:
         reason = getattr(module, "kernel_reason", "") or ("table lookup" if isinstance(module, QuantEmbedding) else "")
         layers.append(LayerInfo(
             name=name, kind="embedding" if isinstance(module, QuantEmbedding) else "linear", method=method or "?",
-            format=module.spec.describe() + (f" (shares {tied})" if tied else ""), shape=module.weight_shape,
+            format=module.fmt.describe() + (f" (shares {tied})" if tied else ""), shape=module.weight_shape,
             bits_per_weight=round(module.bits_per_weight(), 4), nbytes=0 if tied else module.packed_nbytes(),
             kernel=kernel.name if kernel else ("lookup" if isinstance(module, QuantEmbedding) else "unprepared"),
             reason=reason))

@@ -19,13 +19,13 @@ from lowbit.config import ComputeDtype, QuantConfig
 from lowbit.errors import ConfigError, DependencyError
 from lowbit.formats import WeightFormat
 from lowbit.nn import QuantEmbedding, QuantLinear
-from lowbit.nn.quant_embedding import EMBEDDING_SPEC
+from lowbit.nn.quant_embedding import EMBEDDING_FORMAT
 from lowbit.rtn import rtn_quantize
 from lowbit.utils import release_freed_memory
 
 
 class Quantizer:
-    """Base of every method. Subclasses set ``config_cls`` and implement ``weight_spec`` and ``quantize``."""
+    """Base of every method. Subclasses set ``config_cls`` and implement ``weight_format`` and ``quantize``."""
 
     config_cls: ClassVar[type[QuantConfig]] = QuantConfig
     requires_calibration: ClassVar[bool] = False
@@ -42,7 +42,7 @@ class Quantizer:
         self.pre_quantized = pre_quantized
         self.skip = tuple(config.modules_to_not_convert) + tuple(skip)
         self.layers: dict[str, dict[str, Any]] = {}  # per-layer deviations (group-size fallback), saved in config
-        self.specs: dict[str, WeightFormat] = {}  # module name → what it stores
+        self.formats: dict[str, WeightFormat] = {}  # module name → what it stores
         self.tables: set[str] = set()  # embeddings and lm_head, quantized to int8 when asked
         self.tied_head: tuple[str, str] | None = None
         self.model_type: str | None = None  # set by preprocess_model; keys the architecture data
@@ -84,16 +84,16 @@ class Quantizer:
 
     # ---- memory math ------------------------------------------------------------------------------
     def packed_nbytes(self, name: str, shape: tuple[int, int]) -> int:
-        spec = self.specs.get(name)
-        if spec is None:
+        fmt = self.formats.get(name)
+        if fmt is None:
             raise KeyError(name)
-        return round(spec.bits_per_weight(*shape) * shape[0] * shape[1] / 8)
+        return round(fmt.bits_per_weight(*shape) * shape[0] * shape[1] / 8)
 
     def kept_dtype(self, name: str, dtype: torch.dtype) -> torch.dtype:
         return dtype
 
     # ---- before weights ---------------------------------------------------------------------------
-    def weight_spec(self, name: str, module: nn.Linear) -> WeightFormat:
+    def weight_format(self, name: str, module: nn.Linear) -> WeightFormat:
         raise NotImplementedError
 
     def should_quantize(self, name: str, module: nn.Module) -> bool:
@@ -118,20 +118,20 @@ class Quantizer:
             if name in emb_names and quant_emb:
                 dtype = module.weight.dtype
                 _set_module(model, name, QuantEmbedding.shell(module, dtype))
-                self.specs[name] = EMBEDDING_SPEC
+                self.formats[name] = EMBEDDING_FORMAT
                 self.tables.add(name)
             elif isinstance(module, nn.Linear):
                 if name in head_names:
                     if not quant_head:
                         continue
-                    spec = EMBEDDING_SPEC
+                    fmt = EMBEDDING_FORMAT
                     self.tables.add(name)
                 elif not self.should_quantize(name, module):
                     continue
                 else:
-                    spec = self.weight_spec(name, module)
-                _set_module(model, name, QuantLinear.shell(module, spec))
-                self.specs[name] = spec
+                    fmt = self.weight_format(name, module)
+                _set_module(model, name, QuantLinear.shell(module, fmt))
+                self.formats[name] = fmt
         self.tied_head = (next(iter(head_names)), next(iter(emb_names))) if tied and quant_head else None
         if self.tied_head:
             _tie_buffers(model, *self.tied_head)
@@ -170,14 +170,14 @@ class Quantizer:
     def quantize_tensor(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the loader calls: int8 tables (embeddings, lm_head) take the shared RTN path."""
         if name in self.tables:
-            return rtn_quantize(weight, EMBEDDING_SPEC)
+            return rtn_quantize(weight, EMBEDDING_FORMAT)
         return self.quantize(name, weight)
 
     def expected_keys(self, name: str) -> list[str]:
         """Pre-quantized: the stored tensor names of module ``name`` (none for a head tied to the embedding)."""
         if self.tied_head and name == self.tied_head[0]:
             return []
-        return [f"{name}.{t}" for t in self.specs[name].tensor_names()]
+        return [f"{name}.{t}" for t in self.formats[name].tensor_names()]
 
     def summary(self) -> str | None:
         """One line about the quantization just done (e.g. time per layer), printed by ``lowbit quantize``."""

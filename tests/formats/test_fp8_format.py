@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowbit.formats import Fp8Spec, format_from_key
+from lowbit.formats import Fp8Format, format_from_key
 from lowbit.formats.fp8 import E4M3_MAX, quantize_block, quantize_channel, quantize_rows, to_e4m3
 from lowbit.methods import fp8 as fp8_method
 from lowbit.methods.fp8 import fp8_quantize
 
-CHANNEL = Fp8Spec()
-BLOCK = Fp8Spec(block_size=128)
-DYNAMIC = Fp8Spec(activations="dynamic")
+CHANNEL = Fp8Format()
+BLOCK = Fp8Format(block_size=128)
+DYNAMIC = Fp8Format(activations="dynamic")
 
 
 def test_hand_computed_channel_example():
@@ -50,8 +50,8 @@ def test_block_scales_with_partial_edge_tiles():
     w = torch.randn(n, k) * 0.01
     w[5, 7], w[100, 150], w[129, 199] = 224.0, -112.0, 56.0  # tile amaxes 448 * 2**-1, 2**-2, 2**-3
     w[128:, :128] = 0  # tile (1, 0): all zero
-    spec = BLOCK
-    assert spec.expected_tensors(n, k) == {"qweight": ((n, k), torch.float8_e4m3fn), "scales": ((2, 2), torch.float32)}
+    fmt = BLOCK
+    assert fmt.expected_tensors(n, k) == {"qweight": ((n, k), torch.float8_e4m3fn), "scales": ((2, 2), torch.float32)}
     out = quantize_block(w, 128)
     assert torch.equal(out["scales"], torch.tensor([[0.5, 0.25], [1.0, 0.125]]))
     q = out["qweight"].float()
@@ -60,41 +60,41 @@ def test_block_scales_with_partial_edge_tiles():
         assert torch.equal(q[r0:r1, c0:c1], tile)
     assert q[5, 7] == 448 and q[100, 150] == -448 and q[129, 199] == 448
     assert torch.equal(q[128:, :128], torch.zeros(2, 128))
-    deq = spec.dequantize(out)
+    deq = fmt.dequantize(out)
     assert torch.equal(deq[128:, :128], torch.zeros(2, 128))
     assert deq[5, 7] == 224 and deq[100, 150] == -112 and deq[129, 199] == 56
 
 
 def test_all_zero_weight_is_exact_and_finite():
-    for spec in (CHANNEL, BLOCK):
-        out = fp8_quantize(torch.zeros(130, 260), spec)
+    for fmt in (CHANNEL, BLOCK):
+        out = fp8_quantize(torch.zeros(130, 260), fmt)
         assert torch.equal(out["scales"], torch.ones_like(out["scales"]))
-        assert torch.equal(spec.dequantize(out), torch.zeros(130, 260))
+        assert torch.equal(fmt.dequantize(out), torch.zeros(130, 260))
 
 
-@pytest.mark.parametrize("spec", [CHANNEL, BLOCK], ids=["channel", "block"])
-def test_chunked_quantization_equals_one_shot(monkeypatch, spec):
+@pytest.mark.parametrize("fmt", [CHANNEL, BLOCK], ids=["channel", "block"])
+def test_chunked_quantization_equals_one_shot(monkeypatch, fmt):
     w = torch.randn(300, 200)
-    whole = quantize_channel(w) if spec.block_size is None else quantize_block(w, 128)
+    whole = quantize_channel(w) if fmt.block_size is None else quantize_block(w, 128)
     monkeypatch.setattr(fp8_method, "CHUNK_ELEMENTS", 128 * 200)  # 128 rows (one band) at a time
-    chunked = fp8_quantize(w, spec)
+    chunked = fp8_quantize(w, fmt)
     assert sorted(chunked) == ["qweight", "scales"]
     assert all(torch.equal(chunked[name].float(), whole[name].float()) for name in whole)
-    assert chunked["scales"].shape == spec.scale_shape(300, 200)
+    assert chunked["scales"].shape == fmt.scale_shape(300, 200)
 
 
 def test_layout_key_and_bits():
-    for spec in (CHANNEL, BLOCK, DYNAMIC, Fp8Spec(block_size=128, activations="dynamic")):
-        assert format_from_key(spec.key()) == spec
-        assert spec.tensor_names() == ["qweight", "scales"]
+    for fmt in (CHANNEL, BLOCK, DYNAMIC, Fp8Format(block_size=128, activations="dynamic")):
+        assert format_from_key(fmt.key()) == fmt
+        assert fmt.tensor_names() == ["qweight", "scales"]
     assert CHANNEL.bits_per_weight(256, 1024) == 8 + 32 / 1024
     assert BLOCK.bits_per_weight(256, 1024) == 8 + 2 * 8 * 32 / (256 * 1024)
     assert CHANNEL.describe() == "fp8 e4m3fn per-channel weight-only"
     assert "W8A8" in DYNAMIC.describe()
     with pytest.raises(ValueError, match="block_size=64"):
-        Fp8Spec(block_size=64)
+        Fp8Format(block_size=64)
     with pytest.raises(ValueError, match="activations='static'"):
-        Fp8Spec(activations="static")
+        Fp8Format(activations="static")
 
 
 def test_w8a8_hand_computed():
@@ -115,13 +115,13 @@ def test_w8a8_hand_computed():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block", [None, 128])
 def test_w8a8_reference_matches_hand_written(dtype, block):
-    spec = Fp8Spec(block_size=block, activations="dynamic")
+    fmt = Fp8Format(block_size=block, activations="dynamic")
     w = torch.randn(70, 300) * 0.05
-    tensors = fp8_quantize(w, spec)
+    tensors = fp8_quantize(w, fmt)
     x = (torch.randn(2, 3, 300) * 3).to(dtype)
     x[0, 1] = 0  # an all-zero token
     bias = torch.randn(70).to(dtype)
-    got = spec.reference_linear(x, tensors, bias)
+    got = fmt.reference_linear(x, tensors, bias)
     # by hand: every token row scaled by its own amax / 448, cast to e4m3fn, product and bias in float32
     rows = x.float().reshape(-1, 300)
     expected = []
@@ -129,6 +129,6 @@ def test_w8a8_reference_matches_hand_written(dtype, block):
         amax = row.abs().max()
         s = amax / 448 if amax > 0 else torch.tensor(1.0)
         expected.append((row / s).clamp(-448, 448).to(torch.float8_e4m3fn).float() * s)
-    expected = (torch.stack(expected) @ spec.dequantize(tensors).T + bias.float()).reshape(2, 3, 70).to(dtype)
+    expected = (torch.stack(expected) @ fmt.dequantize(tensors).T + bias.float()).reshape(2, 3, 70).to(dtype)
     assert got.dtype == dtype and torch.equal(got, expected)
     assert torch.equal(got[0, 1], bias)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lowbit.errors import KernelError
-from lowbit.formats import CodebookSpec, Fp8Spec, IntSpec, pack_bits, unpack_bits
+from lowbit.formats import CodebookFormat, Fp8Format, IntFormat, pack_bits, unpack_bits
 from lowbit.formats.codebook import codebook_quantize
 from lowbit.formats.fp8 import quantize_channel
 from lowbit.kernels import choose
@@ -25,35 +25,35 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device: the Triton kernels run on the GPU machine "
                                                  "(benchmarks/gpu_run.sh)")
 
-SPECS = {
-    "int4-g32-asym": IntSpec(4, 32, False),
-    "int4-g64-hqq": IntSpec(4, 64, False, float_zero=True),
-    "int4-g128-asym": IntSpec(4, 128, False),
-    "int4-g128-sym": IntSpec(4, 128, True),
-    "int8": IntSpec(8, None, True),
-    "nf4-b64": CodebookSpec("nf4", 64),
-    "nf4-b64-dq": CodebookSpec("nf4", 64, double_quant=True),
-    "fp8": Fp8Spec(),
-    "fp8-dynamic": Fp8Spec(activations="dynamic"),
+FORMATS = {
+    "int4-g32-asym": IntFormat(4, 32, False),
+    "int4-g64-hqq": IntFormat(4, 64, False, float_zero=True),
+    "int4-g128-asym": IntFormat(4, 128, False),
+    "int4-g128-sym": IntFormat(4, 128, True),
+    "int8": IntFormat(8, None, True),
+    "nf4-b64": CodebookFormat("nf4", 64),
+    "nf4-b64-dq": CodebookFormat("nf4", 64, double_quant=True),
+    "fp8": Fp8Format(),
+    "fp8-dynamic": Fp8Format(activations="dynamic"),
 }
 KERNEL_OF = {"int": {4: "triton_int4", 8: "triton_int8"}, "codebook": "triton_nf4", "fp8": "triton_fp8"}
 
 
-def stored(spec, w: torch.Tensor) -> dict[str, torch.Tensor]:
-    if isinstance(spec, IntSpec):
-        t = rtn_quantize(w, spec)
-        if spec.float_zero:  # HQQ zeros are fractional
-            t["zeros"] = (t["zeros"].float() + torch.rand_like(t["zeros"].float()) - 0.5).to(spec.scale_dtype)
+def stored(fmt, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    if isinstance(fmt, IntFormat):
+        t = rtn_quantize(w, fmt)
+        if fmt.float_zero:  # HQQ zeros are fractional
+            t["zeros"] = (t["zeros"].float() + torch.rand_like(t["zeros"].float()) - 0.5).to(fmt.scale_dtype)
         return t
-    if isinstance(spec, CodebookSpec):
-        return codebook_quantize(w, spec)
+    if isinstance(fmt, CodebookFormat):
+        return codebook_quantize(w, fmt)
     return quantize_channel(w)
 
 
-def layer(spec, n, k, device, compute, kernel=None, bias=True):
+def layer(fmt, n, k, device, compute, kernel=None, bias=True):
     w = torch.randn(n, k, device=device) / k**0.5
-    ql = QuantLinear(k, n, bias, spec, device=device, dtype=compute)
-    ql.load_quantized(stored(spec, w))
+    ql = QuantLinear(k, n, bias, fmt, device=device, dtype=compute)
+    ql.load_quantized(stored(fmt, w))
     if bias:
         ql.bias = torch.nn.Parameter(torch.randn(n, device=device, dtype=compute), requires_grad=False)
     ql.prepare(compute, kernel)
@@ -66,9 +66,9 @@ def layer(spec, n, k, device, compute, kernel=None, bias=True):
 def test_package_imports_and_runs_without_triton():
     code = ("import sys; sys.modules['triton'] = None\n"  # import triton now fails, as where it is not installed
             "import torch, lowbit\n"
-            "from lowbit.formats import IntSpec\n"
+            "from lowbit.formats import IntFormat\n"
             "from lowbit.kernels import choose\n"
-            "k, why = choose(IntSpec(4, 128, False), torch.device('cuda'), (256, 256), torch.bfloat16)\n"
+            "k, why = choose(IntFormat(4, 128, False), torch.device('cuda'), (256, 256), torch.bfloat16)\n"
             "assert k.name == 'reference' and 'triton_int4: triton is not installed' in why, why\n"
             "m = torch.nn.Sequential(torch.nn.Linear(256, 64))\n"
             "lowbit.quantize_(m, lowbit.config('int4', group_size=128))\n"
@@ -79,10 +79,10 @@ def test_package_imports_and_runs_without_triton():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("name", list(FORMATS))
 def test_cuda_kernels_decline_cpu_layer_with_reason(name):
-    spec = SPECS[name]
-    kernel, why = choose(spec, torch.device("cpu"), (64, 256), torch.bfloat16)
+    fmt = FORMATS[name]
+    kernel, why = choose(fmt, torch.device("cpu"), (64, 256), torch.bfloat16)
     assert not kernel.name.startswith("triton")
     assert "device is cpu, this kernel runs on cuda" in why
 
@@ -90,7 +90,7 @@ def test_cuda_kernels_decline_cpu_layer_with_reason(name):
 def test_forced_triton_kernel_on_cpu_is_an_error(monkeypatch):
     monkeypatch.setenv("LOWBIT_KERNEL", "triton_int4")
     with pytest.raises(KernelError, match="triton_int4.*cannot run.*device is cpu"):
-        layer(IntSpec(4, 128, False), 32, 256, "cpu", torch.bfloat16)
+        layer(IntFormat(4, 128, False), 32, 256, "cpu", torch.bfloat16)
 
 
 def test_fp8_declines_without_fp8_units(monkeypatch):
@@ -98,7 +98,7 @@ def test_fp8_declines_without_fp8_units(monkeypatch):
 
     monkeypatch.setattr(tk, "triton_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    ok, why = TritonFp8Kernel().can_implement(Fp8Spec(), torch.device("cuda"), (256, 256), torch.bfloat16)
+    ok, why = TritonFp8Kernel().can_implement(Fp8Format(), torch.device("cuda"), (256, 256), torch.bfloat16)
     assert not ok and why == "compute capability 8.0 has no fp8 instructions (needs 8.9+)"
 
 
@@ -118,35 +118,35 @@ def test_nibble_layout_round_trip(n, k):
 
 @pytest.mark.parametrize("name", ["int4-g32-asym", "int4-g128-sym", "nf4-b64", "nf4-b64-dq"])
 def test_kernel_layout_rebuilds_canonical(name):
-    spec = SPECS[name]
-    kernel = get_kernel(KERNEL_OF["codebook"] if isinstance(spec, CodebookSpec) else "triton_int4")
-    t = stored(spec, torch.randn(48, 256))
-    prepared = kernel.layout(t, spec)
-    rebuilt = kernel.canonical_from_prepared(prepared, spec, (48, 256))
-    assert set(rebuilt) == set(kernel.dropped_names(spec)) & set(t)  # every dropped tensor comes back
+    fmt = FORMATS[name]
+    kernel = get_kernel(KERNEL_OF["codebook"] if isinstance(fmt, CodebookFormat) else "triton_int4")
+    t = stored(fmt, torch.randn(48, 256))
+    prepared = kernel.layout(t, fmt)
+    rebuilt = kernel.canonical_from_prepared(prepared, fmt, (48, 256))
+    assert set(rebuilt) == set(kernel.dropped_names(fmt)) & set(t)  # every dropped tensor comes back
     for name, tensor in rebuilt.items():
         assert torch.equal(tensor, t[name]) and tensor.is_contiguous(), name
     scales = prepared["s"] if "s" in prepared else prepared["absmax"]
-    assert scales.shape == (48, 256 // spec.group_size if isinstance(spec, IntSpec) else 256 // spec.block_size)
+    assert scales.shape == (48, 256 // fmt.group_size if isinstance(fmt, IntFormat) else 256 // fmt.block_size)
     assert scales.stride() == (1, 48)  # column-major: one group's rows side by side
-    if isinstance(spec, IntSpec):  # symmetric codes are stored + 8
+    if isinstance(fmt, IntFormat):  # symmetric codes are stored + 8
         codes = codes_from_words(prepared["w"], 48, 256)
-        expect = unpack_bits(t["qweight"], 4) ^ (8 if spec.symmetric else 0)
-        assert torch.equal(codes, expect) and torch.equal(pack_bits(expect ^ (8 if spec.symmetric else 0), 4),
+        expect = unpack_bits(t["qweight"], 4) ^ (8 if fmt.symmetric else 0)
+        assert torch.equal(codes, expect) and torch.equal(pack_bits(expect ^ (8 if fmt.symmetric else 0), 4),
                                                            t["qweight"])
 
 
 @pytest.mark.parametrize("name", ["int4-g64-hqq", "int4-g128-sym", "nf4-b64", "nf4-b64-dq"])
 def test_layer_keeps_only_the_kernel_layout_and_saves_the_canonical_tensors(name, monkeypatch):
-    spec = SPECS[name]
-    kernel = get_kernel(KERNEL_OF["codebook"] if isinstance(spec, CodebookSpec) else "triton_int4")
+    fmt = FORMATS[name]
+    kernel = get_kernel(KERNEL_OF["codebook"] if isinstance(fmt, CodebookFormat) else "triton_int4")
     monkeypatch.setattr(type(kernel), "can_implement", lambda *a: (True, "layout only"))  # never run here
-    ql = QuantLinear(256, 40, False, spec, device="cpu", dtype=torch.bfloat16)
-    canon = stored(spec, torch.randn(40, 256))
+    ql = QuantLinear(256, 40, False, fmt, device="cpu", dtype=torch.bfloat16)
+    canon = stored(fmt, torch.randn(40, 256))
     ql.load_quantized({n: t.clone() for n, t in canon.items()})
     ql.prepare(torch.bfloat16, kernel.name)
     dropped = {n for n in ql.tensor_names() if ql._buffers[n] is None}
-    assert dropped == set(kernel.dropped_names(spec)) & set(canon) and "qweight" in dropped
+    assert dropped == set(kernel.dropped_names(fmt)) & set(canon) and "qweight" in dropped
     state = ql.state_dict()
     assert set(state) == set(canon) and all(torch.equal(state[n], canon[n]) for n in canon)
 
@@ -163,9 +163,9 @@ N, K = 11008, 4096 + 128
 TOL = {torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
 
 
-def kernel_name(spec):
-    entry = KERNEL_OF[spec.kind]
-    return entry[spec.bits] if isinstance(entry, dict) else entry
+def kernel_name(fmt):
+    entry = KERNEL_OF[fmt.kind]
+    return entry[fmt.bits] if isinstance(entry, dict) else entry
 
 
 @pytest.fixture(scope="module")
@@ -175,24 +175,24 @@ def layers():
     def get(name, compute):
         if (name, compute) not in cache:
             torch.manual_seed(0)
-            cache[name, compute] = layer(SPECS[name], N, K, "cuda", compute)
+            cache[name, compute] = layer(FORMATS[name], N, K, "cuda", compute)
         return cache[name, compute]
     return get
 
 
 def ref_out(ql, x):
-    names = ql.spec.tensor_names()
+    names = ql.fmt.tensor_names()
     canon = ql.canonical_tensors()
-    return torch.ops.lowbit.linear_ref(x, [canon[n] for n in names], ql.spec.key(), ql.bias)
+    return torch.ops.lowbit.linear_ref(x, [canon[n] for n in names], ql.fmt.key(), ql.bias)
 
 
 @needs_cuda
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("name", list(FORMATS))
 @pytest.mark.parametrize("m", [1, 3, 16, 17, 64, 257])
 def test_triton_matches_reference(layers, name, compute, m):
     ql = layers(name, compute)
-    assert ql.kernel.name == kernel_name(ql.spec), ql.kernel_reason
+    assert ql.kernel.name == kernel_name(ql.fmt), ql.kernel_reason
     x = torch.randn(m, K, device="cuda", dtype=compute)
     got = ql(x)
     ref = ref_out(ql, x)
@@ -217,7 +217,7 @@ def test_explicit_configs_match_reference(layers, name, cfg):
     ql = layers(name, torch.bfloat16)
     x = torch.randn(5, K, device="cuda", dtype=torch.bfloat16)
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-    got = ops.run(x, w, s, z, ql.bias, ql.kernel.fmt(ql.spec), cfg)
+    got = ops.run(x, w, s, z, ql.bias, ql.kernel.op_key(ql.fmt), cfg)
     ref = ref_out(ql, x)
     rel = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
     assert rel < TOL[torch.bfloat16], f"{name} {cfg}: relative error {rel:.2e}"
@@ -225,14 +225,14 @@ def test_explicit_configs_match_reference(layers, name, cfg):
 
 @needs_cuda
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("spec", [IntSpec(4, 128, False), IntSpec(4, 128, True), IntSpec(4, 32, False),
-                                  IntSpec(4, None, False)], ids=["g128-asym", "g128-sym", "g32-asym", "channel"])
+@pytest.mark.parametrize("fmt", [IntFormat(4, 128, False), IntFormat(4, 128, True), IntFormat(4, 32, False),
+                                  IntFormat(4, None, False)], ids=["g128-asym", "g128-sym", "g32-asym", "channel"])
 @pytest.mark.parametrize("cfg", [
     {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3, "SWAP": True},
     {"path": "gemm", "BM": 64, "BN": 128, "CPI": 1, "SPLIT_K": 1, "num_warps": 8, "num_stages": 3},
     {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3, "PK": 0},
 ], ids=["swap16-split2", "tile64", "tile64-fp32-decode"])
-def test_gemm_decodes_int4_weights_exactly(spec, compute, cfg):
+def test_gemm_decodes_int4_weights_exactly(fmt, compute, cfg):
     """x = identity: each output is one weight times 1.0 (fp32 sums of exact products), so the GEMM returns its
     decoded weights: bit for bit the reference's dequantization rounded to x's dtype, for every decode path with
     integer zeros (two weights a register, scaled in the tile or after the product, and the fp32 one; HQQ's
@@ -240,10 +240,10 @@ def test_gemm_decodes_int4_weights_exactly(spec, compute, cfg):
     from lowbit.kernels.triton import ops
 
     torch.manual_seed(0)
-    ql = layer(spec, 200, 384, "cuda", compute, bias=False)  # 200 rows: a partial tile of rows
+    ql = layer(fmt, 200, 384, "cuda", compute, bias=False)  # 200 rows: a partial tile of rows
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-    got = ops.run(torch.eye(384, device="cuda", dtype=compute), w, s, z, None, ql.kernel.fmt(ql.spec), cfg)
-    want = ql.spec.dequantize(ql.canonical_tensors(), torch.float32).to(compute).t()
+    got = ops.run(torch.eye(384, device="cuda", dtype=compute), w, s, z, None, ql.kernel.op_key(ql.fmt), cfg)
+    want = ql.fmt.dequantize(ql.canonical_tensors(), torch.float32).to(compute).t()
     assert torch.equal(got, want), f"{(got != want).sum().item()} of {got.numel()} weights differ"
 
 
@@ -260,26 +260,26 @@ def test_split_k_is_deterministic_and_leaves_counters_at_zero(layers, name, cfg)
     ql = layers(name, torch.bfloat16)
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
     x = torch.randn(3, K, device="cuda", dtype=torch.bfloat16)
-    first = ops.run(x, w, s, z, ql.bias, ql.kernel.fmt(ql.spec), cfg)
+    first = ops.run(x, w, s, z, ql.bias, ql.kernel.op_key(ql.fmt), cfg)
     for _ in range(20):
-        assert torch.equal(ops.run(x, w, s, z, ql.bias, ql.kernel.fmt(ql.spec), cfg), first)
+        assert torch.equal(ops.run(x, w, s, z, ql.bias, ql.kernel.op_key(ql.fmt), cfg), first)
     assert int(ops.locks(x.device).count_nonzero()) == 0
 
 
 @needs_cuda
 def test_shape_fast_path_cannot_take_falls_back_to_reference():
-    spec = IntSpec(4, 64, False)
-    ql = layer(spec, 96, 192, "cuda", torch.bfloat16)  # K = 192 is not a multiple of 128
+    fmt = IntFormat(4, 64, False)
+    ql = layer(fmt, 96, 192, "cuda", torch.bfloat16)  # K = 192 is not a multiple of 128
     assert ql.kernel.name == "reference" and "triton_int4: K=192 is not a multiple of 128" in ql.kernel_reason
     x = torch.randn(3, 192, device="cuda", dtype=torch.bfloat16)
-    w = spec.dequantize(ql.canonical_tensors(), torch.float32)
+    w = fmt.dequantize(ql.canonical_tensors(), torch.float32)
     ref = torch.nn.functional.linear(x.float(), w, ql.bias.float())
     assert ((ql(x).float() - ref).norm() / ref.norm()).item() < 1e-2
 
 
 @needs_cuda
 def test_inspect_reason_names_the_configs():
-    ql = layer(SPECS["int4-g128-asym"], 256, 512, "cuda", torch.bfloat16)
+    ql = layer(FORMATS["int4-g128-asym"], 256, 512, "cuda", torch.bfloat16)
     assert ql.kernel.name == "triton_int4"
     assert ql.kernel_reason.startswith("triton int4/128: M1: gemv") and "M16: gemm" in ql.kernel_reason
 
@@ -288,9 +288,9 @@ def test_inspect_reason_names_the_configs():
 @pytest.mark.parametrize("name", ["int4-g128-asym", "int4-g64-hqq", "int4-g128-sym", "int8", "nf4-b64", "fp8",
                                   "fp8-dynamic"])
 def test_opcheck(name):
-    ql = layer(SPECS[name], 256, 384, "cuda", torch.bfloat16)
+    ql = layer(FORMATS[name], 256, 384, "cuda", torch.bfloat16)
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-    fmt = ql.kernel.fmt(ql.spec)
+    fmt = ql.kernel.op_key(ql.fmt)
     # test_schema runs the op under a mode that multiplies inputs, which torch has no fp8 kernel for
     utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic") if fmt.startswith("fp8") \
         else ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
@@ -318,7 +318,7 @@ def test_fp8_row_quantization_is_the_torch_one_bit_for_bit(dtype, m, k):
 
 @needs_cuda
 def test_compile_fullgraph_and_cuda_graph():
-    ql = layer(SPECS["int4-g128-asym"], 512, 1024, "cuda", torch.bfloat16)
+    ql = layer(FORMATS["int4-g128-asym"], 512, 1024, "cuda", torch.bfloat16)
     x = torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16)
     eager = ql(x)
     assert torch.equal(torch.compile(ql, fullgraph=True, backend="aot_eager")(x), eager)
@@ -334,7 +334,7 @@ def test_compile_fullgraph_and_cuda_graph():
 def test_layer_on_second_gpu():
     if torch.cuda.device_count() < 2:
         pytest.skip("one GPU: the second-device launch is checked where two are visible")
-    ql = layer(SPECS["int4-g128-asym"], 256, 512, "cuda:1", torch.bfloat16)
+    ql = layer(FORMATS["int4-g128-asym"], 256, 512, "cuda:1", torch.bfloat16)
     x = torch.randn(4, 512, device="cuda:1", dtype=torch.bfloat16)
     ref = ref_out(ql, x)
     assert ((ql(x).float() - ref.float()).norm() / ref.float().norm()).item() < 1e-2

@@ -33,21 +33,21 @@ if _patch is not None:
         scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
     interp._patch_lang_tensor = _patched
 
-from lowbit.formats import CodebookSpec, Fp8Spec, IntSpec
+from lowbit.formats import CodebookFormat, Fp8Format, IntFormat
 from lowbit.formats.codebook import codebook_quantize
 from lowbit.formats.fp8 import quantize_channel
 from lowbit.kernels.triton import TritonCodebookKernel, TritonFp8Kernel, TritonInt4Kernel, TritonInt8Kernel, ops
 from lowbit.rtn import rtn_quantize
 
-SPECS = {
-    "int4-g32": (IntSpec(4, 32, False), TritonInt4Kernel()),
-    "int4-g128-sym": (IntSpec(4, 128, True), TritonInt4Kernel()),
-    "int4-g64-hqq": (IntSpec(4, 64, False, float_zero=True), TritonInt4Kernel()),
-    "int4-channel": (IntSpec(4, None, False), TritonInt4Kernel()),
-    "int4-g256": (IntSpec(4, 256, False), TritonInt4Kernel()),
-    "nf4-b64": (CodebookSpec("nf4", 64), TritonCodebookKernel()),
-    "int8": (IntSpec(8, None, True), TritonInt8Kernel()),
-    "fp8": (Fp8Spec(), TritonFp8Kernel()),
+FORMATS = {
+    "int4-g32": (IntFormat(4, 32, False), TritonInt4Kernel()),
+    "int4-g128-sym": (IntFormat(4, 128, True), TritonInt4Kernel()),
+    "int4-g64-hqq": (IntFormat(4, 64, False, float_zero=True), TritonInt4Kernel()),
+    "int4-channel": (IntFormat(4, None, False), TritonInt4Kernel()),
+    "int4-g256": (IntFormat(4, 256, False), TritonInt4Kernel()),
+    "nf4-b64": (CodebookFormat("nf4", 64), TritonCodebookKernel()),
+    "int8": (IntFormat(8, None, True), TritonInt8Kernel()),
+    "fp8": (Fp8Format(), TritonFp8Kernel()),
 }
 CONFIGS = [
     {"path": "gemv", "BN": 16, "CPI": 1, "SPLIT_K": 1, "num_warps": 2, "num_stages": 1, "PF": 1, "PD": 1},
@@ -62,26 +62,26 @@ CONFIGS = [
 ]
 N, K = 72, 512  # N: not a multiple of any tile; K: 4 chunks, so every split above divides it
 
-def stored(spec, w):
-    if isinstance(spec, IntSpec):
-        t = rtn_quantize(w, spec)
-        if spec.float_zero:
-            t["zeros"] = (t["zeros"].float() + torch.rand_like(t["zeros"].float()) - 0.5).to(spec.scale_dtype)
+def stored(fmt, w):
+    if isinstance(fmt, IntFormat):
+        t = rtn_quantize(w, fmt)
+        if fmt.float_zero:
+            t["zeros"] = (t["zeros"].float() + torch.rand_like(t["zeros"].float()) - 0.5).to(fmt.scale_dtype)
         return t
-    return codebook_quantize(w, spec) if isinstance(spec, CodebookSpec) else quantize_channel(w)
+    return codebook_quantize(w, fmt) if isinstance(fmt, CodebookFormat) else quantize_channel(w)
 
 torch.manual_seed(0)
 out = {}
-for name, (spec, kernel) in SPECS.items():
-    t = stored(spec, torch.randn(N, K) / K ** 0.5)
-    w, s, z = kernel.tensors(t, kernel.layout(t, spec))
+for name, (fmt, kernel) in FORMATS.items():
+    t = stored(fmt, torch.randn(N, K) / K ** 0.5)
+    w, s, z = kernel.tensors(t, kernel.layout(t, fmt))
     bias = torch.randn(N).half()
     for i, cfg in enumerate(CONFIGS):
         for m in (1, 3):
             x = torch.randn(m, K).half()
-            ref = torch.ops.lowbit.linear_ref(x.float(), [t[n] for n in spec.tensor_names()], spec.key(), bias.float())
-            got = ops.launch(x, w, s, z, bias, kernel.fmt(spec), cfg)
-            again = ops.launch(x, w, s, z, bias, kernel.fmt(spec), cfg)
+            ref = torch.ops.lowbit.linear_ref(x.float(), [t[n] for n in fmt.tensor_names()], fmt.key(), bias.float())
+            got = ops.launch(x, w, s, z, bias, kernel.op_key(fmt), cfg)
+            again = ops.launch(x, w, s, z, bias, kernel.op_key(fmt), cfg)
             out[f"{name} cfg{i} M={m}"] = {
                 "rel": ((got.float() - ref).norm() / ref.norm()).item(),
                 "shape": list(got.shape), "dtype": str(got.dtype), "same_again": bool(torch.equal(got, again))}
@@ -98,7 +98,7 @@ def test_kernels_match_the_reference_in_the_interpreter():
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     assert results.pop("counters_left") == 0  # every split-K launch leaves its tile counters at zero
-    assert len(results) == 8 * 8 * 2  # specs x configs x M
+    assert len(results) == 8 * 8 * 2  # formats x configs x M
     bad = {k: v for k, v in results.items()
            if not (v["rel"] < 3e-3 and v["dtype"] == "torch.float16" and v["same_again"])}
     assert not bad, f"kernels differ from the reference op (fp16 out, relative error < 3e-3): {bad}"

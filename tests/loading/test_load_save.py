@@ -24,7 +24,7 @@ import helpers  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.errors import CheckpointError, ConfigError, MissingTokenizerWarning, SaveError  # noqa: E402
-from lowbit.formats import IntSpec  # noqa: E402
+from lowbit.formats import IntFormat  # noqa: E402
 from lowbit.nn import QuantEmbedding, QuantLinear  # noqa: E402
 
 INT8 = lowbit.config("int8")
@@ -98,15 +98,15 @@ def test_quantize_on_load_stores_rtn_codes_of_the_checkpoint(ckpts, arch, cfg_na
     assert not any(isinstance(m, QuantEmbedding) for m in model.modules())
     if arch == "llama":
         assert type(model.lm_head) is torch.nn.Linear
-    spec = IntSpec(bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric)
+    fmt = IntFormat(bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric)
     for name, module in qlinears.items():
-        assert module.spec == spec
+        assert module.fmt == fmt
         stored = module.canonical_tensors()
         w = weights[f"{name}.weight"]
-        deq = spec.dequantize(stored)
+        deq = fmt.dequantize(stored)
         step = stored["scales"].float().repeat_interleave(w.shape[1] // stored["scales"].shape[1], dim=1)
         err = (deq - w).abs()
-        if spec.symmetric:  # absmax grid: every weight is within half a step
+        if fmt.symmetric:  # absmax grid: every weight is within half a step
             assert torch.all(err <= step / 2 + 1e-6), name
         else:  # the integer zero-point is rounded, so the grid's ends may clip by up to half a step more
             assert torch.all(err <= step + 1e-6), name
@@ -262,7 +262,7 @@ def test_group_fallback_is_warned_once_recorded_and_reloaded(ckpts, tmp_path):
     assert "96" in str(fallback[0].message) and "32" in str(fallback[0].message)
     odd = [f"model.layers.{i}.{m}" for i in range(2) for m in helpers.LLAMA_LINEARS if m != "mlp.down_proj"]
     for name, module in _quant_linears(model).items():
-        assert module.spec.group_size == (32 if name in odd else 64), name
+        assert module.fmt.group_size == (32 if name in odd else 64), name
     ids = helpers.token_ids()
     before = helpers.logits(model, ids)
     out = lowbit.save_pretrained(model, tmp_path / "q")
@@ -271,8 +271,8 @@ def test_group_fallback_is_warned_once_recorded_and_reloaded(ckpts, tmp_path):
     assert qc["layers"] == {name: {"group_size": 32} for name in odd}
     again = _load(out)
     assert torch.equal(helpers.logits(again, ids), before)
-    assert {n: m.spec.group_size for n, m in _quant_linears(again).items()} == \
-        {n: m.spec.group_size for n, m in _quant_linears(model).items()}
+    assert {n: m.fmt.group_size for n, m in _quant_linears(again).items()} == \
+        {n: m.fmt.group_size for n, m in _quant_linears(model).items()}
     report = {layer.name: layer.format for layer in lowbit.inspect(again).layers}
     assert all("g32" in report[n] for n in odd) and "g64" in report["model.layers.0.mlp.down_proj"]
 
@@ -285,7 +285,7 @@ def test_recorded_layer_group_sizes_are_what_reload_uses(ckpts, tmp_path):
     names = [f"model.layers.{i}.{m}" for i in range(2) for m in helpers.LLAMA_LINEARS]
     helpers.edit_quant_config(out, group_size=64, layers={n: {"group_size": 32} for n in names})
     again = _load(out)
-    assert {m.spec.group_size for m in _quant_linears(again).values()} == {32}
+    assert {m.fmt.group_size for m in _quant_linears(again).values()} == {32}
     assert torch.equal(helpers.logits(again, helpers.token_ids()), helpers.logits(model, helpers.token_ids()))
 
 
@@ -309,13 +309,13 @@ def test_tied_embeddings_share_one_int8_table_saved_once(ckpts, tmp_path, cfg):
     model = _load(ckpts["tied"], cfg)
     emb, head = model.model.embed_tokens, model.lm_head
     assert isinstance(emb, QuantEmbedding) and isinstance(head, QuantLinear)
-    assert head.spec == emb.spec == IntSpec(bits=8, group_size=None, symmetric=True)
+    assert head.fmt == emb.fmt == IntFormat(bits=8, group_size=None, symmetric=True)
     assert head.canonical_tensors()["qweight"].data_ptr() == emb.qweight.data_ptr()
     # the table is the int8 RTN of the tied fp weight
     from safetensors.torch import load_file
 
     w = load_file(str(ckpts["tied"] / "model.safetensors"))["model.embed_tokens.weight"]
-    assert torch.all((emb.spec.dequantize(emb.canonical_tensors()) - w).abs() <= emb.scales / 2 + 1e-6)
+    assert torch.all((emb.fmt.dequantize(emb.canonical_tensors()) - w).abs() <= emb.scales / 2 + 1e-6)
     ids = helpers.token_ids()
     before = helpers.logits(model, ids)
     out = lowbit.save_pretrained(model, tmp_path / "q")
@@ -503,7 +503,7 @@ def test_differing_format_field_warns_once_and_checkpoint_wins(saved_int4):
     msg = str(caught[0].message)
     assert "group_size" in msg and "32" in msg
     assert model.lowbit_quantizer.config.group_size == 32
-    assert all(m.spec.group_size == 32 for m in _quant_linears(model).values())
+    assert all(m.fmt.group_size == 32 for m in _quant_linears(model).values())
     assert torch.equal(helpers.logits(model, ids), helpers.logits(plain, ids))
 
 

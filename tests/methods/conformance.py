@@ -137,12 +137,12 @@ class Conformance:
     def test_layout_and_bits_per_weight(self):
         layer = quantized_linear(self.cfg(), test_weight())
         stored = layer.canonical_tensors()
-        layout = layer.spec.expected_tensors(256, 1024)
+        layout = layer.fmt.expected_tensors(256, 1024)
         assert sorted(stored) == sorted(layout)
         for name, (shape, dtype) in layout.items():
             assert tuple(stored[name].shape) == shape and stored[name].dtype == dtype, name
         assert layer.bits_per_weight() == pytest.approx(self.bits_per_weight, abs=1e-6)
-        assert layer.spec.bits_per_weight(256, 1024) * 256 * 1024 / 8 == pytest.approx(
+        assert layer.fmt.bits_per_weight(256, 1024) * 256 * 1024 / 8 == pytest.approx(
             sum(t.numel() * t.element_size() for t in stored.values()))
 
     def test_reference_kernel_is_dequantize_then_linear(self):
@@ -150,9 +150,9 @@ class Conformance:
         layer = quantized_linear(self.cfg(kernel="reference", compute_dtype="float32"), w, bias=True)
         assert layer.kernel.name == "reference"
         x = torch.randn(3, 5, 256)
-        expected = layer.spec.reference_linear(x, layer.canonical_tensors(), layer.bias)
+        expected = layer.fmt.reference_linear(x, layer.canonical_tensors(), layer.bias)
         assert torch.equal(layer(x), expected)
-        plain = torch.nn.functional.linear(x, layer.spec.dequantize(layer.canonical_tensors()), layer.bias)
+        plain = torch.nn.functional.linear(x, layer.fmt.dequantize(layer.canonical_tensors()), layer.bias)
         rel = ((layer(x) - plain).norm() / plain.norm()).item()
         assert rel <= self.activation_error, rel  # weight-only formats: dequantize + F.linear exactly
 
@@ -172,7 +172,7 @@ class Conformance:
     def test_sqnr_floor(self):
         w = test_weight()
         layer = quantized_linear(self.cfg(), w)
-        got = sqnr_db(w, layer.spec.dequantize(layer.canonical_tensors()))
+        got = sqnr_db(w, layer.fmt.dequantize(layer.canonical_tensors()))
         assert got >= self.sqnr_floor, f"{self.method}: SQNR {got:.2f} dB < floor {self.sqnr_floor}"
 
     def test_all_zero_groups_come_back_exactly_zero(self):
@@ -180,7 +180,7 @@ class Conformance:
         w[:8] = 0  # whole rows
         w[8:, :128] = 0  # the first groups of every other row
         layer = quantized_linear(self.cfg(), w)
-        deq = layer.spec.dequantize(layer.canonical_tensors())
+        deq = layer.fmt.dequantize(layer.canonical_tensors())
         assert torch.isfinite(deq).all()
         assert torch.equal(deq[:8], torch.zeros(8, 256))
         assert torch.equal(deq[8:, :64], torch.zeros(56, 64))

@@ -16,7 +16,7 @@ import lowbit
 from lowbit.calibration import BlockInputs, find_blocks, use_dequantized
 from lowbit.calibration.inputs import capture
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.formats import IntSpec
+from lowbit.formats import IntFormat
 from lowbit.methods.awq import AwqConfig, AwqQuantizer, awq_scale, clip_search, fake_quantize
 from lowbit.rtn import rtn_quantize
 
@@ -83,17 +83,17 @@ def test_clip_search_lowers_the_output_error_and_never_raises_it():
     w = torch.randn(64, 256, generator=gen) * 0.02
     w.view(-1)[torch.randint(0, w.numel(), (60,), generator=gen)] *= 10  # heavy tails: clipping pays off
     x, held_out = torch.randn(512, 256, generator=gen), torch.randn(512, 256, generator=gen)
-    spec = IntSpec(4, 64, False)
-    clipped = clip_search(w, x, spec)
+    fmt = IntFormat(4, 64, False)
+    clipped = clip_search(w, x, fmt)
     assert not torch.equal(clipped, w) and (clipped.abs() <= w.abs()).all()
-    plain_q, clip_q = fake_quantize(w, spec), fake_quantize(clipped, spec)
+    plain_q, clip_q = fake_quantize(w, fmt), fake_quantize(clipped, fmt)
     err = {name: [float((inputs @ (q - w).T).norm()) for q in (plain_q, clip_q)]
            for name, inputs in (("calibration", x), ("held out", held_out))}
     # measured: 7.38 -> 7.21 on the calibration inputs, 7.28 -> 7.24 held out
     assert err["calibration"][1] < 0.99 * err["calibration"][0], err
     assert err["held out"][1] < err["held out"][0], err
     # ratio grid of one step (max_shrink 0): nothing can be clipped
-    assert torch.equal(clip_search(w, x, spec, grid=20, max_shrink=0.0), w)
+    assert torch.equal(clip_search(w, x, fmt, grid=20, max_shrink=0.0), w)
 
 
 def outlier_block(folder):
@@ -126,7 +126,7 @@ def calibrated_quantizer(cfg, model_type, block) -> AwqQuantizer:
     quantizer.model_type = model_type
     for name, module in block.named_modules():
         if isinstance(module, torch.nn.Linear):
-            quantizer.specs[f"model.layers.0.{name}"] = quantizer.weight_spec(name, module)
+            quantizer.formats[f"model.layers.0.{name}"] = quantizer.weight_format(name, module)
     return quantizer
 
 
@@ -139,10 +139,10 @@ def test_awq_beats_rtn_on_a_block_with_outlier_input_channels(llama, bits, bound
                       ("awq+clip", AwqConfig(bits=bits, group_size=32))):
         b = copy.deepcopy(block)
         if cfg is None:
-            spec = IntSpec(bits, 32, False)
+            fmt = IntFormat(bits, 32, False)
             for module in b.modules():
                 if isinstance(module, torch.nn.Linear):
-                    use_dequantized(module, spec, rtn_quantize(module.weight.detach(), spec))
+                    use_dequantized(module, fmt, rtn_quantize(module.weight.detach(), fmt))
         else:
             stored = calibrated_quantizer(cfg, model_type, b).calibrate_block(b, "model.layers.0", inputs)
             assert len(stored) == 7 and all(set(s) == {"qweight", "scales", "zeros"} for s in stored.values())

@@ -20,7 +20,7 @@ from helpers import make_llama
 
 import lowbit
 from lowbit.errors import DependencyError
-from lowbit.formats import Fp8Spec
+from lowbit.formats import Fp8Format
 from lowbit.methods.fp8 import Activations, Fp8Config, Fp8Quantizer, WeightScale
 
 _BAD = [({"weight_scale": "row"}, "weight_scale='row'"), ({"activations": "static"}, "activations='static'"),
@@ -62,8 +62,8 @@ def test_config_fields_and_spec():
                              "quantize_embeddings": False, "quantize_lm_head": False, "strict": False,
                              "weight_scale": "channel", "activations": "none"}
     q = Fp8Quantizer(Fp8Config(weight_scale="block", activations="dynamic"))
-    assert q.weight_spec("x", torch.nn.Linear(300, 130)) == Fp8Spec(block_size=128, activations="dynamic")
-    assert Fp8Quantizer(Fp8Config()).weight_spec("x", torch.nn.Linear(8, 8)) == Fp8Spec()
+    assert q.weight_format("x", torch.nn.Linear(300, 130)) == Fp8Format(block_size=128, activations="dynamic")
+    assert Fp8Quantizer(Fp8Config()).weight_format("x", torch.nn.Linear(8, 8)) == Fp8Format()
 
 
 def test_block_layer_with_edge_tiles_runs():
@@ -84,7 +84,7 @@ def test_w8a8_differs_from_weight_only():
     ta, tb = a.canonical_tensors(), b.canonical_tensors()
     assert torch.equal(ta["scales"], tb["scales"])
     assert torch.equal(ta["qweight"].view(torch.uint8), tb["qweight"].view(torch.uint8))
-    assert '"activations": "dynamic"' in b.spec.key()
+    assert '"activations": "dynamic"' in b.fmt.key()
     assert not torch.equal(a(x), b(x))
 
 

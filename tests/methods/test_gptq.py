@@ -10,7 +10,7 @@ import torch
 
 import lowbit
 from lowbit.errors import CalibrationError, ConfigError, FormatError
-from lowbit.formats import IntSpec, pack_bits, quantize_to_codes
+from lowbit.formats import IntFormat, pack_bits, quantize_to_codes
 from lowbit.kernels import choose
 from lowbit.methods.gptq import GptqConfig, gptq
 from lowbit.rtn import rtn_quantize
@@ -30,67 +30,67 @@ def output_error(x: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> float:
 
 
 W = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
-SPECS = [IntSpec(4, 64, False), IntSpec(4, 32, True), IntSpec(3, 64, False), IntSpec(2, 64, False),
-         IntSpec(8, None, True), IntSpec(4, None, False), IntSpec(4, 256, False)]
+FORMATS = [IntFormat(4, 64, False), IntFormat(4, 32, True), IntFormat(3, 64, False), IntFormat(2, 64, False),
+         IntFormat(8, None, True), IntFormat(4, None, False), IntFormat(4, 256, False)]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
-def test_uncorrelated_inputs_give_exactly_rtn(spec):
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda s: s.describe())
+def test_uncorrelated_inputs_give_exactly_rtn(fmt):
     """With H = I no error can be moved to another column: GPTQ must round exactly as RTN does."""
-    got, want = gptq(W, torch.eye(256), spec, block_size=128), rtn_quantize(W, spec)
+    got, want = gptq(W, torch.eye(256), fmt, block_size=128), rtn_quantize(W, fmt)
     assert set(got) == set(want)
     for name in want:
         assert torch.equal(got[name], want[name]), name
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
-def test_compensation_lowers_the_output_error_on_held_out_inputs(spec):
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda s: s.describe())
+def test_compensation_lowers_the_output_error_on_held_out_inputs(fmt):
     x, held_out = correlated_inputs(), correlated_inputs(seed=1)
     h = x.T @ x / len(x)
-    rtn = output_error(held_out, W, spec.dequantize(rtn_quantize(W, spec)))
-    plain = output_error(held_out, W, spec.dequantize(gptq(W, h, spec)))
-    assert plain < (0.97 if spec.bits > 2 else 1.0) * rtn  # at 2 bits the coarse grid leaves little to move
-    if spec.group_size is not None:
-        ordered = IntSpec(spec.bits, spec.group_size, spec.symmetric, g_idx=True)
+    rtn = output_error(held_out, W, fmt.dequantize(rtn_quantize(W, fmt)))
+    plain = output_error(held_out, W, fmt.dequantize(gptq(W, h, fmt)))
+    assert plain < (0.97 if fmt.bits > 2 else 1.0) * rtn  # at 2 bits the coarse grid leaves little to move
+    if fmt.group_size is not None:
+        ordered = IntFormat(fmt.bits, fmt.group_size, fmt.symmetric, g_idx=True)
         act = output_error(held_out, W, ordered.dequantize(gptq(W, h, ordered, act_order=True)))
-        static = output_error(held_out, W, spec.dequantize(gptq(W, h, spec, act_order=True, static_groups=True)))
+        static = output_error(held_out, W, fmt.dequantize(gptq(W, h, fmt, act_order=True, static_groups=True)))
         assert act < rtn and static < rtn
 
 
 def test_act_order_stores_each_input_group_in_g_idx():
     x = correlated_inputs()
     h = x.T @ x / len(x)
-    spec = IntSpec(4, 64, False, g_idx=True)
-    out = gptq(W, h, spec, act_order=True)
+    fmt = IntFormat(4, 64, False, g_idx=True)
+    out = gptq(W, h, fmt, act_order=True)
     assert out["g_idx"].dtype == torch.int32 and out["g_idx"].shape == (256,)
     perm = torch.argsort(h.diagonal(), descending=True)
     assert torch.equal(out["g_idx"][perm], torch.arange(256, dtype=torch.int32) // 64)  # groups in walk order
     assert torch.bincount(out["g_idx"]).tolist() == [64] * 4
     # the dequantized weight applies each column's own group: equal to a column-by-column computation
-    codes = spec.dequantize({**out, "scales": torch.ones_like(out["scales"]), "zeros": torch.zeros_like(out["zeros"])})
+    codes = fmt.dequantize({**out, "scales": torch.ones_like(out["scales"]), "zeros": torch.zeros_like(out["zeros"])})
     manual = (codes - out["zeros"].float()[:, out["g_idx"].long()]) * out["scales"].float()[:, out["g_idx"].long()]
-    torch.testing.assert_close(spec.dequantize(out), manual)
+    torch.testing.assert_close(fmt.dequantize(out), manual)
 
 
 def test_static_groups_keep_consecutive_groups_for_the_fast_kernels():
     cfg = lowbit.config("gptq", act_order=True, static_groups=True)
     from lowbit.methods.gptq import GptqQuantizer
 
-    spec = GptqQuantizer(cfg, calibrated=True).weight_spec("x", torch.nn.Linear(256, 64))
-    assert spec == IntSpec(4, 128, False) and not spec.g_idx
-    ordered = GptqQuantizer(lowbit.config("gptq", act_order=True), calibrated=True).weight_spec("x", torch.nn.Linear(256, 64))
+    fmt = GptqQuantizer(cfg, calibrated=True).weight_format("x", torch.nn.Linear(256, 64))
+    assert fmt == IntFormat(4, 128, False) and not fmt.g_idx
+    ordered = GptqQuantizer(lowbit.config("gptq", act_order=True), calibrated=True).weight_format("x", torch.nn.Linear(256, 64))
     assert ordered.g_idx
     ok, why = choose(ordered, torch.device("cpu"), (64, 256), torch.bfloat16)
     assert ok.name == "reference" and "g_idx" in why
-    assert choose(spec, torch.device("cpu"), (64, 256), torch.bfloat16)[0].name != "reference"
+    assert choose(fmt, torch.device("cpu"), (64, 256), torch.bfloat16)[0].name != "reference"
 
 
 def test_dead_inputs_get_zero_columns_and_no_nan():
     x = correlated_inputs()
     x[:, :16] = 0
     h = x.T @ x / len(x)
-    out = gptq(W, h, IntSpec(4, 64, False))
-    w = IntSpec(4, 64, False).dequantize(out)
+    out = gptq(W, h, IntFormat(4, 64, False))
+    w = IntFormat(4, 64, False).dequantize(out)
     assert torch.isfinite(w).all()
     assert float(w[:, :16].abs().max()) <= float(out["scales"].float().max()) / 2 + 1e-6  # the zero code's neighbourhood
 
@@ -98,15 +98,15 @@ def test_dead_inputs_get_zero_columns_and_no_nan():
 def test_a_hessian_that_is_not_positive_definite_is_a_clear_error():
     with pytest.raises(CalibrationError, match=r"layer.x: the Hessian of its inputs is not positive definite even with "
                                                r"damp=0.01 \(fp64\); raise damp"):
-        gptq(W, -torch.eye(256), IntSpec(4, 64, False), name="layer.x")
+        gptq(W, -torch.eye(256), IntFormat(4, 64, False), name="layer.x")
 
 
 def test_a_corrupt_g_idx_is_a_format_error():
-    spec = IntSpec(4, 64, False, g_idx=True)
-    out = gptq(W, torch.eye(256), spec, act_order=True)
+    fmt = IntFormat(4, 64, False, g_idx=True)
+    out = gptq(W, torch.eye(256), fmt, act_order=True)
     out["g_idx"][3] = 9
     with pytest.raises(FormatError, match=r"g_idx holds groups 0..9; expected 0..3; the checkpoint is corrupt"):
-        spec.dequantize(out)
+        fmt.dequantize(out)
 
 
 def test_config_round_trip_and_errors():
@@ -121,8 +121,8 @@ def test_config_round_trip_and_errors():
             lowbit.config("gptq", **fields)
 
 
-@pytest.mark.parametrize("spec", [IntSpec(4, 64, False), IntSpec(3, 64, True)], ids=lambda s: s.describe())
-def test_mse_grid_never_rounds_worse_than_min_max_and_shrinks_around_outliers(spec):
+@pytest.mark.parametrize("fmt", [IntFormat(4, 64, False), IntFormat(3, 64, True)], ids=lambda s: s.describe())
+def test_mse_grid_never_rounds_worse_than_min_max_and_shrinks_around_outliers(fmt):
     from lowbit.methods.gptq import grid_params
 
     w = torch.randn(32, 64, generator=torch.Generator().manual_seed(2))
@@ -130,12 +130,12 @@ def test_mse_grid_never_rounds_worse_than_min_max_and_shrinks_around_outliers(sp
 
     def error(params):
         s, z = params
-        stored = {"qweight": pack_bits(quantize_to_codes(w, spec, s, z), spec.bits), "scales": s}
+        stored = {"qweight": pack_bits(quantize_to_codes(w, fmt, s, z), fmt.bits), "scales": s}
         if z is not None:
             stored["zeros"] = z
-        return (spec.dequantize(stored) - w).abs().pow(2.4).sum(1)
+        return (fmt.dequantize(stored) - w).abs().pow(2.4).sum(1)
 
-    plain, searched = error(grid_params(w, spec)), error(grid_params(w, spec, mse=True))
+    plain, searched = error(grid_params(w, fmt)), error(grid_params(w, fmt, mse=True))
     assert (searched <= plain + 1e-4).all()
     assert searched.sum() < 0.95 * plain.sum()
 

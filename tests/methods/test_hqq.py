@@ -14,7 +14,7 @@ import torch
 from conformance import Conformance, quantized_linear, sqnr_db, test_weight
 
 import lowbit
-from lowbit.formats import IntSpec
+from lowbit.formats import IntFormat
 from lowbit.methods.hqq import HqqConfig, hqq_quantize
 
 
@@ -60,7 +60,7 @@ def test_never_worse_than_rtn(bits, group):
     w = test_weight()
     hqq = quantized_linear(lowbit.config("hqq", bits=bits, group_size=group), w)
     rtn = quantized_linear(lowbit.config("rtn", bits=bits, group_size=group), w)
-    err = {name: (layer.spec.dequantize(layer.canonical_tensors()) - w) for name, layer in (("hqq", hqq), ("rtn", rtn))}
+    err = {name: (layer.fmt.dequantize(layer.canonical_tensors()) - w) for name, layer in (("hqq", hqq), ("rtn", rtn))}
     # HQQ minimizes an l_p (p < 1) error; it must win on that and on the squared error alike
     assert err["hqq"].abs().pow(0.7).mean() < err["rtn"].abs().pow(0.7).mean()
     assert sqnr_db(w, w + err["hqq"]) > sqnr_db(w, w + err["rtn"])
@@ -68,20 +68,20 @@ def test_never_worse_than_rtn(bits, group):
 
 def test_zero_iterations_is_the_min_max_grid():
     w = torch.tensor([[-1.0, -0.5, 0.25, 2.0] * 8])  # one group of 32: min -1, max 2
-    spec = IntSpec(4, 32, symmetric=False, float_zero=True)
-    out, rounds = hqq_quantize(w, spec, HqqConfig(bits=4, group_size=32, iters=0))
+    fmt = IntFormat(4, 32, symmetric=False, float_zero=True)
+    out, rounds = hqq_quantize(w, fmt, HqqConfig(bits=4, group_size=32, iters=0))
     assert rounds == 0
     scale = 3.0 / 15
     assert out["scales"].item() == pytest.approx(scale, rel=1e-3)
     assert out["zeros"].item() == 5.0  # round(1 / scale): the starting zero-point is an integer
-    assert torch.equal(spec.dequantize(out)[0, :4], torch.tensor([-1.0, -0.5, 0.25, 2.0]).div(scale).add(5).round()
+    assert torch.equal(fmt.dequantize(out)[0, :4], torch.tensor([-1.0, -0.5, 0.25, 2.0]).div(scale).add(5).round()
                        .sub(5).mul(torch.tensor(scale, dtype=torch.float16).float()))
 
 
 def test_optimization_stops_when_the_error_grows():
     w = test_weight(64, 256)
-    spec = IntSpec(4, 64, symmetric=False, float_zero=True)
-    _, rounds = hqq_quantize(w, spec, HqqConfig(iters=1000))
+    fmt = IntFormat(4, 64, symmetric=False, float_zero=True)
+    _, rounds = hqq_quantize(w, fmt, HqqConfig(iters=1000))
     assert 0 < rounds < 1000
 
 
@@ -90,7 +90,7 @@ def test_constant_groups_come_back_exactly():
     w[0, :32] = 5.0  # 5 / the capped inverse scale would overflow an fp16 zero-point without the special case
     w[1, 32:] = -0.125
     layer = quantized_linear(lowbit.config("hqq", bits=4, group_size=32), w)
-    deq = layer.spec.dequantize(layer.canonical_tensors())
+    deq = layer.fmt.dequantize(layer.canonical_tensors())
     assert torch.equal(deq[0, :32], w[0, :32]) and torch.equal(deq[1, 32:], w[1, 32:])
 
 

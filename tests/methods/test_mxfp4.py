@@ -2,7 +2,7 @@
 
 SQNR on conformance.test_weight, measured: 18.08 dB; the floor sits 0.5 dB below. Bits per weight: 4 + 8 / 32 = 4.25.
 Real model, SmolLM2-135M, first 2048 tokens of wiki.eval.txt, CPU, measured: fp32 20.762, mxfp4 35.562 (x1.713),
-well behind nf4 (x1.319): the spec's power-of-two scale 2**(floor(log2(amax)) - 2) puts amax / X in [4, 8), so a
+well behind nf4 (x1.319): the fmt's power-of-two scale 2**(floor(log2(amax)) - 2) puts amax / X in [4, 8), so a
 block's largest values saturate at 6X whenever that ratio is above 6. The bound sits about 10% above.
 """
 

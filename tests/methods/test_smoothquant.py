@@ -16,12 +16,12 @@ from lowbit.calibration import BlockInputs, find_blocks, use_dequantized
 from lowbit.calibration.balance import balance_groups, fold
 from lowbit.calibration.inputs import capture
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.formats import W8A8Spec, format_from_key
+from lowbit.formats import W8A8Format, format_from_key
 from lowbit.formats.w8a8 import fake_quantize_rows, int8_matmul, quantize_rows, w8a8_quantize
 from lowbit.methods.smoothquant import SmoothQuantConfig, SmoothQuantQuantizer, smooth_scale
 
 TEXT, FAST = CALIB_TEXT, FAST_CALIB
-SPEC = W8A8Spec()
+SPEC = W8A8Format()
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_smoothing_lowers_the_w8a8_error_of_a_block_with_outlier_channels(llama)
     smooth = copy.deepcopy(block)
     quantizer = SmoothQuantQuantizer(SmoothQuantConfig(), calibrated=True)
     quantizer.model_type = "llama"
-    quantizer.specs = {f"model.layers.0.{n}": SPEC for n, m in smooth.named_modules() if isinstance(m, torch.nn.Linear)}
+    quantizer.formats = {f"model.layers.0.{n}": SPEC for n, m in smooth.named_modules() if isinstance(m, torch.nn.Linear)}
     stored = quantizer.calibrate_block(smooth, "model.layers.0", inputs)
     assert len(stored) == 7 and all(s["qweight"].dtype == torch.int8 for s in stored.values())
     errors = [sum(float((o - r).norm()) for o, r in zip(inputs.run(b), ref, strict=True)) for b in (plain, smooth)]
@@ -178,7 +178,7 @@ def test_end_to_end_loads_and_stays_close_to_fp32(tmp_path, build, bound):
     assert quantizer.summary().startswith("smoothquant: 2 blocks in ")
     model = lowbit.from_pretrained(out)
     layer = model.model.layers[0].self_attn.q_proj
-    assert layer.spec == SPEC and layer.kernel.name == "reference"
+    assert layer.fmt == SPEC and layer.kernel.name == "reference"
     assert {x.format for x in lowbit.inspect(out).layers} == {SPEC.describe()}
     ids = torch.tensor([[ord(c) for c in TEXT[-60:]]])
     ref = logits(lowbit.from_pretrained(folder), ids)

@@ -91,7 +91,7 @@ def test_quantize_on_load_converts_every_decoder_linear(quantized):
     assert len(linears) == 18 * 7
     assert type(model.lm_head) is torch.nn.Linear and type(model.model.embed_tokens) is not QuantEmbedding
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
-    bits = {m.spec.bits for m in linears.values()}
+    bits = {m.fmt.bits for m in linears.values()}
     assert bits == {8 if name == "int8" else 4}
 
 

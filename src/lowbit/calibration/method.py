@@ -24,7 +24,7 @@ class CalibratedQuantizer(Quantizer):
     requires_calibration: ClassVar[bool] = True
 
     def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
-        """Quantize the block's Linears that ``self.specs`` names (``prefix`` + "." + name within the block).
+        """Quantize the block's Linears that ``self.formats`` names (``prefix`` + "." + name within the block).
 
         Returns their stored tensors, and leaves ``block`` computing what the quantized model will compute:
         every quantized Linear's weight replaced by its dequantized value (see :func:`use_dequantized`), and
@@ -33,19 +33,19 @@ class CalibratedQuantizer(Quantizer):
         raise NotImplementedError
 
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return rtn_quantize(weight, self.specs[name])
+        return rtn_quantize(weight, self.formats[name])
 
     def block_linears(self, block: nn.Module, prefix: str) -> dict[str, nn.Linear]:
         """The block's Linears that are quantized, by their names in the model."""
         out = {}
         for name, module in block.named_modules():
             full = f"{prefix}.{name}" if name else prefix
-            if isinstance(module, nn.Linear) and full in self.specs and full not in self.tables:
+            if isinstance(module, nn.Linear) and full in self.formats and full not in self.tables:
                 out[full] = module
         return out
 
 
-def use_dequantized(linear: nn.Linear, spec: WeightFormat, stored: dict[str, torch.Tensor]) -> None:
+def use_dequantized(linear: nn.Linear, fmt: WeightFormat, stored: dict[str, torch.Tensor]) -> None:
     """Make ``linear`` compute with the quantized weight (its dequantized value, in the layer's dtype)."""
-    w = spec.dequantize({k: v.to(linear.weight.device) for k, v in stored.items()}, torch.float32)
+    w = fmt.dequantize({k: v.to(linear.weight.device) for k, v in stored.items()}, torch.float32)
     linear.weight.data.copy_(w.to(linear.weight.dtype))

@@ -197,9 +197,9 @@ def measure_layers(reference: nn.Module, quantized: nn.Module, inputs: dict[str,
             ref, q = ref_modules[name], q_modules[name]
             y = ref(x.to(ref.weight.dtype)).double()
             err = float((q(x).double() - y).norm() / y.norm()) if y.norm() > 0 else math.nan
-            wq = q.spec.dequantize(q.canonical_tensors(), torch.float32)
+            wq = q.fmt.dequantize(q.canonical_tensors(), torch.float32)
             n, k = q.weight_shape
-            out.append(LayerQuality(name, q.spec.describe(), (n, k), n * k, q.bits_per_weight(),
+            out.append(LayerQuality(name, q.fmt.describe(), (n, k), n * k, q.bits_per_weight(),
                                     _sqnr_db(ref.weight, wq), err))
     return out
 

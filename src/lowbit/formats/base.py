@@ -1,6 +1,6 @@
 """The interface every storage format implements, and the table of formats by kind.
 
-A format is a frozen dataclass (``IntSpec``, ``CodebookSpec``, ``MxSpec``, ``Fp8Spec``, ...) that says
+A format is a frozen dataclass (``IntFormat``, ``CodebookFormat``, ``MxFormat``, ``Fp8Format``, ...) that says
 exactly which tensors a quantized [N, K] weight stores, how they unpack, and how many bits they cost.
 Subclasses register themselves with ``kind=...``; :func:`format_from_key` rebuilds one from its
 :meth:`WeightFormat.key`, which is how the one reference op learns which format it is running.

@@ -38,7 +38,7 @@ _TINY = 1e-38  # absmax floor before taking a reciprocal (bitsandbytes' clamp): 
 
 
 @dataclasses.dataclass(frozen=True)
-class CodebookSpec(WeightFormat, kind="codebook"):
+class CodebookFormat(WeightFormat, kind="codebook"):
     """What one code-book-quantized weight stores: the code book, the block size, double quantization."""
 
     code: str  # "nf4" or "fp4"
@@ -47,9 +47,9 @@ class CodebookSpec(WeightFormat, kind="codebook"):
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
-            raise FormatError(f"CodebookSpec.code={self.code!r}; expected one of {sorted(CODES)}")
+            raise FormatError(f"CodebookFormat.code={self.code!r}; expected one of {sorted(CODES)}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
-            raise FormatError(f"CodebookSpec.block_size={self.block_size}; expected a power of two")
+            raise FormatError(f"CodebookFormat.block_size={self.block_size}; expected a power of two")
 
     def describe(self) -> str:
         stats = "absmax 8-bit double-quant" if self.double_quant else "absmax fp32"
@@ -188,27 +188,27 @@ def dequantize_absmax(codes: torch.Tensor, scales: torch.Tensor, offset: torch.T
 CHUNK_ELEMENTS = 1 << 21  # rows are quantized in blocks of about this many weights (as lowbit.rtn)
 
 
-def codebook_quantize(w: torch.Tensor, spec: CodebookSpec) -> dict[str, torch.Tensor]:
-    """``w`` [N, K] → the stored tensors of ``spec``, a block of rows at a time (small fp32 temporaries)."""
+def codebook_quantize(w: torch.Tensor, fmt: CodebookFormat) -> dict[str, torch.Tensor]:
+    """``w`` [N, K] → the stored tensors of ``fmt``, a block of rows at a time (small fp32 temporaries)."""
     k = w.shape[1]
-    spec.check(k)
-    levels = LEVELS[spec.code]
+    fmt.check(k)
+    levels = LEVELS[fmt.code]
     rows = max(1, CHUNK_ELEMENTS // k)
     packed, absmaxes = [], []
     for block in w.split(rows):
-        x = block.float().reshape(block.shape[0], k // spec.block_size, spec.block_size)
+        x = block.float().reshape(block.shape[0], k // fmt.block_size, fmt.block_size)
         absmax = x.abs().amax(dim=-1)
         # bitsandbytes multiplies by the fp32 reciprocal; fp4 maps absmax onto the grid's 6
         x = x * (levels / absmax.clamp(min=_TINY * levels))[..., None]
-        if spec.code == "nf4":
+        if fmt.code == "nf4":
             codes = nf4_codes(x.clamp_(-1, 1))
         else:
             codes = e2m1_codes(x)
-        packed.append(pack_nibbles(codes.view(block.shape[0], k), HIGH_FIRST[spec.code]))
+        packed.append(pack_nibbles(codes.view(block.shape[0], k), HIGH_FIRST[fmt.code]))
         absmaxes.append(absmax)
     absmax = torch.cat(absmaxes)
     out = {"qweight": torch.cat(packed)}
-    if not spec.double_quant:
+    if not fmt.double_quant:
         out["absmax"] = absmax
         return out
     out["absmax"], out["absmax_scale"], out["absmax_offset"] = quantize_absmax(absmax)

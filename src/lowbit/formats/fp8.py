@@ -29,7 +29,7 @@ BLOCK_SIZES = (128,)
 
 
 @dataclasses.dataclass(frozen=True)
-class Fp8Spec(WeightFormat, kind="fp8"):
+class Fp8Format(WeightFormat, kind="fp8"):
     """What one fp8 weight stores: its scale granularity, and whether activations are quantized at run time."""
 
     block_size: int | None = None  # None: one scale per output channel; else square tiles of this size
@@ -37,9 +37,9 @@ class Fp8Spec(WeightFormat, kind="fp8"):
 
     def __post_init__(self) -> None:
         if self.block_size is not None and self.block_size not in BLOCK_SIZES:
-            raise ValueError(f"Fp8Spec.block_size={self.block_size}; expected one of {BLOCK_SIZES} or None")
+            raise ValueError(f"Fp8Format.block_size={self.block_size}; expected one of {BLOCK_SIZES} or None")
         if self.activations not in ACTIVATIONS:
-            raise ValueError(f"Fp8Spec.activations={self.activations!r}; expected one of {ACTIVATIONS}")
+            raise ValueError(f"Fp8Format.activations={self.activations!r}; expected one of {ACTIVATIONS}")
 
     def describe(self) -> str:
         scale = "per-channel" if self.block_size is None else f"block {self.block_size}x{self.block_size}"

@@ -31,7 +31,7 @@ BITS = (2, 3, 4, 8)
 
 
 @dataclasses.dataclass(frozen=True)
-class IntSpec(WeightFormat, kind="int"):
+class IntFormat(WeightFormat, kind="int"):
     """What one integer-quantized weight stores: bit width, grouping, zero-point kind."""
 
     bits: int
@@ -42,11 +42,11 @@ class IntSpec(WeightFormat, kind="int"):
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
-            raise ValueError(f"IntSpec.bits={self.bits}; expected one of {BITS}")
+            raise ValueError(f"IntFormat.bits={self.bits}; expected one of {BITS}")
         if self.symmetric and self.float_zero:
-            raise ValueError("IntSpec: a symmetric grid has no zero-point, float_zero must be False")
+            raise ValueError("IntFormat: a symmetric grid has no zero-point, float_zero must be False")
         if self.g_idx and self.group_size is None:
-            raise ValueError("IntSpec: g_idx needs groups; per-channel scales have none")
+            raise ValueError("IntFormat: g_idx needs groups; per-channel scales have none")
 
     @property
     def qtype(self) -> QType:
@@ -155,17 +155,17 @@ def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
     return t.reshape(t.shape[0], groups, -1)
 
 
-def quantize_to_codes(w: torch.Tensor, spec: IntSpec, scales: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
+def quantize_to_codes(w: torch.Tensor, fmt: IntFormat, scales: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
     """Round ``w`` [N, K] to the grid given by ``scales`` (and ``zeros``): uint8 codes, or int8 when symmetric.
 
     Integer zero-points: ``round(w / s) + z``; float zero-points (HQQ): ``round(w / s + z)``.
     """
     groups = scales.shape[-1]
     q = _grouped(w.float(), groups) / scales.float()[..., None]
-    if spec.symmetric:
-        top = spec.qtype.midpoint - 1
+    if fmt.symmetric:
+        top = fmt.qtype.midpoint - 1
         return q.round_().clamp_(-top, top).to(torch.int8).reshape(w.shape)
     z = zeros.float()[..., None]
-    q = q.add_(z).round_() if spec.float_zero else q.round_().add_(z)
-    q = q.clamp_(0, spec.qtype.qmax)
+    q = q.add_(z).round_() if fmt.float_zero else q.round_().add_(z)
+    q = q.clamp_(0, fmt.qtype.qmax)
     return q.to(torch.uint8).reshape(w.shape)

@@ -27,17 +27,17 @@ E2M1_EMAX = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class MxSpec(WeightFormat, kind="mx"):
-    """An MX weight: the element type (only E2M1 so far) and the block size (32 by the OCP spec)."""
+class MxFormat(WeightFormat, kind="mx"):
+    """An MX weight: the element type (only E2M1 so far) and the block size (32 by the OCP fmt)."""
 
     element: str = "fp4_e2m1"
     block_size: int = MX_BLOCK
 
     def __post_init__(self) -> None:
         if self.element != "fp4_e2m1":
-            raise FormatError(f"MxSpec.element={self.element!r}; expected 'fp4_e2m1'")
+            raise FormatError(f"MxFormat.element={self.element!r}; expected 'fp4_e2m1'")
         if self.block_size != MX_BLOCK:
-            raise FormatError(f"MxSpec.block_size={self.block_size}; the OCP MX spec fixes it at {MX_BLOCK}")
+            raise FormatError(f"MxFormat.block_size={self.block_size}; the OCP MX format fixes it at {MX_BLOCK}")
 
     def describe(self) -> str:
         return f"mxfp4 b{self.block_size} e8m0"
@@ -76,14 +76,14 @@ def shared_exponent(amax: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, biased, torch.zeros_like(biased)).to(torch.uint8)
 
 
-def mx_quantize(w: torch.Tensor, spec: MxSpec) -> dict[str, torch.Tensor]:
-    """``w`` [N, K] → {"qweight", "scales"} of ``spec``, a block of rows at a time."""
+def mx_quantize(w: torch.Tensor, fmt: MxFormat) -> dict[str, torch.Tensor]:
+    """``w`` [N, K] → {"qweight", "scales"} of ``fmt``, a block of rows at a time."""
     k = w.shape[1]
-    spec.check(k)
+    fmt.check(k)
     rows = max(1, CHUNK_ELEMENTS // k)
     packed, scales = [], []
     for block in w.split(rows):
-        x = block.float().reshape(block.shape[0], k // spec.block_size, spec.block_size)
+        x = block.float().reshape(block.shape[0], k // fmt.block_size, fmt.block_size)
         biased = shared_exponent(x.abs().amax(dim=-1))
         codes = e2m1_codes(x / e8m0_to_float(biased)[..., None])  # dividing by a power of two is exact
         packed.append(pack_nibbles(codes.view(block.shape[0], k), high_first=False))

@@ -1,6 +1,6 @@
 """W8A8 int8: int8 weights with per-output-channel scales, and int8 activations quantized per token at run time.
 
-Stored tensors for a weight of shape [N, K] (N outputs, K inputs), the same as ``IntSpec(8, None, symmetric=True)``:
+Stored tensors for a weight of shape [N, K] (N outputs, K inputs), the same as ``IntFormat(8, None, symmetric=True)``:
 
 - ``qweight`` [N, K] int8: ``c = clamp(round(w / s), -127, 127)`` (round half to even), two's complement.
 - ``scales`` [N, 1] float32: ``s = amax(|w_row|) / 127``; an all-zero row has ``s = 1`` and zero codes.
@@ -28,7 +28,7 @@ EXACT_RUN = 1024  # 1024 * 127 * 127 < 2**24: a float32 dot product of int8 code
 
 
 @dataclasses.dataclass(frozen=True)
-class W8A8Spec(WeightFormat, kind="w8a8"):
+class W8A8Format(WeightFormat, kind="w8a8"):
     """int8 weights (symmetric, per output channel) with dynamic per-token int8 activations (SmoothQuant)."""
 
     def describe(self) -> str:

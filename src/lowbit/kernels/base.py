@@ -22,22 +22,22 @@ class Kernel:
     rebuilds_canonical: bool = False  # canonical_from_prepared works: the layer keeps one copy
     row_block: int = 1  # the kernel layout keeps rows together in blocks this tall: row slices must align to them
 
-    def handles(self, spec: WeightFormat) -> bool:
+    def handles(self, fmt: WeightFormat) -> bool:
         """Whether this kernel is about this kind of weight at all (others are not listed as declined)."""
         return True
 
-    def can_implement(self, spec: WeightFormat, device: torch.device, shape: tuple[int, int],
+    def can_implement(self, fmt: WeightFormat, device: torch.device, shape: tuple[int, int],
                       compute_dtype: torch.dtype) -> tuple[bool, str]:
         raise NotImplementedError
 
-    def prepare(self, tensors: dict[str, torch.Tensor], spec: WeightFormat, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def prepare(self, tensors: dict[str, torch.Tensor], fmt: WeightFormat, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return {}
 
-    def dropped_names(self, spec: WeightFormat) -> tuple[str, ...]:
+    def dropped_names(self, fmt: WeightFormat) -> tuple[str, ...]:
         """The canonical tensors a layer drops after ``prepare``: ``canonical_from_prepared`` rebuilds them."""
         return ("qweight",) if self.rebuilds_canonical else ()
 
-    def canonical_from_prepared(self, prepared: dict[str, torch.Tensor], spec: WeightFormat,
+    def canonical_from_prepared(self, prepared: dict[str, torch.Tensor], fmt: WeightFormat,
                                 shape: tuple[int, int]) -> dict[str, torch.Tensor] | None:
         """The stored tensors that ``prepare`` consumed, rebuilt from the kernel layout.
 
@@ -47,7 +47,7 @@ class Kernel:
         return None
 
     def run(self, x: torch.Tensor, tensors: dict[str, torch.Tensor], prepared: dict[str, torch.Tensor],
-            spec: WeightFormat, bias: torch.Tensor | None) -> torch.Tensor:
+            fmt: WeightFormat, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from lowbit.formats import IntSpec, pack_bits, unpack_bits
+from lowbit.formats import IntFormat, pack_bits, unpack_bits
 from lowbit.kernels.base import Kernel, fake_linear, flat
 from lowbit.qtypes import zero_to_float_offset
 
@@ -127,23 +127,23 @@ class CpuInt8Kernel(Kernel):
     name = "cpu_int8"
     priority = 10
 
-    def handles(self, spec):
-        return isinstance(spec, IntSpec) and spec.bits == 8
+    def handles(self, fmt):
+        return isinstance(fmt, IntFormat) and fmt.bits == 8
 
-    def can_implement(self, spec, device, shape, compute_dtype):
+    def can_implement(self, fmt, device, shape, compute_dtype):
         why = _cpu_checks(device, compute_dtype)
         if why:
             return False, why
-        if spec.bits != 8 or spec.group_size is not None or not spec.symmetric:
-            return False, f"needs int8 symmetric per-channel, got {spec.describe()}"
+        if fmt.bits != 8 or fmt.group_size is not None or not fmt.symmetric:
+            return False, f"needs int8 symmetric per-channel, got {fmt.describe()}"
         return True, (f"aten._weight_int8pack_mm (int8 per-channel); convert + dense matmul from "
                       f"M={INT8_DENSE_MIN_M}")
 
-    def prepare(self, tensors, spec, compute_dtype):
+    def prepare(self, tensors, fmt, compute_dtype):
         # The canonical int8 codes are this kernel's layout already: only the scales change dtype.
         return {"scales": tensors["scales"].reshape(-1).to(compute_dtype)}
 
-    def run(self, x, tensors, prepared, spec, bias):
+    def run(self, x, tensors, prepared, fmt, bias):
         return torch.ops.lowbit.int8_linear_cpu(x, tensors["qweight"], prepared["scales"], bias)
 
 
@@ -152,36 +152,36 @@ class CpuInt4Kernel(Kernel):
     priority = 10
     rebuilds_canonical = True
 
-    def handles(self, spec):
-        return isinstance(spec, IntSpec) and spec.bits == 4
+    def handles(self, fmt):
+        return isinstance(fmt, IntFormat) and fmt.bits == 4
 
-    def can_implement(self, spec, device, shape, compute_dtype):
+    def can_implement(self, fmt, device, shape, compute_dtype):
         why = _cpu_checks(device, compute_dtype)
         if why:
             return False, why
         n, k = shape
-        if spec.bits != 4 or spec.group_size not in INT4_GROUPS:
-            return False, f"needs int4 with group size in {INT4_GROUPS}, got {spec.describe()}"
-        if spec.g_idx:
+        if fmt.bits != 4 or fmt.group_size not in INT4_GROUPS:
+            return False, f"needs int4 with group size in {INT4_GROUPS}, got {fmt.describe()}"
+        if fmt.g_idx:
             return False, "needs groups of consecutive inputs, not a g_idx (GPTQ with static_groups=True gives them)"
         if n % 16:
             return False, f"N={n} is not a multiple of 16"
-        return True, f"aten._weight_int4pack_mm_for_cpu (int4 g{spec.group_size}, zero as float offset)"
+        return True, f"aten._weight_int4pack_mm_for_cpu (int4 g{fmt.group_size}, zero as float offset)"
 
-    def prepare(self, tensors, spec, compute_dtype):
+    def prepare(self, tensors, fmt, compute_dtype):
         # tinygemm codes are unsigned with zero 8: a symmetric code c is c + 8 (flip the sign bit).
-        packed = _pack_for_cpu(tensors["qweight"], spec.symmetric)
+        packed = _pack_for_cpu(tensors["qweight"], fmt.symmetric)
         scales = tensors["scales"].float()
         zeros = tensors.get("zeros")
-        offsets = torch.zeros_like(scales) if zeros is None else zero_to_float_offset(zeros, scales, spec.qtype.midpoint)
+        offsets = torch.zeros_like(scales) if zeros is None else zero_to_float_offset(zeros, scales, fmt.qtype.midpoint)
         sz = torch.stack([scales.t(), offsets.t()], dim=-1).to(compute_dtype).contiguous()
         return {"packed": packed, "scales_and_zeros": sz}
 
-    def canonical_from_prepared(self, prepared, spec, shape):
+    def canonical_from_prepared(self, prepared, fmt, shape):
         codes = unpack_int4pack_cpu(prepared["packed"], shape[1])
-        if spec.symmetric:
+        if fmt.symmetric:
             codes ^= 8
         return {"qweight": pack_bits(codes, 4)}
 
-    def run(self, x, tensors, prepared, spec, bias):
-        return torch.ops.lowbit.int4_linear_cpu(x, prepared["packed"], prepared["scales_and_zeros"], spec.group_size, bias)
+    def run(self, x, tensors, prepared, fmt, bias):
+        return torch.ops.lowbit.int4_linear_cpu(x, prepared["packed"], prepared["scales_and_zeros"], fmt.group_size, bias)

@@ -15,29 +15,29 @@ from lowbit.kernels.base import Kernel, fake_linear
 
 
 @torch.library.custom_op("lowbit::linear_ref", mutates_args=())
-def linear_ref(x: torch.Tensor, tensors: list[torch.Tensor], fmt: str, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ W.T + bias`` where W is what ``tensors`` store in the format ``fmt`` (a WeightFormat key)."""
-    spec = format_from_key(fmt)
-    return spec.reference_linear(x, dict(zip(spec.tensor_names(), tensors)), bias)
+def linear_ref(x: torch.Tensor, tensors: list[torch.Tensor], key: str, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + bias`` where W is what ``tensors`` store in the format ``key`` (a WeightFormat key)."""
+    fmt = format_from_key(key)
+    return fmt.reference_linear(x, dict(zip(fmt.tensor_names(), tensors)), bias)
 
 
 @linear_ref.register_fake
-def _(x, tensors, fmt, bias):
+def _(x, tensors, key, bias):
     return fake_linear(x, tensors[0].shape[0])
 
 
 @functools.lru_cache(maxsize=256)
-def _names_and_key(spec: WeightFormat) -> tuple[list[str], str]:
-    return spec.tensor_names(), spec.key()
+def _names_and_key(fmt: WeightFormat) -> tuple[list[str], str]:
+    return fmt.tensor_names(), fmt.key()
 
 
 class ReferenceKernel(Kernel):
     name = "reference"
     priority = 0
 
-    def can_implement(self, spec, device, shape, compute_dtype):
+    def can_implement(self, fmt, device, shape, compute_dtype):
         return True, "pure-torch dequantize + F.linear (works everywhere)"
 
-    def run(self, x, tensors, prepared, spec, bias):
-        names, key = _names_and_key(spec)
+    def run(self, x, tensors, prepared, fmt, bias):
+        names, key = _names_and_key(fmt)
         return torch.ops.lowbit.linear_ref(x, [tensors[n] for n in names], key, bias)

@@ -36,23 +36,23 @@ def get_kernel(name: str) -> Kernel:
         raise KernelError(f"unknown kernel {name!r}; expected one of {kernel_names()}") from None
 
 
-def choose(spec, device: torch.device, shape: tuple[int, int], compute_dtype: torch.dtype,
+def choose(fmt, device: torch.device, shape: tuple[int, int], compute_dtype: torch.dtype,
            forced: str | None = None) -> tuple[Kernel, str]:
     """(kernel, reason). ``forced`` (or $LOWBIT_KERNEL) names one; it must be able to run the layer."""
     forced = forced or os.environ.get(KERNEL_ENV) or None
     if forced:
         kernel = get_kernel(forced)
-        ok, why = kernel.can_implement(spec, device, shape, compute_dtype)
+        ok, why = kernel.can_implement(fmt, device, shape, compute_dtype)
         if not ok:
-            raise KernelError(f"forced kernel {forced!r} cannot run {spec.describe()} {list(shape)} on {device}: {why}; "
+            raise KernelError(f"forced kernel {forced!r} cannot run {fmt.describe()} {list(shape)} on {device}: {why}; "
                               f"unset {KERNEL_ENV} or choose another of {kernel_names()}")
         return kernel, f"forced: {why}"
     declined = []
     for kernel in sorted(_KERNELS.values(), key=lambda k: -k.priority):
-        if not kernel.handles(spec):
+        if not kernel.handles(fmt):
             continue
-        ok, why = kernel.can_implement(spec, device, shape, compute_dtype)
+        ok, why = kernel.can_implement(fmt, device, shape, compute_dtype)
         if ok:
             return kernel, why if not declined else f"{why} ({'; '.join(declined)})"
         declined.append(f"{kernel.name}: {why}")
-    raise KernelError(f"no kernel can run {spec.describe()} on {device}")  # reference always can
+    raise KernelError(f"no kernel can run {fmt.describe()} on {device}")  # reference always can

@@ -205,7 +205,7 @@ def _quantized(item: _Item, tensor: torch.Tensor, quantizer: Quantizer) -> Itera
     del tensor
     if set(parts) != set(layer.tensor_names()):
         raise FormatError(f"{item.name}: method {quantizer.config.method!r} made tensors {sorted(parts)}; expected "
-                          f"{layer.tensor_names()} of {layer.spec.describe()}; this is a bug in the method")
+                          f"{layer.tensor_names()} of {layer.fmt.describe()}; this is a bug in the method")
     for attr in layer.tensor_names():  # layout order, as saving a loaded model writes them
         yield f"{item.name}.{attr}", parts.pop(attr).contiguous()
 

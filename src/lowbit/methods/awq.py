@@ -17,7 +17,7 @@ Then, with ``clip``, each Linear's weight groups are clipped to ``r · max|w|`` 
 ``1 - clip_max_shrink``) that minimizes each group's share of the output error on ``clip_tokens`` input rows
 (Linears matching ``clip_skip``, the attention's query and key, are not clipped: their errors meet in the
 attention scores). Finally every Linear is rounded to nearest, including those no group covers, and stored as
-``IntSpec`` (integer zero-points, the AutoAWQ / GPTQ layout), so AWQ models run on the same kernels as rtn.
+``IntFormat`` (integer zero-points, the AutoAWQ / GPTQ layout), so AWQ models run on the same kernels as rtn.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from lowbit.calibration.inputs import BlockInputs
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import QuantConfig, check_choice
 from lowbit.errors import ConfigError
-from lowbit.formats import IntSpec
+from lowbit.formats import IntFormat
 from lowbit.formats.intgroup import BITS
 from lowbit.registry import register_method
 from lowbit.rtn import rtn_quantize
@@ -92,9 +92,9 @@ class AwqQuantizer(CalibratedQuantizer):
         self.timings: dict[str, float] = {}  # block → seconds
         self.alphas: dict[str, tuple[float, float]] = {}  # group (prev module) → (α, output MSE relative to α = 0)
 
-    def weight_spec(self, name: str, module: nn.Linear) -> IntSpec:
+    def weight_format(self, name: str, module: nn.Linear) -> IntFormat:
         group = self.group_size_for(name, module.in_features, self.config.group_size)
-        return IntSpec(bits=self.config.bits, group_size=group, symmetric=self.config.symmetric)
+        return IntFormat(bits=self.config.bits, group_size=group, symmetric=self.config.symmetric)
 
     def preprocess_model(self, model: nn.Module) -> None:
         super().preprocess_model(model)
@@ -109,12 +109,12 @@ class AwqQuantizer(CalibratedQuantizer):
         samples = self._clip_inputs(block, inputs, linears) if self.config.clip else {}
         stored: Stored = {}
         for name, linear in linears.items():
-            spec = self.specs[name]
+            fmt = self.formats[name]
             w = linear.weight.detach().float()
             if name in samples:
-                w = clip_search(w, samples.pop(name), spec, self.config.clip_grid, self.config.clip_max_shrink)
-            stored[name] = {k: v.cpu() for k, v in rtn_quantize(w, spec).items()}
-            use_dequantized(linear, spec, stored[name])
+                w = clip_search(w, samples.pop(name), fmt, self.config.clip_grid, self.config.clip_max_shrink)
+            stored[name] = {k: v.cpu() for k, v in rtn_quantize(w, fmt).items()}
+            use_dequantized(linear, fmt, stored[name])
         self.timings[prefix] = time.perf_counter() - t0
         return stored
 
@@ -124,7 +124,7 @@ class AwqQuantizer(CalibratedQuantizer):
         """The scale s of ``group`` whose quantized output is closest to full precision (see the module doc)."""
         xs, calls = group_inputs(block, inputs, group)
         x_mean = channel_stat(xs, "mean")
-        w_mean = _weight_mean(group, self.specs) if self.config.duo_scaling else None
+        w_mean = _weight_mean(group, self.formats) if self.config.duo_scaling else None
         xs, calls = _first_tokens(xs, calls, self.config.search_tokens)
         ref = group_outputs(group, xs, calls)
         originals = {n: m.weight.data.clone() for n, m in group.linears.items()}
@@ -134,7 +134,7 @@ class AwqQuantizer(CalibratedQuantizer):
                 s = awq_scale(x_mean, w_mean, i / self.config.grid)
                 for name, linear in group.linears.items():
                     if name in quantized:
-                        linear.weight.data.copy_(fake_quantize(originals[name].float() * s, self.specs[name]) / s)
+                        linear.weight.data.copy_(fake_quantize(originals[name].float() * s, self.formats[name]) / s)
                 losses.append(_mse(group_outputs(group, xs, calls), ref))
                 if best is None or losses[-1] < losses[best[0]]:
                     best = (i, s)
@@ -170,20 +170,20 @@ def awq_scale(x_mean: torch.Tensor, w_mean: torch.Tensor | None, alpha: float) -
     return s / (s.max() * s.min()).sqrt()
 
 
-def _weight_mean(group: Group, specs: dict) -> torch.Tensor:
+def _weight_mean(group: Group, formats: dict) -> torch.Tensor:
     """Per input channel: the mean over the group's rows of |w| / max|w| of its quantization group."""
     parts = []
     for name, linear in group.linears.items():
         w = linear.weight.detach().float().abs()
-        gs = getattr(specs.get(name), "group_size", None) or w.shape[1]
+        gs = getattr(formats.get(name), "group_size", None) or w.shape[1]
         g = w.reshape(w.shape[0], -1, gs)
         parts.append((g / (g.amax(-1, keepdim=True) + 1e-6)).reshape(w.shape))
     return torch.cat(parts).mean(0)
 
 
-def fake_quantize(w: torch.Tensor, spec: IntSpec) -> torch.Tensor:
-    """What ``w`` becomes once stored in ``spec`` (round to nearest), in float32."""
-    return spec.dequantize(rtn_quantize(w, spec), torch.float32)
+def fake_quantize(w: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
+    """What ``w`` becomes once stored in ``fmt`` (round to nearest), in float32."""
+    return fmt.dequantize(rtn_quantize(w, fmt), torch.float32)
 
 
 def _first_tokens(xs: list[torch.Tensor], calls: list | None, tokens: int) -> tuple[list[torch.Tensor], list | None]:
@@ -201,12 +201,12 @@ def _mse(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
 
 
 @torch.no_grad()
-def clip_search(w: torch.Tensor, x: torch.Tensor, spec: IntSpec, grid: int = 20, max_shrink: float = 0.5,
+def clip_search(w: torch.Tensor, x: torch.Tensor, fmt: IntFormat, grid: int = 20, max_shrink: float = 0.5,
                 rows: int = 256) -> torch.Tensor:
     """``w`` [N, K] with each quantization group clipped to ±r·max|w|, r chosen per group among 1, 1 - 1/grid, ...
     (down to 1 - max_shrink) to minimize the squared error of the group's part of the output on inputs ``x``."""
     n, k = w.shape
-    gs = spec.group_size or k
+    gs = fmt.group_size or k
     xg = x.float().reshape(x.shape[0], k // gs, gs)
     out = torch.empty_like(w, dtype=torch.float32)
     steps = max(1, int(max_shrink * grid + 1e-9))
@@ -217,7 +217,7 @@ def clip_search(w: torch.Tensor, x: torch.Tensor, spec: IntSpec, grid: int = 20,
         best_top, best_err = top.clone(), torch.full(top.shape[:2], float("inf"), device=w.device)
         for i in range(steps):
             m = top * (1 - i / grid)
-            q = fake_quantize(torch.maximum(torch.minimum(wg, m), -m).reshape(-1, k), spec).reshape(wg.shape)
+            q = fake_quantize(torch.maximum(torch.minimum(wg, m), -m).reshape(-1, k), fmt).reshape(wg.shape)
             err = (torch.einsum("ngk,tgk->ntg", q, xg) - ref).pow(2).mean(1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)

@@ -14,7 +14,7 @@ from torch import nn
 
 from lowbit.config import QuantConfig
 from lowbit.errors import DependencyError
-from lowbit.formats import Fp8Spec
+from lowbit.formats import Fp8Format
 from lowbit.formats.fp8 import quantize_block, quantize_channel
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_method
@@ -59,24 +59,24 @@ class Fp8Quantizer(Quantizer):
             raise DependencyError(f"method 'fp8' needs torch.float8_e4m3fn, which torch {torch.__version__} lacks; "
                                   "upgrade torch: pip install 'torch>=2.1'")
 
-    def weight_spec(self, name: str, module: nn.Linear) -> Fp8Spec:
+    def weight_format(self, name: str, module: nn.Linear) -> Fp8Format:
         cfg = self.config
         block = BLOCK if cfg.weight_scale is WeightScale.BLOCK else None
-        return Fp8Spec(block_size=block, activations=cfg.activations.value)
+        return Fp8Format(block_size=block, activations=cfg.activations.value)
 
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return fp8_quantize(weight, self.specs[name])
+        return fp8_quantize(weight, self.formats[name])
 
 
-def fp8_quantize(w: torch.Tensor, spec: Fp8Spec) -> dict[str, torch.Tensor]:
-    """``w`` [N, K] → {"qweight", "scales"} of ``spec``, in row chunks of about CHUNK_ELEMENTS weights
+def fp8_quantize(w: torch.Tensor, fmt: Fp8Format) -> dict[str, torch.Tensor]:
+    """``w`` [N, K] → {"qweight", "scales"} of ``fmt``, in row chunks of about CHUNK_ELEMENTS weights
     (whole 128-row bands in block mode), so float32 temporaries stay at a few MB."""
     k = w.shape[1]
-    if spec.block_size is None:
+    if fmt.block_size is None:
         rows = max(1, CHUNK_ELEMENTS // k)
         parts = [quantize_channel(chunk) for chunk in w.split(rows)]
     else:
-        b = spec.block_size
+        b = fmt.block_size
         rows = max(1, CHUNK_ELEMENTS // (k * b)) * b
         parts = [quantize_block(chunk, b) for chunk in w.split(rows)]
     if len(parts) == 1:

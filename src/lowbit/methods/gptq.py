@@ -9,7 +9,7 @@ Each group's grid is min/max (or absmax) of its current, error-updated columns, 
 
 Calibrated block by block (``lowbit quantize --calib``): within a block, with ``true_sequential``, Linears
 that share an input (q/k/v; gate/up) are quantized together, and later ones see the earlier ones quantized.
-Stored as ``IntSpec``: the same layout as ``rtn``, so GPTQ models run on the same kernels.
+Stored as ``IntFormat``: the same layout as ``rtn``, so GPTQ models run on the same kernels.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lowbit.calibration.inputs import BlockInputs
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import QuantConfig, check_choice
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.formats import IntSpec, pack_bits
+from lowbit.formats import IntFormat, pack_bits
 from lowbit.formats.intgroup import BITS
 from lowbit.registry import register_method
 from lowbit.rtn import rtn_params
@@ -67,19 +67,19 @@ class GptqQuantizer(CalibratedQuantizer):
         super().__init__(config, **kwargs)
         self.timings: dict[str, float] = {}
 
-    def weight_spec(self, name: str, module: nn.Linear) -> IntSpec:
+    def weight_format(self, name: str, module: nn.Linear) -> IntFormat:
         cfg = self.config
         group = self.group_size_for(name, module.in_features, cfg.group_size)
         g_idx = cfg.act_order and not cfg.static_groups and group is not None
-        return IntSpec(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric, g_idx=g_idx)
+        return IntFormat(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric, g_idx=g_idx)
 
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """Linears outside the blocks (no calibration inputs): round to nearest in the same format."""
-        spec = self.specs[name]
-        if not isinstance(spec, IntSpec) or not spec.g_idx:
+        fmt = self.formats[name]
+        if not isinstance(fmt, IntFormat) or not fmt.g_idx:
             return super().quantize(name, weight)
         out = super().quantize(name, weight)
-        out["g_idx"] = (torch.arange(weight.shape[1]) // spec.group_size).to(torch.int32)
+        out["g_idx"] = (torch.arange(weight.shape[1]) // fmt.group_size).to(torch.int32)
         return out
 
     def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
@@ -91,13 +91,13 @@ class GptqQuantizer(CalibratedQuantizer):
             for name in stage:
                 t0 = time.perf_counter()
                 stored[name] = self.quantize_layer(name, linears[name].weight, hessians.pop(name))
-                use_dequantized(linears[name], self.specs[name], stored[name])
+                use_dequantized(linears[name], self.formats[name], stored[name])
                 self.timings[name] = time.perf_counter() - t0
         return stored
 
     def quantize_layer(self, name: str, weight: torch.Tensor, hessian: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
-        return gptq(weight, hessian, self.specs[name], act_order=cfg.act_order, static_groups=cfg.static_groups,
+        return gptq(weight, hessian, self.formats[name], act_order=cfg.act_order, static_groups=cfg.static_groups,
                     damp=cfg.damp, block_size=cfg.block_size, mse=cfg.mse, name=name, inplace=True)
 
     def summary(self) -> str | None:
@@ -181,22 +181,22 @@ def _inverse_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
 MSE_SHRINKS = torch.linspace(1.0, 0.8, 21).tolist()
 
 
-def grid_params(w: torch.Tensor, spec: IntSpec, mse: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def grid_params(w: torch.Tensor, fmt: IntFormat, mse: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The grid of one group ``w`` [N, g]: min/max (as RTN), or with ``mse`` the shrunk range, per row, whose
     rounding error has the smallest sum of |error|^2.4 (the GPTQ reference's search)."""
     if not mse:
-        return rtn_params(w, spec)
+        return rtn_params(w, fmt)
     w = w.float()
     best, best_err = None, None
     for shrink in MSE_SHRINKS:
-        s, z = rtn_params(w * shrink, spec)
+        s, z = rtn_params(w * shrink, fmt)
         sf = s.float()
-        if spec.symmetric:
-            top = spec.qtype.midpoint - 1
+        if fmt.symmetric:
+            top = fmt.qtype.midpoint - 1
             deq = (w / sf).round().clamp(-top, top) * sf
         else:
             zf = z.float()
-            deq = ((w / sf).round() + zf).clamp(0, spec.qtype.qmax).sub(zf).mul(sf)
+            deq = ((w / sf).round() + zf).clamp(0, fmt.qtype.qmax).sub(zf).mul(sf)
         err = (deq - w).abs().pow(2.4).sum(1)
         if best is None:
             best, best_err = [s.clone(), None if z is None else z.clone()], err
@@ -209,10 +209,10 @@ def grid_params(w: torch.Tensor, spec: IntSpec, mse: bool = False) -> tuple[torc
     return best[0], best[1]
 
 
-def gptq(weight: torch.Tensor, hessian: torch.Tensor, spec: IntSpec, *, act_order: bool = False,
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, *, act_order: bool = False,
          static_groups: bool = False, damp: float = 0.01, block_size: int = 128, mse: bool = False,
          name: str = "weight", inplace: bool = False) -> dict[str, torch.Tensor]:
-    """GPTQ of ``weight`` [N, K] given its inputs' ``hessian`` [K, K] → the stored tensors of ``spec``.
+    """GPTQ of ``weight`` [N, K] given its inputs' ``hessian`` [K, K] → the stored tensors of ``fmt``.
 
     ``inplace`` lets it work in ``hessian`` itself (then garbage), saving a K x K copy."""
     w = weight.detach().float().clone()
@@ -223,19 +223,19 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, spec: IntSpec, *, act_orde
     dead = h.diagonal() == 0  # inputs that are always zero: their columns do not matter
     h[dead, dead] = 1
     w[:, dead] = 0
-    gs = spec.group_size or k
-    fixed = [grid_params(w[:, c:c + gs], spec, mse) for c in range(0, k, gs)] \
-        if static_groups or spec.group_size is None else None
+    gs = fmt.group_size or k
+    fixed = [grid_params(w[:, c:c + gs], fmt, mse) for c in range(0, k, gs)] \
+        if static_groups or fmt.group_size is None else None
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else None
     if perm is not None:
         w, h = w[:, perm], h[perm][:, perm]
     hinv = _inverse_factor(h, damp, name)
     del h
     wt = w.T.contiguous()  # [K, N]: a column of W is a contiguous row here, and updates are in-place rank-1 adds
-    codes = torch.empty(k, n, dtype=torch.int8 if spec.symmetric else torch.uint8, device=w.device)
+    codes = torch.empty(k, n, dtype=torch.int8 if fmt.symmetric else torch.uint8, device=w.device)
     scales, zeros = [], []
-    top = spec.qtype.midpoint - 1 if spec.symmetric else spec.qtype.qmax
-    low = -top if spec.symmetric else 0
+    top = fmt.qtype.midpoint - 1 if fmt.symmetric else fmt.qtype.qmax
+    low = -top if fmt.symmetric else 0
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         w1, err1, hinv1 = wt[i1:i2].clone(), torch.empty(i2 - i1, n, device=w.device), hinv[i1:i2, i1:i2]
@@ -246,7 +246,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, spec: IntSpec, *, act_orde
                     s, z = fixed[(int(perm[col]) if perm is not None else col) // gs]
                     sf, zf = s.float()[:, 0], None if z is None else z.float()[:, 0]
             elif col % gs == 0:  # a new group: its grid from the current (error-updated) columns
-                s, z = grid_params(torch.cat([w1[i:i + gs], wt[i2:col + gs]]).T, spec, mse)
+                s, z = grid_params(torch.cat([w1[i:i + gs], wt[i2:col + gs]]).T, fmt, mse)
                 scales.append(s)
                 zeros.append(z)
                 sf, zf = s.float()[:, 0], None if z is None else z.float()[:, 0]
@@ -266,10 +266,10 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, spec: IntSpec, *, act_orde
         codes = codes[:, torch.argsort(perm)]
     if fixed is not None:
         scales, zeros = [s for s, _ in fixed], [z for _, z in fixed]
-    out = {"qweight": pack_bits(codes, spec.bits), "scales": torch.cat(scales, 1).contiguous()}
-    if not spec.symmetric:
+    out = {"qweight": pack_bits(codes, fmt.bits), "scales": torch.cat(scales, 1).contiguous()}
+    if not fmt.symmetric:
         out["zeros"] = torch.cat(zeros, 1).contiguous()
-    if spec.g_idx:
+    if fmt.g_idx:
         out["g_idx"] = (torch.arange(k, device=w.device) // gs)[torch.argsort(perm)].to(torch.int32)
     return {name: t.cpu() for name, t in out.items()}
 

@@ -6,7 +6,7 @@ l_p (p < 1) reconstruction error through a half-quadratic split, as the HQQ pape
 and its library do: W_e = shrink_p(W - dequant(quant(W))); zero = mean(W_q - (W - W_e) * inv_scale).
 Rounds stop early once the mean absolute error grows.
 
-Stored as ``IntSpec(bits, group_size, symmetric=False, float_zero=True)``: codes packed as intgroup.py says,
+Stored as ``IntFormat(bits, group_size, symmetric=False, float_zero=True)``: codes packed as intgroup.py says,
 fp16 scales and fp16 float zero-points, ``w = (q - z) * s``. 4-bit layers run on the CPU int4 kernel.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from lowbit.config import QuantConfig, check_choice
 from lowbit.errors import ConfigError
-from lowbit.formats import IntSpec, pack_bits
+from lowbit.formats import IntFormat, pack_bits
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_method
 
@@ -62,11 +62,11 @@ def _shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
     return torch.sign(x) * torch.relu(x.abs() - (1.0 / beta) * (x.abs() + 1e-8).pow(p - 1))
 
 
-def hqq_quantize(w: torch.Tensor, spec: IntSpec, cfg: HqqConfig) -> tuple[dict[str, torch.Tensor], int]:
-    """``w`` [N, K] → the stored tensors of ``spec`` and the number of optimization rounds run."""
+def hqq_quantize(w: torch.Tensor, fmt: IntFormat, cfg: HqqConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """``w`` [N, K] → the stored tensors of ``fmt`` and the number of optimization rounds run."""
     n, k = w.shape
-    qmax = spec.qtype.qmax
-    wf = w.float().reshape(-1, spec.group_size)
+    qmax = fmt.qtype.qmax
+    wf = w.float().reshape(-1, fmt.group_size)
     lo, hi = wf.amin(1, keepdim=True), wf.amax(1, keepdim=True)
     inv = (qmax / (hi - lo)).clamp(max=MAX_INV_SCALE)  # 1/scale; inf (constant group) → the cap
     # Start from an integer zero-point, so that w = 0 sits on the grid. The HQQ library does this only at 4 bits;
@@ -93,9 +93,9 @@ def hqq_quantize(w: torch.Tensor, spec: IntSpec, cfg: HqqConfig) -> tuple[dict[s
         codes.masked_fill_(flat, 0)
         scales = torch.where(flat, hi.abs().masked_fill(hi == 0, 1.0), scales)
         zeros = torch.where(flat, -torch.sign(hi), zeros)
-    out = {"qweight": pack_bits(codes.to(torch.uint8).reshape(n, k), spec.bits),
-           "scales": scales.reshape(n, -1).to(spec.scale_dtype),
-           "zeros": zeros.reshape(n, -1).to(spec.scale_dtype)}
+    out = {"qweight": pack_bits(codes.to(torch.uint8).reshape(n, k), fmt.bits),
+           "scales": scales.reshape(n, -1).to(fmt.scale_dtype),
+           "zeros": zeros.reshape(n, -1).to(fmt.scale_dtype)}
     return out, rounds
 
 
@@ -117,13 +117,13 @@ class HqqQuantizer(Quantizer):
         super().__init__(config, **kwargs)
         self.timings: dict[str, tuple[float, int]] = {}  # layer → (seconds, optimization rounds)
 
-    def weight_spec(self, name: str, module: nn.Linear) -> IntSpec:
+    def weight_format(self, name: str, module: nn.Linear) -> IntFormat:
         group = self.group_size_for(name, module.in_features, self.config.group_size)
-        return IntSpec(bits=self.config.bits, group_size=group, symmetric=False, float_zero=True)
+        return IntFormat(bits=self.config.bits, group_size=group, symmetric=False, float_zero=True)
 
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         start = time.perf_counter()
-        out, rounds = hqq_quantize(weight, self.specs[name], self.config)
+        out, rounds = hqq_quantize(weight, self.formats[name], self.config)
         self.timings[name] = (time.perf_counter() - start, rounds)
         return out
 

@@ -1,7 +1,7 @@
 """``mxfp4``: OCP Microscaling FP4, E2M1 elements with one E8M0 (power-of-two) scale per 32 inputs.
 
 Stores ``qweight`` [N, K/2] uint8 (E2M1 codes, low nibble first) and ``scales`` [N, K/32] uint8 (biased exponents);
-see :mod:`lowbit.formats.mx`. The block size is fixed at 32 by the spec, so the config has no format field;
+see :mod:`lowbit.formats.mx`. The block size is fixed at 32 by the format, so the config has no format field;
 a layer whose input size is not a multiple of 32 cannot be stored and must be listed in ``modules_to_not_convert``.
 """
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lowbit.config import QuantConfig
-from lowbit.formats.mx import MxSpec, mx_quantize
+from lowbit.formats.mx import MxFormat, mx_quantize
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_method
 
@@ -29,13 +29,13 @@ class Mxfp4Config(QuantConfig):
 class Mxfp4Quantizer(Quantizer):
     config_cls = Mxfp4Config
 
-    def weight_spec(self, name: str, module: nn.Linear) -> MxSpec:
-        spec = MxSpec()
-        spec.check(module.in_features)
-        return spec
+    def weight_format(self, name: str, module: nn.Linear) -> MxFormat:
+        fmt = MxFormat()
+        fmt.check(module.in_features)
+        return fmt
 
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return mx_quantize(weight, self.specs[name])
+        return mx_quantize(weight, self.formats[name])
 
 
 register_method(Mxfp4Config, Mxfp4Quantizer)

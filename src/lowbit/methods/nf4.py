@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lowbit.config import QuantConfig, check_choice
-from lowbit.formats.codebook import CodebookSpec, codebook_quantize
+from lowbit.formats.codebook import CodebookFormat, codebook_quantize
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_method
 
@@ -53,17 +53,17 @@ class Fp4Config(QuantConfig):
 
 
 class CodebookQuantizer(Quantizer):
-    """Shared by nf4 and fp4: one :class:`CodebookSpec` per layer (block size falls back per layer)."""
+    """Shared by nf4 and fp4: one :class:`CodebookFormat` per layer (block size falls back per layer)."""
 
     code: ClassVar[str] = ""
 
-    def weight_spec(self, name: str, module: nn.Linear) -> CodebookSpec:
+    def weight_format(self, name: str, module: nn.Linear) -> CodebookFormat:
         cfg = self.config
         block = self.group_size_for(name, module.in_features, cfg.block_size, "block_size")
-        return CodebookSpec(code=self.code, block_size=block, double_quant=cfg.double_quant)
+        return CodebookFormat(code=self.code, block_size=block, double_quant=cfg.double_quant)
 
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return codebook_quantize(weight, self.specs[name])
+        return codebook_quantize(weight, self.formats[name])
 
 
 class Nf4Quantizer(CodebookQuantizer):

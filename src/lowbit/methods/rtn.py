@@ -13,7 +13,7 @@ from torch import nn
 
 from lowbit.config import QuantConfig, check_choice
 from lowbit.errors import ConfigError
-from lowbit.formats import IntSpec
+from lowbit.formats import IntFormat
 from lowbit.formats.intgroup import BITS
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_alias, register_method
@@ -43,13 +43,13 @@ class RtnConfig(QuantConfig):
 class RtnQuantizer(Quantizer):
     config_cls = RtnConfig
 
-    def weight_spec(self, name: str, module: nn.Linear) -> IntSpec:
+    def weight_format(self, name: str, module: nn.Linear) -> IntFormat:
         cfg = self.config
         group = self.group_size_for(name, module.in_features, cfg.group_size)
-        return IntSpec(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric)
+        return IntFormat(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric)
 
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return rtn_quantize(weight, self.specs[name])
+        return rtn_quantize(weight, self.formats[name])
 
 
 register_method(RtnConfig, RtnQuantizer)

@@ -10,7 +10,7 @@ scales: the previous module's output (a norm's weight, honoring Gemma's ``1 + w`
 by s and the Linears' columns multiplied by it, which leaves the block's function unchanged while evening out the
 activations' channels. ``alpha`` (migration strength, default 0.5) moves more of the difficulty into the weights
 as it grows. Then weights are int8, symmetric per output channel, and activations are quantized per token at run
-time (absmax / 127): the ``W8A8Spec`` format, see lowbit.formats.w8a8.
+time (absmax / 127): the ``W8A8Format`` format, see lowbit.formats.w8a8.
 
 Speed: on CPUs ``torch._int_mm`` is slower than a float32 matmul of the same shape (measured 169 ms vs 13 ms at
 M=32, K=N=4096 on this project's 2-core machine), so the format runs on its pure-torch reference kernel (exact
@@ -30,11 +30,11 @@ from lowbit.calibration.inputs import BlockInputs
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
-from lowbit.formats import W8A8Spec
+from lowbit.formats import W8A8Format
 from lowbit.formats.w8a8 import fake_quantize_rows, w8a8_quantize
 from lowbit.registry import register_method
 
-SPEC = W8A8Spec()
+SPEC = W8A8Format()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ class SmoothQuantQuantizer(CalibratedQuantizer):
         self.timings: dict[str, float] = {}  # block → seconds
         self.spread: dict[str, tuple[float, float]] = {}  # group → activation max/median over channels, before, after
 
-    def weight_spec(self, name: str, module: nn.Linear) -> W8A8Spec:
+    def weight_format(self, name: str, module: nn.Linear) -> W8A8Format:
         return SPEC
 
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -75,7 +75,7 @@ def _fuse(members: list[QuantLinear], names: tuple[str, ...]) -> bool:
     for m in members:
         if m.kernel is None:
             m.prepare()
-    same = {(m.spec.key(), m.in_features, str(m.compute_dtype), m.kernel.name, m.forced_kernel) for m in members}
+    same = {(m.fmt.key(), m.in_features, str(m.compute_dtype), m.kernel.name, m.forced_kernel) for m in members}
     if len(same) > 1 or any(m.tied_to is not None or m.fused is not None for m in members):
         return False
     if any(m.out_features % first.kernel.row_block for m in members):  # a member would start inside a row block
@@ -86,9 +86,9 @@ def _fuse(members: list[QuantLinear], names: tuple[str, ...]) -> bool:
             not all(_row_wise(c[name], m.out_features) for c, m in zip(canon, members) for name in c):
         return False
     n = sum(m.out_features for m in members)
-    linear = QuantLinear(first.in_features, n, any(m.bias is not None for m in members), first.spec, device,
+    linear = QuantLinear(first.in_features, n, any(m.bias is not None for m in members), first.fmt, device,
                          first.compute_dtype)
-    layout = first.spec.expected_tensors(n, first.in_features)
+    layout = first.fmt.expected_tensors(n, first.in_features)
     stacked = {name: torch.cat([c[name] for c in canon]) for name in canon[0]}
     if any(tuple(t.shape) != layout[name][0] for name, t in stacked.items()):
         return False

@@ -10,12 +10,12 @@ from lowbit.formats import WeightFormat
 
 
 class QuantHolder(nn.Module):
-    """Registers the canonical tensors of ``spec`` for an [n, k] weight as persistent buffers."""
+    """Registers the canonical tensors of ``fmt`` for an [n, k] weight as persistent buffers."""
 
-    def _init_quant(self, n: int, k: int, spec: WeightFormat, device: torch.device | str | None) -> None:
-        self.spec = spec
+    def _init_quant(self, n: int, k: int, fmt: WeightFormat, device: torch.device | str | None) -> None:
+        self.fmt = fmt
         self.weight_shape = (n, k)
-        self._layout = spec.expected_tensors(n, k)
+        self._layout = fmt.expected_tensors(n, k)
         for name, (shape, dtype) in self._layout.items():
             self.register_buffer(name, torch.empty(shape, dtype=dtype, device=device))
 
@@ -28,7 +28,7 @@ class QuantHolder(nn.Module):
         if set(tensors) != names:
             missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
             raise FormatError(f"{where or type(self).__name__}: tensors {sorted(tensors)} do not match "
-                              f"{self.spec.describe()} (missing {missing}, unexpected {extra}); re-quantize the checkpoint")
+                              f"{self.fmt.describe()} (missing {missing}, unexpected {extra}); re-quantize the checkpoint")
         for name, tensor in tensors.items():
             self.set_quant_tensor(name, tensor, where)
 
@@ -36,7 +36,7 @@ class QuantHolder(nn.Module):
         shape, dtype = self._layout[name]
         if tuple(tensor.shape) != shape or tensor.dtype != dtype:
             raise FormatError(f"{where}.{name} has shape {list(tensor.shape)} {tensor.dtype}; expected {list(shape)} "
-                              f"{dtype} for {self.spec.describe()} of a {list(self.weight_shape)} weight; "
+                              f"{dtype} for {self.fmt.describe()} of a {list(self.weight_shape)} weight; "
                               "the checkpoint does not match its quantization_config")
         if tensor.data_ptr() % 64:
             # safetensors hands out tensors at 8-byte offsets; torch's int8/int4 CPU kernels read
@@ -72,4 +72,4 @@ class QuantHolder(nn.Module):
         return sum(torch.Size(s).numel() * d.itemsize for s, d in self._layout.values())
 
     def bits_per_weight(self) -> float:
-        return self.spec.bits_per_weight(*self.weight_shape)
+        return self.fmt.bits_per_weight(*self.weight_shape)

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.formats import IntSpec
+from lowbit.formats import IntFormat
 from lowbit.nn.holder import QuantHolder
 
-EMBEDDING_SPEC = IntSpec(bits=8, group_size=None, symmetric=True)
+EMBEDDING_FORMAT = IntFormat(bits=8, group_size=None, symmetric=True)
 
 
 class QuantEmbedding(QuantHolder):
@@ -21,7 +21,7 @@ class QuantEmbedding(QuantHolder):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.out_dtype = dtype
         self.embed_scale = embed_scale
-        self._init_quant(num_embeddings, embedding_dim, EMBEDDING_SPEC, device)
+        self._init_quant(num_embeddings, embedding_dim, EMBEDDING_FORMAT, device)
 
     @classmethod
     def shell(cls, emb: nn.Embedding, dtype: torch.dtype) -> QuantEmbedding:
@@ -31,7 +31,7 @@ class QuantEmbedding(QuantHolder):
         return cls(emb.num_embeddings, emb.embedding_dim, dtype, emb.padding_idx, scale)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, {self.spec.describe()}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.fmt.describe()}"
 
     def after_move(self, fn, target: torch.device) -> None:
         self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype

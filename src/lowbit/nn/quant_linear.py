@@ -19,11 +19,11 @@ class QuantLinear(QuantHolder):
     dropped after :meth:`prepare`, so one copy of the weight is in memory; ``state_dict`` rebuilds it.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, spec: WeightFormat,
+    def __init__(self, in_features: int, out_features: int, bias: bool, fmt: WeightFormat,
                  device: torch.device | str | None = "meta", dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._init_quant(out_features, in_features, spec, device)
+        self._init_quant(out_features, in_features, fmt, device)
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
         self.compute_dtype: torch.dtype = torch.float32
         self.forced_kernel: str | None = None
@@ -35,19 +35,19 @@ class QuantLinear(QuantHolder):
         self.fused = None  # (FusedGroup, index) while fused with its siblings (nn/fuse.py)
 
     @classmethod
-    def shell(cls, linear: nn.Linear, spec: WeightFormat) -> QuantLinear:
+    def shell(cls, linear: nn.Linear, fmt: WeightFormat) -> QuantLinear:
         """An empty QuantLinear on the meta device with ``linear``'s shape."""
         dtype = linear.bias.dtype if linear.bias is not None else None
-        return cls(linear.in_features, linear.out_features, linear.bias is not None, spec, "meta", dtype)
+        return cls(linear.in_features, linear.out_features, linear.bias is not None, fmt, "meta", dtype)
 
     def extra_repr(self) -> str:
         kernel = self.kernel.name if self.kernel else "unprepared"
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"{self.spec.describe()}, kernel={kernel}")
+                f"{self.fmt.describe()}, kernel={kernel}")
 
     # ---- canonical tensors ------------------------------------------------------------------
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
-        rebuilt = self.kernel.canonical_from_prepared(self._prepared, self.spec, self.weight_shape) if self._dropped else {}
+        rebuilt = self.kernel.canonical_from_prepared(self._prepared, self.fmt, self.weight_shape) if self._dropped else {}
         return {n: rebuilt[n] if n in self._dropped else self._buffers[n] for n in self.tensor_names()}  # layout order
 
     def on_tensors_changed(self) -> None:
@@ -69,13 +69,13 @@ class QuantLinear(QuantHolder):
             self.forced_kernel = forced_kernel
         canon = self.canonical_tensors()
         device = canon["qweight"].device
-        kernel, reason = choose(self.spec, device, self.weight_shape, self.compute_dtype, self.forced_kernel)
-        prepared = kernel.prepare(canon, self.spec, self.compute_dtype)
+        kernel, reason = choose(self.fmt, device, self.weight_shape, self.compute_dtype, self.forced_kernel)
+        prepared = kernel.prepare(canon, self.fmt, self.compute_dtype)
         for name, tensor in canon.items():
             self._buffers[name] = tensor
         self.kernel, self.kernel_reason, self._prepared, self._dropped = kernel, reason, prepared, set()
         if self.tied_to is None:  # the kernel layout holds these; state_dict rebuilds them
-            for name in kernel.dropped_names(self.spec):
+            for name in kernel.dropped_names(self.fmt):
                 if name in canon:
                     self._buffers[name] = None
                     self._dropped.add(name)
@@ -92,5 +92,5 @@ class QuantLinear(QuantHolder):
             return group.output(x, index)
         if self.kernel is None:
             self.prepare()
-        y = self.kernel.run(x.to(self.compute_dtype), self._buffers, self._prepared, self.spec, self.bias)
+        y = self.kernel.run(x.to(self.compute_dtype), self._buffers, self._prepared, self.fmt, self.bias)
         return y.to(x.dtype)

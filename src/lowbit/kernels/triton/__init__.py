@@ -11,7 +11,7 @@ import importlib.util
 
 import torch
 
-from lowbit.formats import CodebookSpec, Fp8Spec, IntSpec, pack_bits, unpack_bits
+from lowbit.formats import CodebookFormat, Fp8Format, IntFormat, pack_bits, unpack_bits
 from lowbit.formats.codebook import HIGH_FIRST, pack_nibbles, unpack_nibbles
 from lowbit.kernels.base import Kernel
 from lowbit.kernels.triton.layout import ROWS, codes_from_words, nibble_words
@@ -43,13 +43,13 @@ class TritonKernel(Kernel):
 
     priority = 20
 
-    def fmt(self, spec) -> str:
+    def op_key(self, fmt) -> str:
         raise NotImplementedError
 
-    def unsupported(self, spec, device: torch.device) -> str | None:
+    def unsupported(self, fmt, device: torch.device) -> str | None:
         return None
 
-    def can_implement(self, spec, device, shape, compute_dtype):
+    def can_implement(self, fmt, device, shape, compute_dtype):
         if device.type != "cuda":
             return False, f"device is {device.type}, this kernel runs on cuda"
         if not triton_available():
@@ -59,18 +59,18 @@ class TritonKernel(Kernel):
         n, k = shape
         if k % 128:
             return False, f"K={k} is not a multiple of 128"
-        why = self.unsupported(spec, device)
+        why = self.unsupported(fmt, device)
         if why:
             return False, why
         from lowbit.kernels.triton import tune
 
-        return True, f"triton {self.fmt(spec)}: {tune.describe(self.fmt(spec), compute_dtype, k, n)}"
+        return True, f"triton {self.op_key(fmt)}: {tune.describe(self.op_key(fmt), compute_dtype, k, n)}"
 
-    def prepare(self, tensors, spec, compute_dtype):
+    def prepare(self, tensors, fmt, compute_dtype):
         _ops()  # the op exists before the first forward (which torch.compile may trace)
-        return self.layout(tensors, spec)
+        return self.layout(tensors, fmt)
 
-    def layout(self, tensors, spec) -> dict[str, torch.Tensor]:
+    def layout(self, tensors, fmt) -> dict[str, torch.Tensor]:
         """The kernel-private tensors (non-persistent, never saved)."""
         return {}
 
@@ -78,9 +78,9 @@ class TritonKernel(Kernel):
         """(w, s, z) as the op takes them."""
         raise NotImplementedError
 
-    def run(self, x, tensors, prepared, spec, bias):
+    def run(self, x, tensors, prepared, fmt, bias):
         w, s, z = self.tensors(tensors, prepared)
-        return torch.ops.lowbit.triton_linear(x, w, s, z, bias, self.fmt(spec))
+        return torch.ops.lowbit.triton_linear(x, w, s, z, bias, self.op_key(fmt))
 
 
 class TritonInt4Kernel(TritonKernel):
@@ -88,34 +88,34 @@ class TritonInt4Kernel(TritonKernel):
     rebuilds_canonical = True
     row_block = ROWS
 
-    def handles(self, spec):
-        return isinstance(spec, IntSpec) and spec.bits == 4
+    def handles(self, fmt):
+        return isinstance(fmt, IntFormat) and fmt.bits == 4
 
-    def fmt(self, spec):
-        return f"int4/{spec.group_size or 0}"
+    def op_key(self, fmt):
+        return f"int4/{fmt.group_size or 0}"
 
-    def unsupported(self, spec, device):
-        if getattr(spec, "g_idx", False):
+    def unsupported(self, fmt, device):
+        if getattr(fmt, "g_idx", False):
             return "needs groups of consecutive inputs, not a g_idx"
-        if spec.group_size is not None and spec.group_size % 16:
-            return f"group size {spec.group_size} is not a multiple of 16"
+        if fmt.group_size is not None and fmt.group_size % 16:
+            return f"group size {fmt.group_size} is not a multiple of 16"
         return None
 
-    def layout(self, tensors, spec):
+    def layout(self, tensors, fmt):
         codes = unpack_bits(tensors["qweight"], 4)
-        if spec.symmetric:
+        if fmt.symmetric:
             codes ^= 8  # signed c (two's complement nibble) → c + 8
         out = {"w": nibble_words(codes), "s": by_columns(tensors["scales"])}
         if "zeros" in tensors:
             out["z"] = by_columns(tensors["zeros"])
         return out
 
-    def dropped_names(self, spec):
+    def dropped_names(self, fmt):
         return ("qweight", "scales", "zeros")
 
-    def canonical_from_prepared(self, prepared, spec, shape):
+    def canonical_from_prepared(self, prepared, fmt, shape):
         codes = codes_from_words(prepared["w"], *shape)
-        if spec.symmetric:
+        if fmt.symmetric:
             codes ^= 8
         out = {"qweight": pack_bits(codes, 4), "scales": prepared["s"].contiguous()}
         if "z" in prepared:
@@ -131,28 +131,28 @@ class TritonCodebookKernel(TritonKernel):
     rebuilds_canonical = True
     row_block = ROWS
 
-    def handles(self, spec):
-        return isinstance(spec, CodebookSpec)
+    def handles(self, fmt):
+        return isinstance(fmt, CodebookFormat)
 
-    def fmt(self, spec):
-        return f"{spec.code}/{spec.block_size}"
+    def op_key(self, fmt):
+        return f"{fmt.code}/{fmt.block_size}"
 
-    def unsupported(self, spec, device):
-        if spec.block_size % 16:
-            return f"block size {spec.block_size} is not a multiple of 16"
+    def unsupported(self, fmt, device):
+        if fmt.block_size % 16:
+            return f"block size {fmt.block_size} is not a multiple of 16"
         return None
 
-    def layout(self, tensors, spec):
+    def layout(self, tensors, fmt):
         # fp32 absmax (double quantization decoded once), column-major like the int4 scales
-        return {"w": nibble_words(unpack_nibbles(tensors["qweight"], HIGH_FIRST[spec.code])),
-                "absmax": by_columns(spec.absmax(tensors))}
+        return {"w": nibble_words(unpack_nibbles(tensors["qweight"], HIGH_FIRST[fmt.code])),
+                "absmax": by_columns(fmt.absmax(tensors))}
 
-    def dropped_names(self, spec):
-        return ("qweight",) if spec.double_quant else ("qweight", "absmax")  # 8-bit absmax codes are kept
+    def dropped_names(self, fmt):
+        return ("qweight",) if fmt.double_quant else ("qweight", "absmax")  # 8-bit absmax codes are kept
 
-    def canonical_from_prepared(self, prepared, spec, shape):
-        out = {"qweight": pack_nibbles(codes_from_words(prepared["w"], *shape), HIGH_FIRST[spec.code])}
-        if not spec.double_quant:
+    def canonical_from_prepared(self, prepared, fmt, shape):
+        out = {"qweight": pack_nibbles(codes_from_words(prepared["w"], *shape), HIGH_FIRST[fmt.code])}
+        if not fmt.double_quant:
             out["absmax"] = prepared["absmax"].contiguous()
         return out
 
@@ -163,15 +163,15 @@ class TritonCodebookKernel(TritonKernel):
 class TritonInt8Kernel(TritonKernel):
     name = "triton_int8"
 
-    def handles(self, spec):
-        return isinstance(spec, IntSpec) and spec.bits == 8
+    def handles(self, fmt):
+        return isinstance(fmt, IntFormat) and fmt.bits == 8
 
-    def fmt(self, spec):
+    def op_key(self, fmt):
         return "int8"
 
-    def unsupported(self, spec, device):
-        if spec.group_size is not None or not spec.symmetric:
-            return f"needs int8 symmetric per-channel, got {spec.describe()}"
+    def unsupported(self, fmt, device):
+        if fmt.group_size is not None or not fmt.symmetric:
+            return f"needs int8 symmetric per-channel, got {fmt.describe()}"
         return None
 
     def tensors(self, tensors, prepared):
@@ -181,15 +181,15 @@ class TritonInt8Kernel(TritonKernel):
 class TritonFp8Kernel(TritonKernel):
     name = "triton_fp8"
 
-    def handles(self, spec):
-        return isinstance(spec, Fp8Spec)
+    def handles(self, fmt):
+        return isinstance(fmt, Fp8Format)
 
-    def fmt(self, spec):
-        return "fp8dyn" if spec.activations == "dynamic" else "fp8"
+    def op_key(self, fmt):
+        return "fp8dyn" if fmt.activations == "dynamic" else "fp8"
 
-    def unsupported(self, spec, device):
-        if spec.block_size is not None:
-            return f"block-scaled fp8 ({spec.describe()}) is not supported; per-channel scales only"
+    def unsupported(self, fmt, device):
+        if fmt.block_size is not None:
+            return f"block-scaled fp8 ({fmt.describe()}) is not supported; per-channel scales only"
         cap = torch.cuda.get_device_capability(device)
         if cap < FP8_CAPABILITY:
             return (f"compute capability {cap[0]}.{cap[1]} has no fp8 instructions (needs "
