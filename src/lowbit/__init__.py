@@ -6,7 +6,7 @@
     lowbit.save_pretrained(model, "out/")
 """
 
-__version__ = "0.1.0"
+from lowbit._version import __version__
 
 from lowbit import errors  # noqa: E402
 from lowbit import methods  # noqa: E402  (registers the built-in methods; lowbit.methods() lists them)

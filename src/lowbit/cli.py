@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from lowbit import __version__
+    from lowbit._version import __version__
 
     return __version__
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lowbit import __version__
+from lowbit._version import __version__
 from lowbit.errors import LowbitError, SaveError
 from lowbit.loading.checkpoint import INDEX_NAME, file_sha256
 from lowbit.loading.tokenizer import TOKENIZER_FILES
