@@ -21,10 +21,11 @@ SRC = REPO / "src"
 
 
 def data_dir() -> Path:
-    """The calibration/evaluation text: ``$LOWBIT_DATA``, else ``shared/data`` beside the repository."""
-    from lowbit.eval.report import default_text
+    """The folder of the bundled calibration/evaluation texts (wiki.calib.txt, wiki.eval.txt): lowbit/data."""
+    from lowbit.data import text_path
 
-    return default_text("wiki.eval.txt").parent
+    return text_path("wiki.eval.txt").parent
+
 
 TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, vocab_size=128, max_position_embeddings=128, tie_word_embeddings=False)

@@ -10,7 +10,7 @@ from lowbit._version import __version__
 
 from lowbit import errors  # noqa: E402
 from lowbit import methods  # noqa: E402  (registers the built-in methods; lowbit.methods() lists them)
-from lowbit.calibration import quantize_calibrated  # noqa: E402
+from lowbit.calibration.runner import quantize_calibrated  # noqa: E402
 from lowbit.api import Inspection, LayerInfo, inspect, quantize_  # noqa: E402
 from lowbit.config import ComputeDtype, QuantConfig  # noqa: E402
 from lowbit.loading.checkpoint import verify_checkpoint as verify  # noqa: E402

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from torch import nn
+
+from lowbit.errors import CalibrationError
+
 
 @dataclasses.dataclass(frozen=True)
 class Balance:
@@ -89,3 +93,18 @@ def balanced_archs() -> list[str]:
 def name_matches(name: str, pattern: str) -> bool:
     """``pattern`` names the module itself, a parent, or a dotted run of name parts within it."""
     return name == pattern or f".{name}.".find(f".{pattern}.") >= 0
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(name, ModuleList) of the transformer blocks: from the architecture data, else the largest ModuleList."""
+    path = arch_info(getattr(model.config, "model_type", None)).blocks
+    if path is not None:
+        try:
+            return path, model.get_submodule(path)
+        except AttributeError:
+            pass  # e.g. a base model (no "model." prefix): search instead
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        raise CalibrationError(f"{type(model).__name__} has no list of transformer blocks (no nn.ModuleList); "
+                               "expected a transformers decoder or encoder model")
+    return max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))

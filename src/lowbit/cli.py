@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that holds no model")
     c = q.add_argument_group("calibrated methods (gptq, awq, smoothquant)")
     c.add_argument("--calib", default=None, metavar="FILE",
-                   help="calibration text, UTF-8 (default: wiki.calib.txt in $LOWBIT_DATA)")
+                   help="calibration text, UTF-8 (default: the bundled wiki.calib.txt)")
     c.add_argument("--samples", type=int, default=128, help="calibration windows (default 128)")
     c.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window (default 512)")
     c.add_argument("--seed", type=int, default=0, help="which windows of the text are picked (default 0)")
@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
     r.add_argument("--eval-tokens", type=int, default=8192, help="tokens of the eval text for perplexity; 0 skips it")
     r.add_argument("--ctx", type=int, default=512, help="perplexity window")
-    r.add_argument("--calib", default=None, help="calibration text (default: wiki.calib.txt in $LOWBIT_DATA)")
-    r.add_argument("--text", default=None, help="eval text (default: wiki.eval.txt in $LOWBIT_DATA)")
+    r.add_argument("--calib", default=None, help="calibration text (default: the bundled wiki.calib.txt)")
+    r.add_argument("--text", default=None, help="eval text (default: the bundled wiki.eval.txt)")
     r.add_argument("--device", default="cpu")
     r.add_argument("--json", metavar="OUT", default=None, help="write the whole report as JSON")
     r.add_argument("--plot", metavar="OUT.png", default=None, help="bar chart per layer (needs matplotlib)")
@@ -163,7 +163,7 @@ def _defaults(cfg) -> str:
 
 
 def _quantize_calibrated(args, cfg):
-    from lowbit.calibration import quantize_calibrated
+    from lowbit.calibration.runner import quantize_calibrated
 
     if args.clamp_nonfinite:
         raise ConfigError("--clamp-nonfinite does not apply to calibrated methods: fix the NaN/Inf weights first, or "
@@ -265,7 +265,8 @@ def cmd_report(args) -> int:
 
     from lowbit.errors import SaveError
     from lowbit.eval import layer_report, load_text, plot_report
-    from lowbit.eval.report import default_text, require_matplotlib
+    from lowbit.data import text_path
+    from lowbit.eval.report import require_matplotlib
 
     cfg = _config_from_args(args)
     if args.plot:
@@ -274,8 +275,8 @@ def cmd_report(args) -> int:
         if not Path(out).parent.is_dir():
             raise SaveError(f"output {out!r} is in a folder that does not exist; expected an existing folder; "
                             "create it first")
-    calib = load_text(args.calib or default_text("wiki.calib.txt"))
-    text = load_text(args.text or default_text("wiki.eval.txt")) if args.eval_tokens else None
+    calib = load_text(args.calib or text_path("wiki.calib.txt"))
+    text = load_text(args.text or text_path("wiki.eval.txt")) if args.eval_tokens else None
     start = time.perf_counter()
     report = layer_report(args.path, cfg, calib_text=calib, eval_text=text, samples=args.samples,
                           seq_len=args.seq_len, eval_tokens=args.eval_tokens, ctx=args.ctx, device=args.device,

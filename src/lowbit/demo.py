@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 import lowbit
 from lowbit import realmodels
+from lowbit.data import text_path
 from lowbit.loading.tokenizer import load_tokenizer
 
 PROMPT = "Asphalt is a sticky, black and highly viscous"
 
 
 def sample_text() -> str:
-    return resources.files("lowbit").joinpath("data/sample.txt").read_text(encoding="utf-8")
+    return text_path("sample.txt").read_text(encoding="utf-8")
 
 
 def _variants():

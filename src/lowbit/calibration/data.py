@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from lowbit.data.text import adds_bos, encode, load_text
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.eval.perplexity import _ids, _quiet, adds_bos, load_text
 from lowbit.utils import release_freed_memory
 
 DEFAULT_SAMPLES = 128
@@ -39,7 +39,7 @@ def _tokenize(tokenizer: Any, text: str) -> torch.Tensor:
     while start < len(text):
         stop = text.find("\n", start + CHUNK_CHARS)
         stop = len(text) if stop < 0 else stop + 1
-        ids = _ids(tokenizer(text[start:stop], add_special_tokens=False, **_quiet(tokenizer)))
+        ids = encode(tokenizer, text[start:stop])
         parts.append(torch.tensor(ids, dtype=torch.long))
         start = stop
     release_freed_memory()

@@ -16,23 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.archs import arch_info
-from lowbit.errors import CalibrationError
-
-
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(name, ModuleList) of the transformer blocks: from the architecture data, else the largest ModuleList."""
-    path = arch_info(getattr(model.config, "model_type", None)).blocks
-    if path is not None:
-        try:
-            return path, model.get_submodule(path)
-        except AttributeError:
-            pass  # e.g. a base model (no "model." prefix): search instead
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
-    if not lists:
-        raise CalibrationError(f"{type(model).__name__} has no list of transformer blocks (no nn.ModuleList); "
-                               "expected a transformers decoder or encoder model")
-    return max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+from lowbit.archs import find_blocks  # noqa: F401  (its home is archs; calibration.runner reads it here)
 
 
 @dataclasses.dataclass

@@ -72,9 +72,9 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} is invalid; expected an int >= 1")
     if text is None and ids is None:
-        from lowbit.eval.report import default_text
+        from lowbit.data import text_path
 
-        text = read_calibration_text(calib or default_text("wiki.calib.txt"))
+        text = read_calibration_text(calib or text_path("wiki.calib.txt"))
     device = _device(device)
     dtype = resolve_dtype(dtype, ckpt.config)
     quantizer = cls(cfg, calibrated=True)

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from lowbit.errors import CheckpointError, ConfigError
+from lowbit.data.text import adds_bos, encode, load_text
+from lowbit.errors import ConfigError
 
 __all__ = ["PerplexityResult", "perplexity", "load_text", "adds_bos"]
 
@@ -48,45 +48,6 @@ class PerplexityResult:
         bos = "BOS at the start of every window" if self.bos_per_window else "no BOS"
         return (f"perplexity {self.ppl:.2f} over {self.tokens} tokens "
                 f"({self.windows} windows of {self.ctx} tokens, {bos})")
-
-
-def load_text(path: str | Path) -> str:
-    """Read a UTF-8 text file (e.g. wiki.eval.txt) for ``perplexity``."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"text file {str(p)!r} does not exist; expected a UTF-8 text file; check the path")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"text file {str(p)!r} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                              "expected UTF-8 text; re-encode it") from None
-
-
-def _ids(encoded: Any) -> list[int]:
-    ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()
-    if ids and isinstance(ids[0], list):  # batched output
-        ids = ids[0]
-    return [int(i) for i in ids]
-
-
-def adds_bos(tokenizer: Any) -> bool:
-    """True when the tokenizer puts ``bos_token_id`` in front of what it encodes (its add_bos behaviour)."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    ids = _ids(tokenizer("a"))
-    return bool(ids) and ids[0] == bos
-
-
-def _quiet(tokenizer: Any) -> dict[str, Any]:
-    """``verbose=False`` for HF tokenizers: no "sequence longer than model_max_length" warning for a long text."""
-    try:
-        from transformers import PreTrainedTokenizerBase
-    except ImportError:
-        return {}
-    return {"verbose": False} if isinstance(tokenizer, PreTrainedTokenizerBase) else {}
 
 
 def _device(model: Any) -> Any:
@@ -111,7 +72,7 @@ def perplexity(model: Any, tokenizer: Any, text: str, ctx: int = 512, max_tokens
                                    or max_tokens < 1):
         raise ConfigError(f"max_tokens={max_tokens!r} is invalid; expected a positive int or None; "
                           "pass e.g. max_tokens=8192")
-    ids = _ids(tokenizer(text, add_special_tokens=False, **_quiet(tokenizer)))
+    ids = encode(tokenizer, text)
     bos = adds_bos(tokenizer)
     prefix = [int(tokenizer.bos_token_id)] if bos else []
     n_text = len(ids) if max_tokens is None else min(len(ids), max_tokens - len(prefix))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,18 @@ import torch
 from torch import nn
 
 from lowbit.config import QuantConfig
+from lowbit.data import text_path
+from lowbit.data.text import adds_bos, encode
 from lowbit.errors import ConfigError, DependencyError
-from lowbit.eval.perplexity import PerplexityResult, _ids, _quiet, adds_bos, perplexity
+from lowbit.eval.perplexity import PerplexityResult, perplexity
 from lowbit.nn import QuantLinear
 
 __all__ = ["LayerQuality", "LayerReport", "calibration_ids", "capture_inputs", "default_text", "layer_report",
            "measure_layers", "plot_report", "require_matplotlib"]
 
 PLOT_PIP = "pip install 'lowbit[plot]'"
+
+default_text = text_path  # the bundled wiki.calib.txt / wiki.eval.txt (benchmarks/ read them by this name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +110,6 @@ class LayerReport:
         return cls(layers=layers, **ppl, **data)
 
 
-def default_text(name: str) -> Path:
-    """``$LOWBIT_DATA/name``, else ``shared/data/name`` beside a source checkout (wiki.calib.txt, wiki.eval.txt)."""
-    root = os.environ.get("LOWBIT_DATA")
-    return Path(root) / name if root else Path(__file__).resolve().parents[4] / "shared" / "data" / name
-
-
 def require_matplotlib() -> None:
     if importlib.util.find_spec("matplotlib") is None:
         raise DependencyError(f"plotting needs the package 'matplotlib', which is not installed; run: {PLOT_PIP}")
@@ -129,9 +126,9 @@ def calibration_ids(tokenizer: Any, text: str, samples: int = 4, seq_len: int = 
     _positive("seq_len", seq_len, 2, 512)
     bos = [int(tokenizer.bos_token_id)] if adds_bos(tokenizer) else []
     per = seq_len - len(bos)
-    ids = _ids(tokenizer(text[:samples * per * 12], add_special_tokens=False, **_quiet(tokenizer)))
+    ids = encode(tokenizer, text[:samples * per * 12])
     if len(ids) < samples * per and len(text) > samples * per * 12:
-        ids = _ids(tokenizer(text, add_special_tokens=False, **_quiet(tokenizer)))
+        ids = encode(tokenizer, text)
     got = min(samples, len(ids) // per)
     if got == 0:
         raise ConfigError(f"the calibration text gives {len(ids)} tokens, fewer than one window of seq_len={seq_len}; "

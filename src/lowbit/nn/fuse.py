@@ -47,7 +47,7 @@ def fuse_projections(model: nn.Module) -> list[str]:
     dtype and kernel, and every tensor of that kernel is stored row by row (in the kernel's row blocks, which each
     member's rows must fill); other groups stay as they are.
     """
-    from lowbit.calibration.inputs import find_blocks
+    from lowbit.archs import find_blocks
 
     info = arch_info(getattr(getattr(model, "config", None), "model_type", None))
     groups = [g.linears for g in info.balance if len(g.linears) > 1]
