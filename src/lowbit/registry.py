@@ -1,8 +1,19 @@
-"""Method registry: name → (config class, quantizer class), plus aliases with preset fields."""
+"""Method registry: name → (config class, quantizer class), plus aliases with preset fields.
+
+Third-party packages add methods (and kernels) through the entry-point group ``lowbit.methods``: each entry point
+names a module that calls ``register_method`` (and ``lowbit.kernels.register_kernel``) when imported, as the
+built-in method modules do. ``load_plugins`` imports them once, when ``lowbit.methods`` is imported; a plugin that
+fails to import, or takes a name already registered, is a warning naming it and the error, never a crash. A plugin
+module imports lowbit's modules (``lowbit.config``, ``lowbit.quantizer``, ``lowbit.formats``, ``lowbit.registry``,
+``lowbit.kernels``), not names from the package root, which is still being imported when plugins load. See
+tests/fixtures/plugin for a complete one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from lowbit.errors import ConfigError, RegistryError
@@ -30,6 +41,8 @@ class Alias:
 
 _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, Alias] = {}
+PLUGIN_GROUP = "lowbit.methods"
+_PLUGINS: list[str] | None = None  # the entry points loaded, once loading has run
 
 
 def register_method(config_cls: type[QuantConfig], quantizer_cls: type[Quantizer], *, summary: str = "",
@@ -112,3 +125,25 @@ def config_from_dict(data: dict[str, Any]) -> QuantConfig:
     except RegistryError as e:
         raise ConfigError(str(e)) from None
     return method.config_cls.from_dict(data)
+
+
+def load_plugins() -> list[str]:
+    """Import every ``lowbit.methods`` entry point (once per process); returns the names of those that loaded.
+
+    A plugin that raises while importing (a missing dependency, a ``RegistryError`` for a name lowbit or
+    another plugin already has) is left out with a warning naming the plugin and the error.
+    """
+    global _PLUGINS
+    if _PLUGINS is None:
+        _PLUGINS = []
+        for ep in entry_points(group=PLUGIN_GROUP):
+            try:
+                ep.load()
+            except Exception as e:  # a broken plugin must not break lowbit: report it and go on
+                package = ep.dist.name if ep.dist is not None else "the package that provides it"
+                warnings.warn(f"lowbit plugin {ep.name!r} ({ep.value}) was not loaded: {type(e).__name__}: {e}; "
+                              f"expected a module that registers its methods; upgrade or uninstall {package}",
+                              stacklevel=2)
+            else:
+                _PLUGINS.append(ep.name)
+    return list(_PLUGINS)

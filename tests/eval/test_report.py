@@ -173,8 +173,6 @@ def test_smollm2_int4():
     if not realmodels.available("smollm2-135m"):
         pytest.skip(realmodels.MODELS["smollm2-135m"].pip)
     calib, evalf = data_dir() / "wiki.calib.txt", data_dir() / "wiki.eval.txt"
-    if not (calib.is_file() and evalf.is_file()):
-        pytest.skip(f"{data_dir()} lacks wiki.calib.txt / wiki.eval.txt; set LOWBIT_DATA")
     report = layer_report(realmodels.model_path("smollm2-135m"), lowbit.config("int4", group_size=64),
                           calib_text=load_text(calib)[:50_000], eval_text=load_text(evalf)[:50_000],
                           samples=2, seq_len=256, eval_tokens=1024)
