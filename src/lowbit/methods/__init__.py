@@ -19,3 +19,7 @@ class _MethodsPackage(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _MethodsPackage
+
+from lowbit.registry import load_plugins  # noqa: E402
+
+load_plugins()  # third-party methods and kernels: the ``lowbit.methods`` entry-point group
