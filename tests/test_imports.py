@@ -66,7 +66,8 @@ def _imports_of(node: ast.AST):
     yield from _imports(node)
 
 
-def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: set[str]) -> list[tuple[str, str]]:
+def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool,
+             known: set[str]) -> list[tuple[str, str]]:
     """(imported module, imported name or "") pairs of one import statement, restricted to lowbit's modules."""
     if isinstance(node, ast.Import):
         return [(alias.name, "") for alias in node.names if alias.name in known]
@@ -86,7 +87,7 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, k
 
 
 def import_graph() -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
-    """(module → modules it imports, [(importer, module, private name)] for ``from m import _name`` across packages)."""
+    """(module → modules it imports, [(importer, module, name)] for each ``from m import _name`` across packages)."""
     modules = _modules()
     known = set(modules)
     graph: dict[str, set[str]] = {m: set() for m in modules}

@@ -80,7 +80,8 @@ def test_plugin_method_runs_on_the_plugin_kernel(site, tmp_path):
             "kernels": sorted({{x.kernel for x in layers if x.kind == "linear"}}),
             "formats": sorted({{x.format for x in layers if x.kind == "linear"}}),
             "linears": sum(x.kind == "linear" for x in layers),
-            "max_diff": float((got - want).abs().max()), "reload_equal": saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved),
+            "max_diff": float((got - want).abs().max()),
+            "reload_equal": saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved),
             "reload_kernels": sorted({{x.kernel for x in lowbit.inspect(again).layers if x.kind == "linear"}}),
             "method": json.load(open({str(tmp_path / "out" / "config.json")!r}))["quantization_config"]["method"],
         }}))

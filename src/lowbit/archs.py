@@ -1,5 +1,6 @@
 """Per-architecture data, keyed by ``config.model_type``: modules that never convert, where the transformer
-blocks are, and which Linears share an input with the module that produces it (for AWQ and SmoothQuant).
+blocks are (``find_blocks``), and which Linears share an input with the module that produces it (for AWQ and
+SmoothQuant).
 
 Algorithms read this table; they never test architecture names themselves. Input and output
 embeddings are found through transformers' ``get_input_embeddings`` / ``get_output_embeddings`` for
