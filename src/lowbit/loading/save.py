@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import types
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from lowbit._version import __version__
 from lowbit.errors import LowbitError, SaveError
 from lowbit.loading.checkpoint import INDEX_NAME, file_sha256
 from lowbit.loading.tokenizer import TOKENIZER_FILES
+from lowbit.quantizer import Quantizer
 
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)$")
 
@@ -41,16 +43,39 @@ def parse_size(size: int | str, what: str = "max_shard_size") -> int:
     return nbytes
 
 
+def shard_limit(max_shard_size: int | str, max_memory: int | str | None) -> int:
+    """Bytes of tensors the writer buffers before writing a shard: ``max_shard_size``, at most max_memory / 3."""
+    limit = parse_size(max_shard_size)
+    if max_memory is None:
+        return limit
+    return max(1, min(limit, parse_size(max_memory, "max_memory") // 3))
+
+
 def save_pretrained(model: nn.Module, out: str | Path, max_shard_size: int | str = "2GB", *, overwrite: bool = False,
                     tokenizer_from: str | Path | None = None) -> Path:
     """Write ``model`` (quantized or not) to ``out`` atomically; returns the folder."""
     quantizer = getattr(model, "lowbit_quantizer", None)
-    if quantizer is not None and not quantizer.is_serializable:
-        raise SaveError(f"method {quantizer.config.method!r} cannot be saved; keep the full-precision checkpoint and "
-                        "quantize on load instead")
+    if quantizer is not None:
+        check_serializable(quantizer)
     limit = parse_size(max_shard_size)
     return write_folder(out, _tensors(model), limit, model, tokenizer_from or getattr(model, "lowbit_source", None),
                         overwrite=overwrite)
+
+
+def check_serializable(quantizer: Quantizer) -> None:
+    if not quantizer.is_serializable:
+        raise SaveError(f"method {quantizer.config.method!r} cannot be saved; keep the full-precision checkpoint and "
+                        "quantize on load instead")
+
+
+def attach(model: nn.Module, quantizer: Quantizer) -> None:
+    """Record the quantization on the model so saving writes it; route ``model.save_pretrained`` to lowbit."""
+    qc = quantizer.config.to_dict()
+    if quantizer.layers:
+        qc["layers"] = {k: dict(v) for k, v in sorted(quantizer.layers.items())}
+    model.config.quantization_config = qc
+    model.lowbit_quantizer = quantizer
+    model.save_pretrained = types.MethodType(lambda self, out, **kw: save_pretrained(self, out, **kw), model)
 
 
 def write_folder(out: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], limit: int, source: nn.Module,
