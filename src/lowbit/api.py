@@ -10,6 +10,8 @@ from torch import nn
 
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
+from lowbit.loading.pipeline import from_pretrained
+from lowbit.loading.save import attach
 from lowbit.nn import QuantEmbedding, QuantLinear
 from lowbit.nn.holder import QuantHolder
 from lowbit.registry import build_config, get
@@ -43,8 +45,6 @@ def quantize_(model: nn.Module, config: QuantConfig | str) -> nn.Module:
             shell.out_dtype = orig.weight.dtype
     quantizer.postprocess_model(model, device, dtype)
     if hasattr(model, "config"):
-        from lowbit.loading.pipeline import attach
-
         attach(model, quantizer)
     else:
         model.lowbit_quantizer = quantizer
@@ -80,8 +80,6 @@ def inspect(model_or_path: nn.Module | str | Path, **load_kwargs) -> Inspection:
     """Per quantized layer: method, format, bits per weight (scales and zeros included), bytes, kernel and why."""
     model = model_or_path
     if not isinstance(model, nn.Module):
-        from lowbit.loading.pipeline import from_pretrained
-
         model = from_pretrained(model_or_path, **load_kwargs)
     quantizer = getattr(model, "lowbit_quantizer", None)
     method = quantizer.config.method if quantizer else None

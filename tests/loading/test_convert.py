@@ -17,8 +17,9 @@ import helpers  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit.errors import CheckpointError, ConfigError, SaveError  # noqa: E402
-from lowbit.loading import convert as convert_mod  # noqa: E402
+from lowbit.loading import engine as engine_mod  # noqa: E402
 from lowbit.loading import save as save_mod  # noqa: E402
+from lowbit.loading import stream as stream_mod  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,8 @@ def test_output_loads_and_runs_like_the_in_memory_model(ckpts, tmp_path):
 
 def test_model_weights_are_never_built(ckpts, tmp_path, monkeypatch):
     built = []
-    original = convert_mod.build_skeleton
-    monkeypatch.setattr(convert_mod, "build_skeleton", lambda *a: built.append(original(*a)) or built[-1])
+    original = engine_mod.build_skeleton
+    monkeypatch.setattr(engine_mod, "build_skeleton", lambda *a: built.append(original(*a)) or built[-1])
     lowbit.quantize_folder(ckpts["llama"], tmp_path / "out", lowbit.config("int4", group_size=32))
     (model,) = built
     real = [n for n, t in model.state_dict(keep_vars=True).items() if t is not None and t.device.type != "meta"]
@@ -127,10 +128,10 @@ def test_max_memory_caps_the_shard_buffer_at_a_third(ckpts, tmp_path, monkeypatc
 
 
 def test_max_memory_larger_than_three_shards_leaves_max_shard_size(ckpts, tmp_path):
-    assert convert_mod.shard_limit("2GB", "1GB") == 1_000_000_000 // 3
-    assert convert_mod.shard_limit("100MB", "1GB") == 100_000_000
-    assert convert_mod.shard_limit(1000, None) == 1000
-    assert convert_mod.shard_limit(1000, 2) == 1
+    assert save_mod.shard_limit("2GB", "1GB") == 1_000_000_000 // 3
+    assert save_mod.shard_limit("100MB", "1GB") == 100_000_000
+    assert save_mod.shard_limit(1000, None) == 1000
+    assert save_mod.shard_limit(1000, 2) == 1
 
 
 # ---- command line ----------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def test_nonfinite_is_an_error_or_clamped_like_loading(ckpts, tmp_path):
 
 
 def test_tied_config_over_a_different_head_is_refused(ckpts, tmp_path, monkeypatch):
-    monkeypatch.setattr(convert_mod, "COMPARE_BYTES", 64 * 4 * 10)  # compare in several chunks of rows
+    monkeypatch.setattr(stream_mod, "COMPARE_BYTES", 64 * 4 * 10)  # compare in several chunks of rows
     src = _copy(ckpts["llama"], tmp_path / "src")
     helpers.edit_config(src, tie_word_embeddings=True)
     with pytest.raises(CheckpointError, match="ties the output head"):

@@ -121,31 +121,34 @@ def test_quantize_on_load_stores_rtn_codes_of_the_checkpoint(ckpts, arch, cfg_na
 def test_loader_never_holds_two_full_precision_weights(ckpts, monkeypatch):
     """Spy on the tensor stream: when the loader asks for the next tensor, at most one earlier full-precision weight
     of a quantized layer may still be alive (the loop variable), and none once loading ends."""
-    from lowbit.loading import checkpoint, pipeline
+    from lowbit.loading import checkpoint
+    from lowbit.loading.reader import Reader
+
+    read = Reader.__call__
 
     def probe(consume):
         alive: list[weakref.ref] = []
         peak = [0]
 
-        def spy(ckpt):
-            for name, tensor in checkpoint.iter_tensors(ckpt):
-                peak[0] = max(peak[0], sum(r() is not None for r in alive))
-                if name.endswith(helpers.LLAMA_LINEARS_WEIGHT):
-                    alive.append(weakref.ref(tensor))
-                yield name, tensor
-                del tensor
+        def spy(reader, name):
+            peak[0] = max(peak[0], sum(r() is not None for r in alive))
+            tensor = read(reader, name)
+            if name.endswith(helpers.LLAMA_LINEARS_WEIGHT):
+                alive.append(weakref.ref(tensor))
+            return tensor
 
         result = consume(spy)
         return result, peak[0], alive
 
     # control: a loader that keeps every tensor would be caught (the probe can fail)
     ckpt = checkpoint.open_checkpoint(ckpts["llama"])
-    kept, peak, alive = probe(lambda spy: list(spy(ckpt)))
+    with Reader(ckpt) as reader:
+        kept, peak, alive = probe(lambda spy: [spy(reader, k) for k in reader.in_file_order()])
     assert len(alive) == 14 and peak >= 13
     del kept
 
     def load(spy):
-        monkeypatch.setattr(pipeline, "iter_tensors", spy)
+        monkeypatch.setattr(Reader, "__call__", spy)
         return _load(ckpts["llama"], INT4)
 
     model, peak, alive = probe(load)

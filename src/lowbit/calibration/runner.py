@@ -30,12 +30,13 @@ from lowbit.calibration.method import CalibratedQuantizer
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError, FormatError
 from lowbit.loading.checkpoint import Checkpoint, open_checkpoint
-from lowbit.loading.convert import _plan, _Reader, _stream, shard_limit
-from lowbit.loading.pipeline import _device
-from lowbit.loading.resolve import resolve_dtype, resolve_quantization
-from lowbit.loading.save import check_output, write_folder
+from lowbit.loading.engine import prepare, resolve_device
+from lowbit.loading.plan import Plan
+from lowbit.loading.reader import Reader
+from lowbit.loading.resolve import resolve_quantization
+from lowbit.loading.save import check_output, shard_limit, write_folder
 from lowbit.loading.skeleton import build_skeleton
-from lowbit.loading.tensors import check_finite
+from lowbit.loading.stream import StoredSource, output_tensors
 from lowbit.loading.tokenizer import load_tokenizer
 from lowbit.nn.holder import QuantHolder
 from lowbit.registry import get
@@ -75,10 +76,9 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
         from lowbit.data import text_path
 
         text = read_calibration_text(calib or text_path("wiki.calib.txt"))
-    device = _device(device)
-    dtype = resolve_dtype(dtype, ckpt.config)
-    quantizer = cls(cfg, calibrated=True)
-    quantizer.validate_environment(device, dtype)
+    device = resolve_device(device)
+    job = prepare(ckpt, cfg, device=device, dtype=dtype, tie=True, calibrated=True)  # what is written: packed shells
+    quantizer, dtype, qmodel = job.quantizer, job.dtype, job.model
     work_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     if ids is None:
         ids = calibration_samples(load_tokenizer(ckpt.path), text, samples, seq_len, seed)
@@ -86,11 +86,7 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
         raise ConfigError(f"ids={type(ids).__name__} {getattr(ids, 'shape', '')}; expected a [samples, seq_len] "
                           "torch.long tensor of token ids")
 
-    qmodel = build_skeleton(ckpt.path, ckpt.config, dtype)  # what is written: shells of the packed layers
-    quantizer.preprocess_model(qmodel)
-    if not quantizer.tied_head:
-        qmodel.tie_weights()
-    plan = _plan(qmodel, ckpt, quantizer)  # a missing or unexpected tensor fails here, before any work
+    plan = Plan(qmodel, ckpt, quantizer, output=True)  # a missing or unexpected tensor fails here, before any work
     model = build_skeleton(ckpt.path, ckpt.config, work_dtype)  # what runs: full precision, one block at a time
     prefix, blocks = find_blocks(model)
     quantizer.model_type = getattr(model.config, "model_type", None)
@@ -124,12 +120,9 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
             log(f"block {i}: {time.perf_counter() - t0:.1f} s")
     bar.close()
     del hidden, calls, model
-    done = work.store()
-    try:
-        tensors = _stream(plan, qmodel, ckpt, quantizer, dtype, progress, False, done=done)
+    with work.store() as done:  # the finished blocks, laid over the checkpoint
+        tensors = output_tensors(plan, dtype, progress=progress, over=[done])
         folder = write_folder(out, tensors, shard_limit(max_shard_size, max_memory), qmodel, ckpt.path, overwrite=overwrite)
-    finally:
-        done.close()
     work.remove()
     return folder, quantizer
 
@@ -139,20 +132,19 @@ def _load_outside(model: nn.Module, ckpt: Checkpoint, source: dict[str, str], pr
     head = model.get_output_embeddings()
     tied = getattr(model.config, "tie_word_embeddings", False)
     skip = {id(head.weight)} if head is not None and not tied else set()
-    with _Reader(ckpt, False) as read:
+    with Reader(ckpt) as read:
         for name, p in list(model.named_parameters()):
             if name.startswith(prefix + ".") or id(p) in skip or name not in source:
                 continue
-            _set(model, name, check_finite(source[name], read(source[name]), False, {}).to(device, p.dtype))
+            _set(model, name, read(source[name]).to(device, p.dtype))
     if tied:
         model.tie_weights()
 
 
 def _load_block(block: nn.Module, name: str, ckpt: Checkpoint, source: dict[str, str], device, dtype) -> None:
-    with _Reader(ckpt, False) as read:
+    with Reader(ckpt) as read:
         for local, p in list(block.named_parameters()):
-            key = source[f"{name}.{local}"]
-            _set(block, local, check_finite(key, read(key), False, {}).to(device, dtype))
+            _set(block, local, read(source[f"{name}.{local}"]).to(device, dtype))
 
 
 def _set(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -233,8 +225,9 @@ class _Work:
         self._write_state(i + 1)
         (self.dir / f"inputs-{i}.safetensors").unlink(missing_ok=True)
 
-    def store(self) -> _Store:
-        return _Store(sorted(self.dir.glob("block-*.safetensors")))
+    def store(self) -> StoredSource:
+        """The finished blocks' tensors by name, read from the work folder when the output is written."""
+        return StoredSource(sorted(self.dir.glob("block-*.safetensors")))
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -255,21 +248,3 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
-
-
-class _Store:
-    """The finished blocks' tensors by name, read from the work folder when the output is written."""
-
-    def __init__(self, files: list[Path]) -> None:
-        self.files = [safe_open(str(p), "pt", device="cpu").__enter__() for p in files]
-        self.where = {k: f for f in self.files for k in f.keys()}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.where
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.where[name].get_tensor(name)
-
-    def close(self) -> None:
-        for f in self.files:
-            f.__exit__(None, None, None)

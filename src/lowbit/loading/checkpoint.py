@@ -17,9 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
-
 from lowbit.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -175,17 +172,6 @@ def reading(path: Path) -> Iterator[None]:
         raise
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"cannot read {path}: {e}; re-download or re-save the checkpoint") from None
-
-
-def iter_tensors(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) one at a time, shard by shard."""
-    by_shard: dict[str, list[str]] = {}
-    for name, shard in ckpt.weight_map.items():
-        by_shard.setdefault(shard, []).append(name)
-    for shard, names in sorted(by_shard.items()):
-        with reading(ckpt.path / shard), safe_open(str(ckpt.path / shard), framework="pt", device="cpu") as f:
-            for name in names:
-                yield name, f.get_tensor(name)
 
 
 def file_sha256(path: Path) -> str:
