@@ -86,13 +86,13 @@ def tune_model(model: nn.Module, batches) -> int:
             continue
         if m.fused is not None:  # the fused layer's shape is what runs
             m = m.fused[0].linear
-        fmt, (n, k) = m.kernel.op_key(m.fmt), m.weight_shape
+        tf, (n, k) = m.kernel.triton_format(m.request), m.weight_shape
         w, s, z = m.kernel.tensors(m._buffers, m._prepared)
         for b in batches:
-            key = tune.key(fmt, torch.bfloat16, b, k, n)
+            key = tune.key(tf, torch.bfloat16, b, k, n)
             if key not in tune.cache() and key not in done:
                 x = torch.randn(b, k, device="cuda", dtype=torch.bfloat16)
-                tune.tune(fmt, torch.bfloat16, b, k, n, ops._measure(x, w, s, z, None, fmt))
+                tune.tune(tf, torch.bfloat16, b, k, n, ops._measure(x, w, s, z, None, tf))
                 done.add(key)
     return len(done)
 

@@ -58,16 +58,16 @@ def main() -> None:
         for name in args.formats:
             ql = quant_linear(w, *FORMATS[name])
             wt, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-            fmt = ql.kernel.op_key(ql.fmt)
+            tf = ql.kernel.triton_format(ql.request)
             errors = []
-            measure = ops._measure(x, wt, s, z, None, fmt, errors)
+            measure = ops._measure(x, wt, s, z, None, tf, errors)
             ref = ref_out(ql, x)
-            tuned = tune.config_for(fmt, DT, 1, k, n)
+            tuned = tune.config_for(tf, DT, 1, k, n)
             for variant, configs in (("registers", [tuned]), ("pipelined", pipelined())):
                 timed = sorted((measure(c), i) for i, c in enumerate(configs))
                 us, best = timed[0]
                 cfg = configs[best]
-                err = rel_err(ops.run(x, wt, s, z, None, fmt, cfg), ref) if us < float("inf") else None
+                err = rel_err(ops.run(x, wt, s, z, None, tf, cfg), ref) if us < float("inf") else None
                 gbs = ql.packed_nbytes() / us / 1e3
                 rows.append({"K": k, "N": n, "format": name, "variant": variant, "us": round(us, 2),
                              "gbs": round(gbs), "of_copy": round(gbs / copy_gbs, 3), "rel_err": err,

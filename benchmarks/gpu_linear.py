@@ -146,10 +146,10 @@ def run_shape(k: int, n: int, ms, tune_configs: bool, only=None) -> tuple[list[d
             if not ql.kernel.name.startswith("triton"):
                 notes[name] = f"kernel {ql.kernel.name}: {ql.kernel_reason}"
             wt, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-            fmt = ql.kernel.op_key(ql.fmt)
+            tf = ql.kernel.triton_format(ql.request)
             if tune_configs:
-                tune.tune(fmt, DT, m, k, n, ops._measure(x, wt, s, z, None, fmt))
-            cfg = tune.config_for(fmt, DT, m, k, n)
+                tune.tune(tf, DT, m, k, n, ops._measure(x, wt, s, z, None, tf))
+            cfg = tune.config_for(tf, DT, m, k, n)
             found[name] = (bench(lambda: ql(x)), ql.packed_nbytes(), rel_err(ql(x), ref_out(ql, x)), tune.short(cfg))
         bf16_us = found["bf16"][0]
         for name, (us, nbytes, err, cfg) in found.items():

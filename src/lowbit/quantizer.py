@@ -18,6 +18,7 @@ from lowbit.archs import arch_info, name_matches
 from lowbit.config import ComputeDtype, QuantConfig
 from lowbit.errors import ConfigError, DependencyError
 from lowbit.formats import WeightFormat
+from lowbit.kernels import AUTO
 from lowbit.nn import QuantEmbedding, QuantLinear
 from lowbit.nn.quant_embedding import EMBEDDING_FORMAT
 from lowbit.rtn import rtn_quantize
@@ -73,14 +74,11 @@ class Quantizer:
     def adjust_max_memory(self, max_memory: dict | None) -> dict | None:
         return max_memory
 
-    def compute_dtype(self, device: torch.device, dtype: torch.dtype) -> torch.dtype:
-        """The activations' dtype inside quantized layers (config ``compute_dtype``; ``auto`` by device)."""
+    def compute_dtype(self) -> torch.dtype | str:
+        """The activations' dtype inside quantized layers as configured: a dtype, or ``"auto"``, which each layer
+        resolves for its own device whenever it is prepared (``kernels.resolve_compute_dtype``)."""
         choice = self.config.compute_dtype
-        if choice is not ComputeDtype.AUTO:
-            return getattr(torch, choice.value)
-        if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_bf16() else torch.float32
-        return torch.bfloat16 if dtype == torch.float32 else dtype
+        return AUTO if choice is ComputeDtype.AUTO else getattr(torch, choice.value)
 
     # ---- memory math ------------------------------------------------------------------------------
     def packed_nbytes(self, name: str, shape: tuple[int, int]) -> int:
@@ -185,13 +183,17 @@ class Quantizer:
 
     # ---- after weights ----------------------------------------------------------------------------
     def postprocess_model(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-        """Tie shared quantized tables again, choose kernels and build their layouts."""
+        """Tie shared quantized tables again, choose kernels and build their layouts.
+
+        ``dtype`` is the model's; each layer resolves an ``auto`` compute dtype for the device it is on, so
+        ``device`` (the compute device of the placement) does not decide it.
+        """
         if self.tied_head:
             _tie_buffers(model, *self.tied_head)
-        compute = self.compute_dtype(device, dtype)
+        compute = self.compute_dtype()
         for module in model.modules():
             if isinstance(module, QuantLinear):
-                module.prepare(compute, self.config.kernel)
+                module.prepare(compute, self.config.kernel, dtype)
                 release_freed_memory()
 
 
@@ -221,13 +223,3 @@ def _tie_buffers(model: nn.Module, head: str, emb: str) -> None:
     for n in emb_mod.tensor_names():
         head_mod._buffers[n] = emb_mod._buffers[n]
     head_mod.on_tensors_changed()
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product units (AVX512-BF16 or AMX), which make bf16 matmuls fast."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -27,25 +27,17 @@ def reference(layer, x):
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda s: s.describe())
-@pytest.mark.parametrize("m", [1, 7, 33, 130])  # 130: int8's dense path for long inputs
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16, torch.float32])
-def test_fast_kernels_match_reference(fmt, m, compute):
+def test_cpu_kernels_are_chosen_for_their_formats(fmt, compute):
+    """Which kernel runs a layer; how every kernel that accepts a layer computes it is tests/kernels/conformance.py."""
     n, k = 48, 576 if fmt.group_size in (None, 32, 64) else 640
     layer = make_layer(fmt, n, k, compute=compute)
     assert layer.kernel.name == ("cpu_int8" if fmt.bits == 8 else "cpu_int4")
-    x = torch.randn(2, m, k)
+    assert layer.request.compute_dtype == layer.compute_dtype == compute and layer.request.shape == (n, k)
+    x = torch.randn(2, 3, k)
     ref = reference(layer, x)
-    got = layer(x)
-    assert got.shape == (2, m, n) and got.dtype == x.dtype
-    rel = ((got - ref).norm() / ref.norm()).item()
-    assert rel < {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[compute]
-    forced = make_layer(fmt, n, k, compute=compute, kernel="reference")
-    forced.load_quantized(layer.canonical_tensors())
-    forced.bias = layer.bias
-    forced.prepare()
-    assert forced.kernel.name == "reference"
-    assert ((forced(x) - ref).norm() / ref.norm()).item() < {torch.float32: 1e-6, torch.float16: 2e-3,
-                                                              torch.bfloat16: 1e-2}[compute]
+    assert ((layer(x) - ref).norm() / ref.norm()).item() < {torch.float32: 1e-5, torch.float16: 2e-3,
+                                                             torch.bfloat16: 1e-2}[compute]
 
 
 def test_fallback_group_on_k576():
@@ -134,8 +126,64 @@ def test_compile_fullgraph():
 @pytest.mark.parametrize("n, k", [(48, 128), (1024, 4096), (2080, 4096)])  # 256-row blocks at K=4096
 def test_blockwise_cpu_packing_equals_whole_layer(n, k):
     from lowbit.formats import pack_bits
-    from lowbit.kernels.cpu import _pack_for_cpu
+    from lowbit.kernels.cpu.int4 import pack_for_cpu
 
     codes = torch.randint(0, 16, (n, k), dtype=torch.int32)
     whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-    assert torch.equal(_pack_for_cpu(pack_bits(codes.to(torch.uint8), 4), symmetric=False), whole)
+    assert torch.equal(pack_for_cpu(pack_bits(codes.to(torch.uint8), 4), symmetric=False), whole)
+
+
+# ---- compute_dtype="auto": resolved for the device at every prepare ------------------------------------------------
+
+def _quant_linears(model):
+    return [m for m in model.modules() if isinstance(m, QuantLinear)]
+
+
+def test_auto_compute_dtype_follows_the_device_after_a_load_and_a_move(monkeypatch, tmp_path):
+    from helpers import make_llama
+
+    from lowbit.kernels.cpu import features
+
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: False)  # loaded on a CPU without bf16 units
+    model = lowbit.from_pretrained(make_llama(tmp_path / "src"), quantization=lowbit.config("int4", group_size=32))
+    layers = _quant_linears(model)
+    assert {(m.compute_choice, m.compute_dtype, m.request.compute_dtype) for m in layers} == \
+        {("auto", torch.float32, torch.float32)}
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)  # the model moves to a CPU with them
+    model.to("cpu")
+    assert {(m.compute_dtype, m.request.compute_dtype) for m in layers} == {(torch.bfloat16, torch.bfloat16)}
+    assert all(m.kernel.name == "cpu_int4" for m in layers)
+
+
+def test_auto_compute_dtype_follows_the_device_after_quantizing(monkeypatch):
+    from lowbit.kernels.cpu import features
+
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 64))
+    lowbit.quantize_(model, lowbit.config("int4", group_size=32))
+    assert model[0].compute_dtype == torch.bfloat16
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: False)
+    model.to("cpu")
+    assert model[0].compute_dtype == torch.float32 and model[0].request.compute_dtype == torch.float32
+    x = torch.randn(3, 256)
+    assert ((model(x) - reference(model[0], x)).norm() / reference(model[0], x).norm()).item() < 1e-5
+
+
+def test_explicit_compute_dtype_stays_after_a_move(monkeypatch):
+    from lowbit.kernels.cpu import features
+
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 64))
+    lowbit.quantize_(model, lowbit.config("int4", group_size=32, compute_dtype="float16"))
+    model.to("cpu")
+    assert model[0].compute_choice == model[0].compute_dtype == torch.float16
+
+
+def test_auto_resolution_by_device():
+    from lowbit.kernels import AUTO, resolve_compute_dtype
+
+    cuda = torch.device("cuda")
+    assert resolve_compute_dtype(AUTO, cuda, torch.float32) == torch.bfloat16  # an fp32 model computes in bf16
+    assert resolve_compute_dtype(AUTO, cuda, torch.float16) == torch.float16  # a half model in its own dtype
+    assert resolve_compute_dtype(AUTO, cuda, torch.bfloat16) == torch.bfloat16
+    assert resolve_compute_dtype(torch.float32, cuda, torch.float16) == torch.float32

@@ -14,9 +14,8 @@ from lowbit.errors import KernelError
 from lowbit.formats import CodebookFormat, Fp8Format, IntFormat, pack_bits, unpack_bits
 from lowbit.formats.codebook import codebook_quantize
 from lowbit.formats.fp8 import quantize_channel
-from lowbit.kernels import choose
-from lowbit.kernels.select import get_kernel
-from lowbit.kernels.triton import TRITON_KERNELS, TritonFp8Kernel
+from lowbit.kernels import choose, get_kernel, kernel_request, kernels
+from lowbit.kernels.triton import Family, TritonKernel
 from lowbit.kernels.triton.layout import codes_from_words, nibble_words
 from lowbit.nn import QuantLinear
 from lowbit.rtn import rtn_quantize
@@ -36,7 +35,7 @@ FORMATS = {
     "fp8": Fp8Format(),
     "fp8-dynamic": Fp8Format(activations="dynamic"),
 }
-KERNEL_OF = {"int": {4: "triton_int4", 8: "triton_int8"}, "codebook": "triton_nf4", "fp8": "triton_fp8"}
+KERNEL_OF = {"int": {4: "triton_int4", 8: "triton_int8"}, "codebook": "triton_codebook", "fp8": "triton_fp8"}
 
 
 def stored(fmt, w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -94,11 +93,12 @@ def test_forced_triton_kernel_on_cpu_is_an_error(monkeypatch):
 
 
 def test_fp8_declines_without_fp8_units(monkeypatch):
-    import lowbit.kernels.triton as tk
+    import lowbit.kernels.triton.kernel as tk
 
     monkeypatch.setattr(tk, "triton_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    ok, why = TritonFp8Kernel().can_implement(Fp8Format(), torch.device("cuda"), (256, 256), torch.bfloat16)
+    request = kernel_request(Fp8Format(), (256, 256), "cuda", torch.bfloat16)
+    ok, why = get_kernel("triton_fp8").can_implement(request)
     assert not ok and why == "compute capability 8.0 has no fp8 instructions (needs 8.9+)"
 
 
@@ -121,9 +121,10 @@ def test_kernel_layout_rebuilds_canonical(name):
     fmt = FORMATS[name]
     kernel = get_kernel(KERNEL_OF["codebook"] if isinstance(fmt, CodebookFormat) else "triton_int4")
     t = stored(fmt, torch.randn(48, 256))
-    prepared = kernel.layout(t, fmt)
-    rebuilt = kernel.canonical_from_prepared(prepared, fmt, (48, 256))
-    assert set(rebuilt) == set(kernel.dropped_names(fmt)) & set(t)  # every dropped tensor comes back
+    request = kernel_request(fmt, (48, 256), "cuda", torch.bfloat16)
+    prepared = kernel.layout(t, request)
+    rebuilt = kernel.canonical_from_prepared(prepared, request)
+    assert set(rebuilt) == set(kernel.dropped_names(request)) & set(t)  # every dropped tensor comes back
     for name, tensor in rebuilt.items():
         assert torch.equal(tensor, t[name]) and tensor.is_contiguous(), name
     scales = prepared["s"] if "s" in prepared else prepared["absmax"]
@@ -146,15 +147,50 @@ def test_layer_keeps_only_the_kernel_layout_and_saves_the_canonical_tensors(name
     ql.load_quantized({n: t.clone() for n, t in canon.items()})
     ql.prepare(torch.bfloat16, kernel.name)
     dropped = {n for n in ql.tensor_names() if ql._buffers[n] is None}
-    assert dropped == set(kernel.dropped_names(fmt)) & set(canon) and "qweight" in dropped
+    assert dropped == set(kernel.dropped_names(ql.request)) & set(canon) and "qweight" in dropped
     state = ql.state_dict()
     assert set(state) == set(canon) and all(torch.equal(state[n], canon[n]) for n in canon)
 
 
 def test_every_triton_kernel_is_registered():
-    names = {k.name for k in TRITON_KERNELS}
-    assert names == {"triton_int4", "triton_int8", "triton_nf4", "triton_fp8"}
+    names = {k.name for k in kernels() if isinstance(k, TritonKernel)}
+    assert names == {"triton_int4", "triton_int8", "triton_codebook", "triton_fp8"}
     assert all(get_kernel(n).name == n for n in names)
+
+
+def test_former_name_triton_nf4_still_selects_the_codebook_kernel(monkeypatch):
+    import lowbit.kernels.triton.kernel as tk
+
+    monkeypatch.setattr(tk, "triton_available", lambda: True)
+    for fmt in (CodebookFormat("nf4", 64), CodebookFormat("fp4", 64)):
+        with pytest.warns(FutureWarning, match="'triton_nf4' is now called 'triton_codebook'"):
+            kernel, why = choose(fmt, torch.device("cuda"), (256, 256), torch.bfloat16, forced="triton_nf4")
+        assert kernel.name == "triton_codebook" and why.startswith(f"forced: triton {fmt.code}/64: ")
+    monkeypatch.setenv("LOWBIT_KERNEL", "triton_nf4")
+    with pytest.warns(FutureWarning, match="triton_codebook"):
+        assert choose(CodebookFormat("nf4", 64), torch.device("cuda"), (256, 256), torch.bfloat16)[0].name == \
+            "triton_codebook"
+
+
+def test_the_op_is_told_typed_scalars_and_the_tuner_keys_stay_as_cached():
+    """Each Triton kernel hands the op (family, group, code book, dynamic); the tuner's key is written from them by
+    one function, in the form of the committed cache (tuned_h100.json)."""
+    import json
+    from pathlib import Path
+
+    from lowbit.kernels.triton import tune
+
+    want = {"int4-g128-asym": ((0, 128, "", False), "int4/128"), "int4-g128-sym": ((0, 128, "", False), "int4/128"),
+            "int8": ((2, 0, "", False), "int8"), "nf4-b64": ((1, 64, "nf4", False), "nf4/64"),
+            "fp8": ((3, 0, "", False), "fp8"), "fp8-dynamic": ((3, 0, "", True), "fp8dyn")}
+    cache = json.loads((Path(tune.__file__).parent / "tuned_h100.json").read_text())["configs"]
+    cached = {key.split("|")[0] for key in cache}
+    for name, (args, label) in want.items():
+        fmt = FORMATS[name]
+        request = kernel_request(fmt, (11008, 4096), "cuda", torch.bfloat16)
+        tf = get_kernel(kernel_name(fmt)).triton_format(request)
+        assert tf.op_args() == args and tf.label == label and label in cached
+        assert tune.key(tf, torch.bfloat16, 3, 4096, 11008) == f"{label}|bfloat16|M4|K4096|N11008"
 
 
 # ---- on a GPU ---------------------------------------------------------------------------------------
@@ -217,7 +253,7 @@ def test_explicit_configs_match_reference(layers, name, cfg):
     ql = layers(name, torch.bfloat16)
     x = torch.randn(5, K, device="cuda", dtype=torch.bfloat16)
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-    got = ops.run(x, w, s, z, ql.bias, ql.kernel.op_key(ql.fmt), cfg)
+    got = ops.run(x, w, s, z, ql.bias, ql.kernel.triton_format(ql.request), cfg)
     ref = ref_out(ql, x)
     rel = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
     assert rel < TOL[torch.bfloat16], f"{name} {cfg}: relative error {rel:.2e}"
@@ -242,7 +278,8 @@ def test_gemm_decodes_int4_weights_exactly(fmt, compute, cfg):
     torch.manual_seed(0)
     ql = layer(fmt, 200, 384, "cuda", compute, bias=False)  # 200 rows: a partial tile of rows
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-    got = ops.run(torch.eye(384, device="cuda", dtype=compute), w, s, z, None, ql.kernel.op_key(ql.fmt), cfg)
+    got = ops.run(torch.eye(384, device="cuda", dtype=compute), w, s, z, None, ql.kernel.triton_format(ql.request),
+                  cfg)
     want = ql.fmt.dequantize(ql.canonical_tensors(), torch.float32).to(compute).t()
     assert torch.equal(got, want), f"{(got != want).sum().item()} of {got.numel()} weights differ"
 
@@ -260,9 +297,10 @@ def test_split_k_is_deterministic_and_leaves_counters_at_zero(layers, name, cfg)
     ql = layers(name, torch.bfloat16)
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
     x = torch.randn(3, K, device="cuda", dtype=torch.bfloat16)
-    first = ops.run(x, w, s, z, ql.bias, ql.kernel.op_key(ql.fmt), cfg)
+    tf = ql.kernel.triton_format(ql.request)
+    first = ops.run(x, w, s, z, ql.bias, tf, cfg)
     for _ in range(20):
-        assert torch.equal(ops.run(x, w, s, z, ql.bias, ql.kernel.op_key(ql.fmt), cfg), first)
+        assert torch.equal(ops.run(x, w, s, z, ql.bias, tf, cfg), first)
     assert int(ops.locks(x.device).count_nonzero()) == 0
 
 
@@ -290,13 +328,14 @@ def test_inspect_reason_names_the_configs():
 def test_opcheck(name):
     ql = layer(FORMATS[name], 256, 384, "cuda", torch.bfloat16)
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
-    fmt = ql.kernel.op_key(ql.fmt)
+    tf = ql.kernel.triton_format(ql.request)
     # test_schema runs the op under a mode that multiplies inputs, which torch has no fp8 kernel for
-    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic") if fmt.startswith("fp8") \
+    utils = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic") if tf.family is Family.FP8 \
         else ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     for x, bias in ((torch.randn(3, 384, device="cuda", dtype=torch.bfloat16), ql.bias),
                     (torch.randn(2, 1, 384, device="cuda", dtype=torch.bfloat16), None)):
-        torch.library.opcheck(torch.ops.lowbit.triton_linear.default, (x, w, s, z, bias, fmt), test_utils=utils)
+        torch.library.opcheck(torch.ops.lowbit.triton_linear.default, (x, w, s, z, bias, *tf.op_args()),
+                              test_utils=utils)
 
 
 @needs_cuda
@@ -328,6 +367,28 @@ def test_compile_fullgraph_and_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, eager)
+
+
+@needs_cuda
+def test_auto_compute_dtype_follows_the_layer_to_the_gpu_and_back(monkeypatch):
+    """Quantized on a CPU without bf16 units (fp32 layers), then moved: on the GPU the Triton kernel runs in bf16
+    (the model's dtype once it is half), and back on the CPU in fp32 again."""
+    import lowbit
+    from lowbit.kernels.cpu import features
+
+    monkeypatch.setattr(features, "cpu_has_bf16", lambda: False)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 256))
+    lowbit.quantize_(model, lowbit.config("int4", group_size=128))
+    assert (model[0].compute_dtype, model[0].kernel.name) == (torch.float32, "cpu_int4")
+    model.to("cuda")
+    assert (model[0].compute_dtype, model[0].kernel.name) == (torch.bfloat16, "triton_int4"), model[0].kernel_reason
+    model.half()
+    assert (model[0].compute_dtype, model[0].kernel.name) == (torch.float16, "triton_int4")
+    x = torch.randn(3, 512, device="cuda", dtype=torch.float16)
+    ref = ref_out(model[0], x)
+    assert ((model(x).float() - ref.float()).norm() / ref.float().norm()).item() < TOL[torch.float16]
+    model.float().to("cpu")
+    assert (model[0].compute_dtype, model[0].kernel.name) == (torch.float32, "cpu_int4")
 
 
 @needs_cuda

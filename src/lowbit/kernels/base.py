@@ -1,44 +1,54 @@
-"""The kernel interface every implementation follows."""
+"""The kernel interface every implementation follows; defining a subclass with a ``name`` registers it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from lowbit.kernels.registry import register_kernel
+
 if TYPE_CHECKING:
-    from lowbit.formats import WeightFormat
+    from lowbit.kernels.request import KernelRequest
 
 
 class Kernel:
     """One way to compute ``x @ W.T`` for a quantized weight.
 
-    ``prepare`` turns the canonical stored tensors into the kernel's private layout (non-persistent
-    buffers, made after loading and again after ``.to(device)``); ``run`` computes the layer.
+    Every method receives the layer's :class:`~lowbit.kernels.request.KernelRequest`. ``can_implement`` says
+    whether (and how, or why not) this kernel runs it; ``prepare`` turns the canonical stored tensors into the
+    kernel's private layout (non-persistent buffers, made after loading and again after ``.to(device)``);
+    ``run`` computes the layer. A subclass that sets ``name`` is registered when it is defined (one instance).
     """
 
-    name: str = ""
-    priority: int = 0  # higher is tried first
-    rebuilds_canonical: bool = False  # canonical_from_prepared works: the layer keeps one copy
-    row_block: int = 1  # the kernel layout keeps rows together in blocks this tall: row slices must align to them
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()  # former names, still accepted by kernel= and $LOWBIT_KERNEL
+    priority: ClassVar[int] = 0  # higher is tried first
+    rebuilds_canonical: ClassVar[bool] = False  # canonical_from_prepared works: the layer keeps one copy
+    row_block: ClassVar[int] = 1  # the layout keeps rows together in blocks this tall: row slices must align
 
-    def handles(self, fmt: WeightFormat) -> bool:
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            register_kernel(cls())
+
+    def handles(self, request: KernelRequest) -> bool:
         """Whether this kernel is about this kind of weight at all (others are not listed as declined)."""
         return True
 
-    def can_implement(self, fmt: WeightFormat, device: torch.device, shape: tuple[int, int],
-                      compute_dtype: torch.dtype) -> tuple[bool, str]:
+    def can_implement(self, request: KernelRequest) -> tuple[bool, str]:
+        """(True, how it runs the layer) or (False, why not)."""
         raise NotImplementedError
 
-    def prepare(self, tensors: dict[str, torch.Tensor], fmt: WeightFormat, compute_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    def prepare(self, tensors: dict[str, torch.Tensor], request: KernelRequest) -> dict[str, torch.Tensor]:
         return {}
 
-    def dropped_names(self, fmt: WeightFormat) -> tuple[str, ...]:
+    def dropped_names(self, request: KernelRequest) -> tuple[str, ...]:
         """The canonical tensors a layer drops after ``prepare``: ``canonical_from_prepared`` rebuilds them."""
         return ("qweight",) if self.rebuilds_canonical else ()
 
-    def canonical_from_prepared(self, prepared: dict[str, torch.Tensor], fmt: WeightFormat,
-                                shape: tuple[int, int]) -> dict[str, torch.Tensor] | None:
+    def canonical_from_prepared(self, prepared: dict[str, torch.Tensor],
+                                request: KernelRequest) -> dict[str, torch.Tensor] | None:
         """The stored tensors that ``prepare`` consumed, rebuilt from the kernel layout.
 
         A kernel that can do this lets the layer drop its canonical copy, so only one copy of the
@@ -47,7 +57,7 @@ class Kernel:
         return None
 
     def run(self, x: torch.Tensor, tensors: dict[str, torch.Tensor], prepared: dict[str, torch.Tensor],
-            fmt: WeightFormat, bias: torch.Tensor | None) -> torch.Tensor:
+            request: KernelRequest, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
 

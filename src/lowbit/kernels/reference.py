@@ -1,7 +1,7 @@
 """Reference kernel: the format's own pure-torch ``reference_linear``. Always correct; the oracle for the others.
 
-One op serves every format: the format travels as its key string and the stored tensors as a list in
-the format's storage order.
+One op serves every format: the format travels as its JSON key (``WeightFormat.key``, read back whole by
+``format_from_key``) and the stored tensors as a list in the format's storage order.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ class ReferenceKernel(Kernel):
     name = "reference"
     priority = 0
 
-    def can_implement(self, fmt, device, shape, compute_dtype):
+    def can_implement(self, request):
         return True, "pure-torch dequantize + F.linear (works everywhere)"
 
-    def run(self, x, tensors, prepared, fmt, bias):
-        names, key = _names_and_key(fmt)
+    def run(self, x, tensors, prepared, request, bias):
+        names, key = _names_and_key(request.fmt)
         return torch.ops.lowbit.linear_ref(x, [tensors[n] for n in names], key, bias)

@@ -96,7 +96,7 @@ def _fuse(members: list[QuantLinear], names: tuple[str, ...]) -> bool:
     if linear.bias is not None:
         biases = [m.bias if m.bias is not None else torch.zeros(m.out_features, device=device) for m in members]
         linear.bias = nn.Parameter(torch.cat([b.to(first.compute_dtype) for b in biases]), requires_grad=False)
-    linear.prepare(first.compute_dtype, first.forced_kernel)
+    linear.prepare(first.compute_choice, first.forced_kernel, first.model_dtype)
     if linear.kernel.name != first.kernel.name or not all(_row_wise(t, n) for t in linear._prepared.values()):
         return False
     group = FusedGroup(members, linear)

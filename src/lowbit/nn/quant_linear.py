@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import WeightFormat
-from lowbit.kernels import choose
-from lowbit.kernels.base import Kernel
+from lowbit.kernels import Kernel, KernelRequest, kernel_request, resolve_compute_dtype, select
 from lowbit.nn.holder import QuantHolder
 
 
@@ -17,6 +16,11 @@ class QuantLinear(QuantHolder):
 
     When the chosen kernel can rebuild the canonical tensors from its own layout, the canonical copy is
     dropped after :meth:`prepare`, so one copy of the weight is in memory; ``state_dict`` rebuilds it.
+
+    ``compute_choice`` is the configured compute dtype (a dtype, or ``"auto"``); each :meth:`prepare` resolves it
+    for the device the layer is on (``kernels.resolve_compute_dtype``) into ``compute_dtype``, so ``auto``
+    follows the layer through ``.to()``. ``model_dtype`` (the dtype around the layer, for ``auto`` on GPUs)
+    follows ``.half()`` and the like.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, fmt: WeightFormat,
@@ -25,8 +29,11 @@ class QuantLinear(QuantHolder):
         self.in_features, self.out_features = in_features, out_features
         self._init_quant(out_features, in_features, fmt, device)
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), requires_grad=False) if bias else None
-        self.compute_dtype: torch.dtype = torch.float32
+        self.compute_choice: torch.dtype | str = torch.float32
+        self.compute_dtype: torch.dtype = torch.float32  # compute_choice resolved at the last prepare
+        self.model_dtype: torch.dtype = dtype if dtype is not None else torch.float32
         self.forced_kernel: str | None = None
+        self.request: KernelRequest | None = None
         self.kernel: Kernel | None = None
         self.kernel_reason = ""
         self._prepared: dict[str, torch.Tensor] = {}
@@ -47,11 +54,11 @@ class QuantLinear(QuantHolder):
 
     # ---- canonical tensors ------------------------------------------------------------------
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
-        rebuilt = self.kernel.canonical_from_prepared(self._prepared, self.fmt, self.weight_shape) if self._dropped else {}
+        rebuilt = self.kernel.canonical_from_prepared(self._prepared, self.request) if self._dropped else {}
         return {n: rebuilt[n] if n in self._dropped else self._buffers[n] for n in self.tensor_names()}  # layout order
 
     def on_tensors_changed(self) -> None:
-        self.kernel, self._prepared, self._dropped, self.fused = None, {}, set(), None
+        self.request, self.kernel, self._prepared, self._dropped, self.fused = None, None, {}, set(), None
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self.bias is not None:
@@ -61,26 +68,36 @@ class QuantLinear(QuantHolder):
                 destination[prefix + name] = tensor
 
     # ---- kernels -------------------------------------------------------------------------------
-    def prepare(self, compute_dtype: torch.dtype | None = None, forced_kernel: str | None = None) -> None:
-        """Choose the kernel for this device and build its layout."""
+    def prepare(self, compute_dtype: torch.dtype | str | None = None, forced_kernel: str | None = None,
+                model_dtype: torch.dtype | None = None) -> None:
+        """Resolve the compute dtype for this device, choose the kernel and build its layout.
+
+        ``compute_dtype``: a dtype or ``"auto"`` (kept as ``compute_choice``); None keeps the current choice.
+        """
         if compute_dtype is not None:
-            self.compute_dtype = compute_dtype
+            self.compute_choice = compute_dtype
         if forced_kernel is not None:
             self.forced_kernel = forced_kernel
+        if model_dtype is not None:
+            self.model_dtype = model_dtype
         canon = self.canonical_tensors()
         device = canon["qweight"].device
-        kernel, reason = choose(self.fmt, device, self.weight_shape, self.compute_dtype, self.forced_kernel)
-        prepared = kernel.prepare(canon, self.fmt, self.compute_dtype)
+        self.compute_dtype = resolve_compute_dtype(self.compute_choice, device, self.model_dtype)
+        request = kernel_request(self.fmt, self.weight_shape, device, self.compute_dtype)
+        kernel, reason = select(request, self.forced_kernel)
+        prepared = kernel.prepare(canon, request)
         for name, tensor in canon.items():
             self._buffers[name] = tensor
-        self.kernel, self.kernel_reason, self._prepared, self._dropped = kernel, reason, prepared, set()
+        self.request, self.kernel, self.kernel_reason = request, kernel, reason
+        self._prepared, self._dropped = prepared, set()
         if self.tied_to is None:  # the kernel layout holds these; state_dict rebuilds them
-            for name in kernel.dropped_names(self.fmt):
+            for name in kernel.dropped_names(request):
                 if name in canon:
                     self._buffers[name] = None
                     self._dropped.add(name)
 
     def after_move(self, fn, target: torch.device) -> None:
+        self.model_dtype = fn(torch.empty(0, dtype=self.model_dtype)).dtype
         was_prepared = self.kernel is not None
         self.on_tensors_changed()
         if was_prepared and target.type != "meta":
@@ -92,5 +109,5 @@ class QuantLinear(QuantHolder):
             return group.output(x, index)
         if self.kernel is None:
             self.prepare()
-        y = self.kernel.run(x.to(self.compute_dtype), self._buffers, self._prepared, self.fmt, self.bias)
+        y = self.kernel.run(x.to(self.compute_dtype), self._buffers, self._prepared, self.request, self.bias)
         return y.to(x.dtype)

@@ -43,12 +43,13 @@ import os
 import triton
 import triton.language as tl
 
+from lowbit.kernels.triton.family import Family
 from lowbit.kernels.triton.lut import CODE_ASM, WORD_ASM
 
-INT4 = tl.constexpr(0)
-NF4 = tl.constexpr(1)
-INT8 = tl.constexpr(2)
-FP8 = tl.constexpr(3)
+INT4 = tl.constexpr(int(Family.INT4))  # the FMT constexpr of each weight family (family.py)
+CODEBOOK = tl.constexpr(int(Family.CODEBOOK))
+INT8 = tl.constexpr(int(Family.INT8))
+FP8 = tl.constexpr(int(Family.FP8))
 # One lop3 for (t & mask) | magic, which ptxas leaves as two logic ops; Triton's interpreter (TRITON_INTERPRET=1,
 # used to check these kernels without a GPU) cannot run PTX, so there the same expression is written out.
 ASM = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
@@ -111,7 +112,7 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
             scale = tl.broadcast_to(tl.load(s_ptr + at * stride_sn + group * stride_sg).to(x_dtype), words.shape)
             w = tl.inline_asm_elementwise(PAIR_ASM[2 * (PACKED - 1)], "=r" + ",r" * 6, [words, sh, off, scale],
                                           dtype=x_dtype, is_pure=True, pack=2)
-    elif FMT == INT4 or FMT == NF4:
+    elif FMT == INT4 or FMT == CODEBOOK:
         words = tl.load(w_ptr + w_at + c * 256 + word)
         q = (words >> shift) & 15
         s = tl.load(s_ptr + at * stride_sn + group * stride_sg).to(tl.float32)
@@ -246,7 +247,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
     j = tl.arange(0, ACC_W)
     c0 = pid_k * chunks_per_split  # the launcher splits K into equal parts
     x_row = x_ptr + m.to(tl.int64) * stride_xm
-    if FMT == INT4 or FMT == NF4:
+    if FMT == INT4 or FMT == CODEBOOK:
         SUB: tl.constexpr = GS if GS < 128 else 128  # inputs that share one scale within a chunk
         SPAN: tl.constexpr = SUB // 16  # slabs per scale
         NSUB: tl.constexpr = 128 // SUB

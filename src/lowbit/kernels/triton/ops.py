@@ -1,32 +1,25 @@
 """``lowbit::triton_linear``: the CUDA op behind the Triton kernels, and the launcher it calls.
 
-``fmt`` names the stored format in a few characters: ``int4/<group>`` (zeros tensor given: asymmetric; none:
-symmetric codes stored + 8), ``nf4/<block>``, ``fp4/<block>``, ``int8`` (symmetric per channel), ``fp8`` (per
-channel, weight-only) and ``fp8dyn`` (W8A8: activations quantized per row at run time, then an fp8 x fp8 product
-through Triton or ``torch._scaled_mm``, whichever the tuner found faster for the shape).
+The op is told the weight's :class:`~lowbit.kernels.triton.family.TritonFormat` as typed scalars (family, group,
+code book, dynamic): ``INT4`` (zeros tensor given: asymmetric; none: symmetric codes stored + 8), ``CODEBOOK``
+(nf4, fp4), ``INT8`` (symmetric per channel), ``FP8`` (per channel, weight-only; ``dynamic``: W8A8, activations
+quantized per row at run time, then an fp8 x fp8 product through Triton or ``torch._scaled_mm``, whichever the
+tuner found faster for the shape). Under Triton's interpreter the op runs on the CPU too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 
 from lowbit.formats.codebook import CODES, LEVELS
 from lowbit.kernels.base import fake_linear, flat
 from lowbit.kernels.triton import tune
+from lowbit.kernels.triton.family import Family, TritonFormat
+from lowbit.kernels.triton.kernel import interpreting
 from lowbit.kernels.triton.lut import kernel_table, table_words
-
-FORMATS = {"int4": 0, "nf4": 1, "fp4": 1, "int8": 2, "fp8": 3, "fp8dyn": 3}
-
-
-@functools.lru_cache(maxsize=64)
-def parse(fmt: str) -> tuple[str, int, int]:
-    """``int4/128`` → (family, kernel format id, group size; 0 when per channel)."""
-    family, _, group = fmt.partition("/")
-    return family, FORMATS[family], int(group or 0)
 
 
 def book(code: str) -> tuple[float, ...]:
@@ -53,14 +46,15 @@ def locks(device: torch.device) -> torch.Tensor:
 
 
 def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.Tensor | None,
-           fmt: str, cfg: dict, xs: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """y [M, N] = x2 [M, K] @ W.T (+ bias) for the stored ``w``/``s``/``z`` of ``fmt`` with one config.
+           tf: TritonFormat, cfg: dict, xs: torch.Tensor | None = None,
+           out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y [M, N] = x2 [M, K] @ W.T (+ bias) for the stored ``w``/``s``/``z`` of ``tf`` with one config.
 
-    ``xs`` (fp8dyn only): per-row scales of an fp8 ``x2``.
+    ``xs`` (dynamic fp8 only): per-row scales of an fp8 ``x2``.
     """
     from lowbit.kernels.triton.kernels import gemm_kernel, gemv_kernel
 
-    family, code, group = parse(fmt)
+    group = tf.group
     m, k = x2.shape
     n = s.shape[0]
     chunks = k // 128
@@ -73,8 +67,8 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     device = x2.device
     out = torch.empty(m, n, dtype=out_dtype or x2.dtype, device=device)
     ws = torch.empty(split, m, n, dtype=torch.float32, device=device) if split > 1 else out
-    table = lut(family, device) if code == 1 else s
-    common = dict(FMT=code, GS=group or 1 << 30,  # per channel: every input in group 0
+    table = lut(tf.code, device) if tf.family is Family.CODEBOOK else s
+    common = dict(FMT=int(tf.family), GS=group or 1 << 30,  # per channel: every input in group 0
                   HAS_Z=z is not None, ZERO=8.0, HAS_BIAS=bias is not None, SPLIT=split,
                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     args = (x2, xs if xs is not None else s, w, s, z if z is not None else s, table,
@@ -87,12 +81,13 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     if gemv:
         grid = (triton_cdiv(n, cfg["BN"]), m, split)
         gemv_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_SCALED=xs is not None,
-                          BN=cfg["BN"], ACC_W=16 if code <= 1 else 128, PF=cfg.get("PF", 1), PD=cfg.get("PD", 1),
+                          BN=cfg["BN"], ACC_W=16 if tf.four_bit else 128, PF=cfg.get("PF", 1), PD=cfg.get("PD", 1),
                           **common)
     else:
         grid = (triton_cdiv(m, cfg["BM"]), triton_cdiv(n, cfg["BN"]), split)
         # PK=0 (a tuner choice): int4 tiles decoded in fp32 even where the packed decode is exact
-        half, late = packed(x2, s, z, group) if code == 0 and cfg.get("PK", 1) and not cfg.get("FLAT") else (0, 0)
+        packed_int4 = tf.family is Family.INT4 and cfg.get("PK", 1) and not cfg.get("FLAT")
+        half, late = packed(x2, s, z, group) if packed_int4 else (0, 0)
         gemm_kernel[grid](*args, m, n, k, ssn, ssg, x2.stride(0), out.stride(0), per, X_FP8=xs is not None,
                           BM=cfg["BM"], BN=cfg["BN"], CPI=cpi, SWAP=cfg.get("SWAP", False),
                           FLAT=cfg.get("FLAT", 0), PACKED=half, LATE=late, **common)
@@ -104,7 +99,7 @@ def packed(x2: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, group: int
     0: in fp32), and scaled after each chunk's product (LATE) when the scales are in another dtype, which needs
     one group per chunk. Zeros must be integers; Triton's interpreter cannot run the PTX."""
     half = {torch.bfloat16: 1, torch.float16: 2}.get(x2.dtype, 0)
-    if os.environ.get("TRITON_INTERPRET") == "1" or not half or (z is not None and z.is_floating_point()):
+    if interpreting() or not half or (z is not None and z.is_floating_point()):
         return 0, 0
     if s.dtype == x2.dtype:
         return half, 0
@@ -131,15 +126,15 @@ def quantize_rows_cuda(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def run(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.Tensor | None,
-        fmt: str, cfg: dict) -> torch.Tensor:
+        tf: TritonFormat, cfg: dict) -> torch.Tensor:
     """One layer call with one config: W8A8 quantizes the activations first."""
-    if fmt != "fp8dyn":
-        return launch(x2, w, s, z, bias, fmt, cfg)
+    if not tf.dynamic:
+        return launch(x2, w, s, z, bias, tf, cfg)
     xq, xs = quantize_rows_cuda(x2)
     if cfg["path"] == "scaled_mm":
         y = torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=s.reshape(1, -1), out_dtype=x2.dtype)
         return y if bias is None else y + bias.to(y.dtype)
-    return launch(xq, w, s, z, bias, fmt, cfg, xs=xs.reshape(-1).contiguous(), out_dtype=x2.dtype)
+    return launch(xq, w, s, z, bias, tf, cfg, xs=xs.reshape(-1).contiguous(), out_dtype=x2.dtype)
 
 
 def bench_gpu(fn, reps: int = 40) -> float:
@@ -165,11 +160,11 @@ def bench_gpu(fn, reps: int = 40) -> float:
     return times[len(times) // 2]
 
 
-def _measure(x2, w, s, z, bias, fmt, errors: list[str] | None = None):
+def _measure(x2, w, s, z, bias, tf: TritonFormat, errors: list[str] | None = None):
     """For the tuner: a config → its median GPU µs (inf if it does not compile or run; why, into ``errors``)."""
     def measure(cfg: dict) -> float:
         try:
-            return bench_gpu(lambda: run(x2, w, s, z, bias, fmt, cfg))
+            return bench_gpu(lambda: run(x2, w, s, z, bias, tf, cfg))
         except Exception as e:  # out of shared memory or registers for this tile: not a candidate
             if errors is not None:
                 errors.append(f"{type(e).__name__}: {e}"[:300])
@@ -177,20 +172,28 @@ def _measure(x2, w, s, z, bias, fmt, errors: list[str] | None = None):
     return measure
 
 
-@torch.library.custom_op("lowbit::triton_linear", mutates_args=(), device_types="cuda")
+@torch.library.custom_op("lowbit::triton_linear", mutates_args=(),
+                         device_types=("cuda", "cpu") if interpreting() else "cuda")
 def triton_linear(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None,
-                  bias: torch.Tensor | None, fmt: str) -> torch.Tensor:
-    """``x @ W.T + bias`` for a weight stored as ``w``/``s``/``z`` in the Triton layout of ``fmt``."""
+                  bias: torch.Tensor | None, family: int, group: int, code: str, dynamic: bool) -> torch.Tensor:
+    """``x @ W.T + bias`` for a weight stored as ``w``/``s``/``z`` in the Triton layout of
+    ``TritonFormat(Family(family), group, code, dynamic)``."""
+    tf = _format(family, group, code, dynamic)
     x2, lead = flat(x)
     x2 = x2.contiguous()
     n = s.shape[0]
-    cfg = tune.config_for(fmt, x.dtype, x2.shape[0], x2.shape[1], n, lambda: _measure(x2, w, s, z, bias, fmt))
+    cfg = tune.config_for(tf, x.dtype, x2.shape[0], x2.shape[1], n, lambda: _measure(x2, w, s, z, bias, tf))
     other = x.device.index is not None and x.device.index != torch.cuda.current_device()
     with torch.cuda.device(x.device) if other else contextlib.nullcontext():  # Triton launches on the current device
-        y = run(x2, w, s, z, bias, fmt, cfg)
+        y = run(x2, w, s, z, bias, tf, cfg)
     return y.reshape(*lead, n)
 
 
+@functools.lru_cache(maxsize=64)
+def _format(family: int, group: int, code: str, dynamic: bool) -> TritonFormat:
+    return TritonFormat(Family(family), group, code, dynamic)
+
+
 @triton_linear.register_fake
-def _(x, w, s, z, bias, fmt):
+def _(x, w, s, z, bias, family, group, code, dynamic):
     return fake_linear(x, s.shape[0])

@@ -1,4 +1,4 @@
-"""Launch configurations of the Triton kernels, keyed on (format, dtype, M bucket, K, N) and cached as JSON.
+"""Launch configurations of the Triton kernels, keyed on (weight format, dtype, M bucket, K, N) and cached as JSON.
 
 The cache is a file per GPU model beside this module (``tuned_h100.json``, ...), written by
 ``benchmarks/gpu_linear.py --tune`` and read at run time: a cached key runs its measured best config, any
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from lowbit.kernels.triton.family import Family, TritonFormat
 
 HERE = Path(__file__).resolve().parent
 TUNE_ENV = "LOWBIT_TUNE"
@@ -60,18 +62,19 @@ def _cache_path(device) -> Path:
     return cache_path(device)
 
 
-def key(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> str:
-    return f"{fmt}|{str(dtype).removeprefix('torch.')}|M{bucket(m)}|K{k}|N{n}"
+def key(tf: TritonFormat, dtype: torch.dtype, m: int, k: int, n: int) -> str:
+    """The cache key of a layer's launches at M rows: ``int4/128|bfloat16|M16|K4096|N11008``."""
+    return f"{tf.label}|{str(dtype).removeprefix('torch.')}|M{bucket(m)}|K{k}|N{n}"
 
 
 SMS = 132  # programs worth launching: about two per multiprocessor of an H100
 
 
-def default(fmt: str, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
+def default(tf: TritonFormat, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
     """A reasonable untuned config: GEMV at M=1, split-K skinny GEMM to M=16, plain tiles above (the H100 tuning
     picked split-K 4-16 GEMVs of 32-128 rows for M=1 and swapped 16-row tiles for M=16)."""
     b = bucket(m)
-    if fmt == "fp8dyn" and b >= 16 and dtype == torch.bfloat16:
+    if tf.dynamic and b >= 16 and dtype == torch.bfloat16 and n % 16 == 0:  # torch._scaled_mm needs N % 16 == 0
         return {"path": "scaled_mm"}
     if b == 1:
         split = max(1, min(8, 4 * SMS // -(-n // 64), k // 512))
@@ -104,10 +107,10 @@ FLAT_SKINNY = ((64, 4, 4, 2), (128, 2, 4, 2))  # BM 16: (BN, split, warps, stage
 FLAT_TILES = ((64, 64, 1, 4, 2), (128, 64, 1, 4, 2), (64, 128, 1, 4, 2), (128, 128, 1, 8, 2))  # (BM, BN, ...)
 
 
-def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
+def candidates(tf: TritonFormat, dtype: torch.dtype, m: int) -> list[dict]:
     """What the tuner tries for one M bucket."""
     b = bucket(m)
-    four_bit = fmt.startswith(("int4", "nf4", "fp4"))
+    four_bit = tf.four_bit
     out = []
     if b <= GEMV_MAX_M:
         for bn, warps, split in GEMV:
@@ -127,30 +130,30 @@ def candidates(fmt: str, dtype: torch.dtype, m: int) -> list[dict]:
         cfg = {"path": "gemm", "BM": bm, "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
                "num_stages": stages, "SWAP": swap}
         out.append(cfg | {"FLAT": 1} if flat else cfg)
-        if fmt.startswith("int4") and not flat:  # the fp32 decode too: at M=256 it was up to 7% faster on an H100
+        if tf.family is Family.INT4 and not flat:  # the fp32 decode too: at M=256 it was up to 7% faster on an H100
             out.append(cfg | {"PK": 0})
-    if fmt == "fp8dyn" and b >= 16 and dtype == torch.bfloat16:
+    if tf.dynamic and b >= 16 and dtype == torch.bfloat16:
         out.append({"path": "scaled_mm"})
     return out
 
 
-def config_for(fmt: str, dtype: torch.dtype, m: int, k: int, n: int,
+def config_for(tf: TritonFormat, dtype: torch.dtype, m: int, k: int, n: int,
                measure: Callable[[], Callable[[dict], float]] | None = None) -> dict:
     """The cached config, else (with $LOWBIT_TUNE=1 and a ``measure`` maker) a freshly tuned one, else the default."""
-    found = cache().get(key(fmt, dtype, m, k, n))
+    found = cache().get(key(tf, dtype, m, k, n))
     if found is not None:
         return found
     if measure is not None and os.environ.get(TUNE_ENV) == "1" and not torch.cuda.is_current_stream_capturing():
-        return tune(fmt, dtype, m, k, n, measure())[0]
-    return default(fmt, dtype, m, k, n)
+        return tune(tf, dtype, m, k, n, measure())[0]
+    return default(tf, dtype, m, k, n)
 
 
-def tune(fmt: str, dtype: torch.dtype, m: int, k: int, n: int,
+def tune(tf: TritonFormat, dtype: torch.dtype, m: int, k: int, n: int,
          measure: Callable[[dict], float]) -> tuple[dict, dict[str, float]]:
     """Time every candidate with ``measure(config) -> µs`` (inf when it fails); remember and return the best."""
-    timings = {json.dumps(c, sort_keys=True): measure(c) for c in candidates(fmt, dtype, m)}
+    timings = {json.dumps(c, sort_keys=True): measure(c) for c in candidates(tf, dtype, m)}
     best = json.loads(min(timings, key=timings.get))
-    cache()[key(fmt, dtype, m, k, n)] = best
+    cache()[key(tf, dtype, m, k, n)] = best
     return best, timings
 
 
@@ -182,11 +185,11 @@ def short(cfg: dict) -> str:
     return f"{cfg['path']} {tile} splitK{cfg['SPLIT_K']} w{cfg['num_warps']}s{cfg['num_stages']}"
 
 
-def describe(fmt: str, dtype: torch.dtype, k: int, n: int) -> str:
+def describe(tf: TritonFormat, dtype: torch.dtype, k: int, n: int) -> str:
     """The configs this layer will run, per M bucket, and whether they were tuned on this GPU."""
     known = cache() if torch.cuda.is_available() else {}
     parts = []
     for m in (1, 16, 256):
-        cfg = known.get(key(fmt, dtype, m, k, n))
-        parts.append(f"M{m}: {short(cfg or default(fmt, dtype, m, k, n))}{'' if cfg else ' (untuned)'}")
+        cfg = known.get(key(tf, dtype, m, k, n))
+        parts.append(f"M{m}: {short(cfg or default(tf, dtype, m, k, n))}{'' if cfg else ' (untuned)'}")
     return "; ".join(parts)
