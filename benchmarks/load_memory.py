@@ -255,17 +255,17 @@ def worker(kind: str, ckpt: str, out_json: str, threads: int, sampler_kind: str)
 
     phases = Phases()
     if kind == "lowbit":
-        from lowbit.loading import pipeline
+        from lowbit.loading import engine, pipeline, reader
         from lowbit.nn import QuantLinear
         from lowbit.quantizer import Quantizer
 
         phases.wrap(pipeline, "open_checkpoint", "open_checkpoint")
-        phases.wrap(pipeline, "build_skeleton", "build_skeleton")
-        phases.wrap(pipeline, "_stream", "stream (read + quantize all tensors)")
+        phases.wrap(engine, "build_skeleton", "build_skeleton")
+        phases.wrap(pipeline, "load_into", "stream (read + quantize all tensors)")
         phases.wrap(Quantizer, "quantize_tensor", "  Quantizer.quantize_tensor (rtn, per weight)",
                     lambda self, *a, **k: _shape_of(*a, **k))
         phases.wrap(QuantLinear, "load_quantized", "  QuantLinear.load_quantized (per weight)")
-        phases.wrap(pipeline, "check_finite", "  check_finite (per weight)", _shape_of)
+        phases.wrap(reader, "check_finite", "  check_finite (per weight)", _shape_of)
         phases.wrap(pipeline, "_check_complete", "_check_complete")
         phases.wrap(Quantizer, "postprocess_model", "postprocess_model (all kernel prepares)")
         phases.wrap(QuantLinear, "prepare", "  QuantLinear.prepare (per layer)",
