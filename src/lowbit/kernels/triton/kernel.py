@@ -96,8 +96,8 @@ def _triton_format(kernel: TritonKernel, request) -> TritonFormat:
     return kernel.triton_format(request)
 
 
-@torch.compiler.assume_constant_result
+@functools.lru_cache(maxsize=1024)
 def _op_args(kernel: TritonKernel, request) -> tuple[int, int, str, bool]:
-    """The op's scalars for a layer, made once per (kernel, request): a forward only looks them up (and a compiled
-    one has them as constants)."""
+    """The op's scalars for a layer, made once per (kernel, request): a forward only looks them up (torch.compile
+    traces through the cache, with a warning that it does)."""
     return _triton_format(kernel, request).op_args()
