@@ -93,7 +93,7 @@ def test_forced_triton_kernel_on_cpu_is_an_error(monkeypatch):
 
 
 def test_fp8_declines_without_fp8_units(monkeypatch):
-    import lowbit.kernels.triton.kernel as tk
+    import lowbit.kernels.triton.env as tk
 
     monkeypatch.setattr(tk, "triton_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
@@ -159,7 +159,7 @@ def test_every_triton_kernel_is_registered():
 
 
 def test_former_name_triton_nf4_still_selects_the_codebook_kernel(monkeypatch):
-    import lowbit.kernels.triton.kernel as tk
+    import lowbit.kernels.triton.env as tk
 
     monkeypatch.setattr(tk, "triton_available", lambda: True)
     for fmt in (CodebookFormat("nf4", 64), CodebookFormat("fp4", 64)):

@@ -6,7 +6,8 @@ Importing this package never imports triton.
 """
 
 from lowbit.kernels.triton.family import Family, TritonFormat
-from lowbit.kernels.triton.kernel import TritonKernel, by_columns, interpreting, triton_available
+from lowbit.kernels.triton.env import interpreting, triton_available
+from lowbit.kernels.triton.kernel import TritonKernel, by_columns
 from lowbit.kernels.triton.int4 import TritonInt4Kernel  # noqa: I001  (registration order)
 from lowbit.kernels.triton.codebook import TritonCodebookKernel
 from lowbit.kernels.triton.int8 import TritonInt8Kernel

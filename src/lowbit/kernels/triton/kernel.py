@@ -8,25 +8,14 @@ and the op module that needs triton loads on the first layer prepared. Under Tri
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
 
 import torch
 
 from lowbit.kernels.base import Kernel
+from lowbit.kernels.triton import env
 from lowbit.kernels.triton.family import TritonFormat
 
 HALF = (torch.bfloat16, torch.float16)
-
-
-@functools.lru_cache(maxsize=1)
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def interpreting() -> bool:
-    """Whether Triton runs its kernels in the interpreter, on the CPU (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,9 +45,9 @@ class TritonKernel(Kernel):
         return None
 
     def can_implement(self, request):
-        if request.device.type != "cuda" and not interpreting():
+        if request.device.type != "cuda" and not env.interpreting():
             return False, f"device is {request.device.type}, this kernel runs on cuda"
-        if not triton_available():
+        if not env.triton_available():
             return False, "triton is not installed; pip install triton"
         if not self.handles(request):
             return False, f"{self.name} does not run {request.fmt.describe()}"

@@ -18,7 +18,7 @@ from lowbit.formats.codebook import CODES, LEVELS
 from lowbit.kernels.base import fake_linear, flat
 from lowbit.kernels.triton import tune
 from lowbit.kernels.triton.family import Family, TritonFormat
-from lowbit.kernels.triton.kernel import interpreting
+from lowbit.kernels.triton.env import interpreting
 from lowbit.kernels.triton.lut import kernel_table, table_words
 
 
