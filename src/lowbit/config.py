@@ -17,8 +17,11 @@ import typing
 from typing import Any, ClassVar
 
 from lowbit.errors import ConfigError
+from lowbit.qtypes import BY_BITS
 
 QUANT_METHOD = "lowbit"
+INT_BITS = tuple(sorted(BY_BITS))  # widths of the integer grids: 2, 3, 4, 8
+GROUP_SIZES = (32, 64, 128, 256)  # inputs per scale that integer-grid and code-book methods accept
 
 
 class ComputeDtype(str, enum.Enum):
@@ -170,3 +173,46 @@ def check_choice(cfg: QuantConfig, name: str, allowed: typing.Iterable[Any]) -> 
     value = getattr(cfg, name)
     if value not in allowed:
         raise ConfigError(f"{cfg.method}.{name}={value!r} is out of range; expected one of {allowed}")
+
+
+# ---- fields shared by several methods ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class IntGroupConfig(QuantConfig):
+    """``bits`` and ``group_size`` of a method that stores an integer grid (rtn, gptq, awq, hqq).
+
+    A subclass without per-channel scales redeclares ``group_size`` as a plain ``int`` (it keeps its place in the
+    saved field order) and sets ``per_channel = False``."""
+
+    per_channel: ClassVar[bool] = True  # whether group_size may be None
+
+    bits: int = 4
+    group_size: int | None = 128  # None: one scale per output channel
+
+    def validate(self) -> None:
+        check_choice(self, "bits", INT_BITS)
+        if not self.per_channel:
+            check_choice(self, "group_size", GROUP_SIZES)
+        elif self.group_size is not None and self.group_size not in GROUP_SIZES:
+            raise ConfigError(f"{self.method}.group_size={self.group_size!r} is out of range; expected one of "
+                              f"{list(GROUP_SIZES)} or null for per-channel scales (--group-size 0 on the command "
+                              "line)")
+
+
+@dataclasses.dataclass(frozen=True)
+class IntGridConfig(IntGroupConfig):
+    """:class:`IntGroupConfig` plus ``symmetric`` (signed codes without a zero-point)."""
+
+    symmetric: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CodebookConfig(QuantConfig):
+    """A 4-bit code book (named by the method: ``nf4``, ``fp4``) with one absmax per ``block_size`` inputs,
+    optionally double-quantized."""
+
+    block_size: int = 64
+    double_quant: bool = False
+
+    def validate(self) -> None:
+        check_choice(self, "block_size", GROUP_SIZES)

@@ -1,9 +1,11 @@
-"""Quantized element types and zero-point kinds: objects, not loose ints or sentinels."""
+"""Quantized element types, zero-point kinds and 4-bit code books: objects, not loose ints, strings or sentinels."""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+
+from lowbit.errors import FormatError
 
 
 class ZeroKind(str, enum.Enum):
@@ -45,6 +47,8 @@ BY_BITS = {q.bits: q for q in (uint2, uint3, uint4, uint8)}
 
 
 def for_bits(bits: int) -> QType:
+    if bits not in BY_BITS:
+        raise FormatError(f"no integer qtype of {bits} bits; expected one of {sorted(BY_BITS)}")
     return BY_BITS[bits]
 
 
@@ -73,3 +77,59 @@ FP4_E2M1_CODE: tuple[float, ...] = (
     -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
 )
 """OCP E2M1 by bit pattern: bit 3 sign, bits 2-1 exponent (bias 1), bit 0 mantissa; emax 2, largest 6."""
+
+
+class Rounding(str, enum.Enum):
+    """How a value between two code-book entries picks one."""
+
+    TIES_LOWER = "ties_lower"  # nearest; on a midpoint the lower code (bitsandbytes' midpoint search)
+    TIES_EVEN = "ties_even"  # nearest; on a midpoint the even mantissa (IEEE round-half-even), saturating
+
+
+class CodeBook(str):
+    """A 4-bit code book: the value of each code, the largest magnitude a block's absmax maps onto, the nibble
+    order of packed bytes, and the rounding rule.
+
+    It is also its name (a ``str``: "nf4", "fp4"), which is what configs and format keys store, so code that
+    keys tables by the name keeps working with the object."""
+
+    values: tuple[float, ...]
+    levels: float  # the largest |value|: a block's absmax maps onto it
+    high_first: bool  # element 2j of a packed byte in the high nibble (bitsandbytes) or the low one (OCP)
+    rounding: Rounding
+
+    def __new__(cls, name: str, values: tuple[float, ...], *, levels: float, high_first: bool,
+                rounding: Rounding) -> CodeBook:
+        book = super().__new__(cls, name)
+        for key, value in (("values", tuple(values)), ("levels", float(levels)), ("high_first", high_first),
+                           ("rounding", rounding)):
+            object.__setattr__(book, key, value)
+        return book
+
+    def __setattr__(self, key: str, value) -> None:
+        raise AttributeError(f"CodeBook {self.name!r} is immutable")
+
+    @property
+    def name(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"CodeBook({self.name!r})"
+
+    def __reduce__(self):
+        return code_book, (self.name,)
+
+
+nf4 = CodeBook("nf4", NF4_CODE, levels=1.0, high_first=True, rounding=Rounding.TIES_LOWER)
+fp4_e2m1 = CodeBook("fp4", FP4_E2M1_CODE, levels=6.0, high_first=False, rounding=Rounding.TIES_EVEN)
+
+CODE_BOOKS = {b.name: b for b in (nf4, fp4_e2m1)}
+
+
+def code_book(name: str | CodeBook) -> CodeBook:
+    """The code book called ``name`` ("nf4", "fp4"); a CodeBook is returned as is."""
+    if isinstance(name, CodeBook):
+        return name
+    if name not in CODE_BOOKS:
+        raise FormatError(f"code book {name!r} is unknown; expected one of {sorted(CODE_BOOKS)}")
+    return CODE_BOOKS[name]

@@ -21,12 +21,12 @@ from lowbit.formats import WeightFormat
 from lowbit.kernels import AUTO
 from lowbit.nn import QuantEmbedding, QuantLinear
 from lowbit.nn.quant_embedding import EMBEDDING_FORMAT
-from lowbit.rtn import rtn_quantize
 from lowbit.utils import release_freed_memory
 
 
 class Quantizer:
-    """Base of every method. Subclasses set ``config_cls`` and implement ``weight_format`` and ``quantize``."""
+    """Base of every method. Subclasses set ``config_cls`` and implement ``weight_format``; the default ``quantize``
+    is the format's own round-to-nearest encoding, which methods with their own grid override."""
 
     config_cls: ClassVar[type[QuantConfig]] = QuantConfig
     requires_calibration: ClassVar[bool] = False
@@ -84,7 +84,8 @@ class Quantizer:
     def packed_nbytes(self, name: str, shape: tuple[int, int]) -> int:
         fmt = self.formats.get(name)
         if fmt is None:
-            raise KeyError(name)
+            raise ConfigError(f"packed_nbytes({name!r}): no quantized layer has that name; expected one of the "
+                              f"{len(self.formats)} names in Quantizer.formats (call preprocess_model first)")
         return round(fmt.bits_per_weight(*shape) * shape[0] * shape[1] / 8)
 
     def kept_dtype(self, name: str, dtype: torch.dtype) -> torch.dtype:
@@ -162,13 +163,14 @@ class Quantizer:
 
     # ---- per parameter ----------------------------------------------------------------------------
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Full-precision weight of module ``name`` → its stored tensors."""
-        raise NotImplementedError
+        """Full-precision weight of module ``name`` → its stored tensors (by default the format's round to
+        nearest)."""
+        return self.formats[name].encode(weight)
 
     def quantize_tensor(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the loader calls: int8 tables (embeddings, lm_head) take the shared RTN path."""
+        """What the loader calls: int8 tables (embeddings, lm_head) are rounded to nearest in their int8 format."""
         if name in self.tables:
-            return rtn_quantize(weight, EMBEDDING_FORMAT)
+            return EMBEDDING_FORMAT.encode(weight)
         return self.quantize(name, weight)
 
     def expected_keys(self, name: str) -> list[str]:

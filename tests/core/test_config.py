@@ -142,3 +142,39 @@ def test_every_method_config_round_trips(method):
         assert again.replace(**loading) == cfg  # loading-only fields are never saved
 
     check()
+
+
+SAVED_FIELDS = {  # the order of quantization_config in config.json: shared fields come from one base class each
+    "rtn": ["bits", "group_size", "symmetric"],
+    "gptq": ["bits", "group_size", "symmetric", "act_order", "static_groups", "damp", "block_size", "true_sequential",
+             "mse"],
+    "awq": ["bits", "group_size", "symmetric", "grid", "search_tokens", "duo_scaling", "clip", "clip_grid",
+            "clip_max_shrink", "clip_tokens", "clip_skip"],
+    "hqq": ["bits", "group_size", "iters", "lp_norm", "beta", "kappa", "optimize_scale"],
+    "nf4": ["block_size", "double_quant"],
+    "fp4": ["block_size", "double_quant"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(SAVED_FIELDS))
+def test_shared_config_fields_keep_the_saved_order(method):
+    from lowbit.config import CodebookConfig, IntGroupConfig
+
+    cfg = lowbit.config(method)
+    common = ["quant_method", "method", "version", "modules_to_not_convert", "quantize_embeddings", "quantize_lm_head",
+              "strict"]
+    assert list(cfg.to_dict()) == common + SAVED_FIELDS[method]
+    assert isinstance(cfg, CodebookConfig if method in ("nf4", "fp4") else IntGroupConfig)
+
+
+@pytest.mark.parametrize("method, fields, text", [
+    ("rtn", {"group_size": 100}, "rtn.group_size=100 is out of range; expected one of [32, 64, 128, 256] or null"),
+    ("awq", {"bits": 6}, "awq.bits=6 is out of range; expected one of [2, 3, 4, 8]"),
+    ("hqq", {"group_size": 100}, "hqq.group_size=100 is out of range; expected one of [32, 64, 128, 256]"),
+    ("hqq", {"group_size": None}, "hqq.group_size=None has the wrong type; expected an integer"),
+    ("fp4", {"block_size": 16}, "fp4.block_size=16 is out of range; expected one of [32, 64, 128, 256]"),
+])
+def test_shared_config_fields_validate_once(method, fields, text):
+    with pytest.raises(ConfigError) as err:
+        lowbit.config(method, **fields)
+    assert text in str(err.value) and "\n" not in str(err.value)

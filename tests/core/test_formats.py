@@ -3,9 +3,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.formats import IntFormat, pack_bits, quantize_to_codes, unpack_bits
+from lowbit.errors import FormatError
+from lowbit.formats import IntFormat, base, format_from_key, pack_bits, unpack_bits
 from lowbit.qtypes import float_offset_to_zero, zero_to_float_offset
-from lowbit.rtn import rtn_params, rtn_quantize
 
 
 @given(bits=st.sampled_from([2, 4, 8]), rows=st.integers(1, 5), bytes_=st.integers(1, 9), seed=st.integers(0, 2**31))
@@ -50,10 +50,10 @@ def test_rtn_error_within_half_step(bits, group, sym, n, groups, seed, scale):
     k = (group or 32) * groups
     w = torch.randn(n, k, generator=g) * scale
     fmt = IntFormat(bits, group, sym)
-    t = rtn_quantize(w, fmt)
+    t = fmt.encode(w)
     for name, (shape, dtype) in fmt.expected_tensors(n, k).items():
         assert t[name].shape == shape and t[name].dtype == dtype
-    deq = fmt.dequantize(t)
+    deq = fmt.decode(t)
     step = t["scales"].float().repeat_interleave(k // t["scales"].shape[1], dim=1)
     err = (deq - w).abs() / step
     # nearest rounding: half a step; only a group's extremes may lose up to one step to the rounding of
@@ -71,23 +71,24 @@ def test_grid_edges_are_exact():
     codes = torch.randint(0, 16, (2, 32), dtype=torch.uint8)
     codes[:, 0], codes[:, 1] = 0, 15
     w = (codes.float() - zeros.float()) * 0.25
-    again = quantize_to_codes(w, fmt, scales, zeros)
+    again = fmt.codes(w, scales, zeros)
     assert torch.equal(again, codes)
     t = {"qweight": pack_bits(codes, 4), "scales": scales, "zeros": zeros}
-    assert torch.equal(fmt.dequantize(t), w)
+    assert torch.equal(fmt.decode(t), w)
+    assert all(torch.equal(t[n], v) for n, v in fmt.encode(w, scales=scales, zeros=zeros).items())  # a given grid
 
 
 def test_all_zero_group_has_no_nan():
     w = torch.zeros(4, 64)
     w[0, 32:] = torch.randn(32)
     for fmt in (IntFormat(4, 32, False), IntFormat(4, 32, True), IntFormat(8, None, True)):
-        deq = fmt.dequantize(rtn_quantize(w, fmt))
+        deq = fmt.decode(fmt.encode(w))
         assert torch.isfinite(deq).all() and torch.equal(deq[1:], w[1:])
 
 
 def test_asymmetric_range_includes_zero():
     w = torch.linspace(0.5, 1.0, 32).reshape(1, 32)  # all positive
-    scales, zeros = rtn_params(w, IntFormat(4, 32, False))
+    scales, zeros = IntFormat(4, 32, False).grid(w)
     assert zeros.item() == 0
     assert scales.item() == pytest.approx(1.0 / 15, rel=1e-3)
 
@@ -110,8 +111,8 @@ def test_sqnr_floors_on_gaussian_weights():
     int8 = IntFormat(8, None, True)
     int4 = IntFormat(4, 128, False)
     # int8 per-channel: ~40 dB on Gaussian rows; int4 g128: ~19 dB
-    assert sqnr_db(w, int8.dequantize(rtn_quantize(w, int8))) >= 38
-    assert sqnr_db(w, int4.dequantize(rtn_quantize(w, int4))) >= 18
+    assert sqnr_db(w, int8.decode(int8.encode(w))) >= 38
+    assert sqnr_db(w, int4.decode(int4.encode(w))) >= 18
 
 
 def test_three_bit_layout_is_eight_codes_in_three_bytes():
@@ -136,7 +137,44 @@ def test_pack_unpack_every_width_at_the_grid_edges(bits, signed, rows, runs, see
 
 
 def test_three_bit_needs_a_multiple_of_eight_inputs():
-    from lowbit.errors import FormatError
-
     with pytest.raises(FormatError, match="44 inputs.*multiple of 8.*modules_to_not_convert"):
         IntFormat(3, None, False).expected_tensors(4, 44)
+
+
+def test_scale_dtype_is_a_format_field():
+    assert IntFormat(4, 128, False).scale_dtype == torch.float16
+    assert IntFormat(8, None, True).scale_dtype == torch.float32
+    assert IntFormat(4, 128, False, scale_dtype=torch.float16) == IntFormat(4, 128, False)
+    bf16 = IntFormat(4, 32, False, scale_dtype="bfloat16")
+    assert bf16.scale_dtype == torch.bfloat16 and format_from_key(bf16.key()) == bf16 and "bfloat16" in bf16.describe()
+    w = torch.randn(6, 64)
+    t = bf16.encode(w)
+    assert t["scales"].dtype == torch.bfloat16 and bf16.expected_tensors(6, 64)["scales"] == ((6, 2), torch.bfloat16)
+    assert ((bf16.decode(t) - w).abs() <= t["scales"].float().repeat_interleave(32, 1)).all()
+    hqq = IntFormat(4, 32, False, float_zero=True, scale_dtype=torch.float32)
+    assert hqq.expected_tensors(6, 64)["zeros"] == ((6, 2), torch.float32)
+    with pytest.raises(FormatError, match="scale_dtype=torch.int8.*float16"):
+        IntFormat(4, 32, False, scale_dtype=torch.int8)
+
+
+def test_bad_int_formats_are_one_line_format_errors():
+    for kwargs, text in (({"bits": 5, "group_size": 32, "symmetric": False}, "bits=5"),
+                         ({"bits": 4, "group_size": 32, "symmetric": True, "float_zero": True}, "float_zero=False"),
+                         ({"bits": 4, "group_size": None, "symmetric": False, "g_idx": True}, "group_size")):
+        with pytest.raises(FormatError, match=text) as err:
+            IntFormat(**kwargs)
+        assert "\n" not in str(err.value)
+    with pytest.raises(FormatError, match="format key"):
+        format_from_key('{"kind": "nope"}')
+
+
+@pytest.mark.parametrize("fmt", [IntFormat(4, 64, False), IntFormat(3, None, True),
+                                 IntFormat(4, 32, False, g_idx=True)], ids=str)
+def test_row_blocks_give_the_same_result(fmt, monkeypatch):
+    w = torch.randn(40, 256)
+    whole = fmt.encode(w)
+    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 256 * 7)  # blocks of 7 rows, the last one short
+    assert fmt.block_rows(256) == 7
+    blocked = fmt.encode(w)
+    assert sorted(blocked) == sorted(fmt.expected_tensors(40, 256))
+    assert all(torch.equal(whole[n], blocked[n]) for n in whole)

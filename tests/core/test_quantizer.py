@@ -151,10 +151,24 @@ def test_bare_linear_root_says_how_to_wrap_it():
 
 def test_rtn_in_row_blocks_equals_whole(monkeypatch):
     from lowbit import rtn
+    from lowbit.formats import base
 
     w = torch.randn(96, 256)
     fmt = IntFormat(4, 64, False)
     whole = rtn.rtn_quantize(w, fmt)
-    monkeypatch.setattr(rtn, "CHUNK_ELEMENTS", 256 * 7)  # blocks of 7 rows, the last one short
+    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 256 * 7)  # blocks of 7 rows, the last one short
     blocked = rtn.rtn_quantize(w, fmt)
     assert all(torch.equal(whole[k], blocked[k]) for k in whole)
+
+
+def test_default_quantize_is_the_formats_encoding():
+    model = tiny_llama()
+    q = RtnQuantizer(RtnConfig(bits=4, group_size=32))
+    q.preprocess_model(model)
+    name = "model.layers.0.mlp.down_proj"
+    w = torch.randn(64, 128)
+    got, want = q.quantize(name, w), q.formats[name].encode(w)
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in got)
+    with pytest.raises(ConfigError, match="'model.nope'.*preprocess_model") as err:
+        q.packed_nbytes("model.nope", (64, 128))
+    assert "\n" not in str(err.value)

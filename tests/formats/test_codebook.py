@@ -22,9 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lowbit.errors import FormatError
-from lowbit.formats import CodebookFormat, MxFormat, codebook, format_from_key, mx
+from lowbit.formats import CodebookFormat, MxFormat, base, format_from_key
 from lowbit.formats.codebook import (
-    codebook_quantize,
     dequantize_absmax,
     dynamic_map,
     e2m1_codes,
@@ -32,8 +31,8 @@ from lowbit.formats.codebook import (
     quantize_absmax,
     unpack_nibbles,
 )
-from lowbit.formats.mx import e8m0_to_float, mx_quantize, shared_exponent
-from lowbit.qtypes import FP4_E2M1_CODE, NF4_CODE
+from lowbit.formats.mx import e8m0_to_float, shared_exponent
+from lowbit.qtypes import FP4_E2M1_CODE, NF4_CODE, CodeBook, Rounding, code_book, fp4_e2m1, nf4
 
 # QLoRA's published NF4 values (bitsandbytes functional.py); index 7 is 0, index 15 is 1
 PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -55,6 +54,20 @@ def test_fp4_code_book_decodes_e2m1_bit_patterns():
         sign, exp, man = code >> 3, (code >> 1) & 3, code & 1
         magnitude = man * 0.5 if exp == 0 else 2.0 ** (exp - 1) * (1 + man / 2)
         assert value == (-magnitude if sign else magnitude) and math.copysign(1, value) == (-1 if sign else 1)
+
+
+def test_code_book_objects_carry_their_values_levels_nibble_order_and_rounding():
+    assert nf4.values == NF4_CODE and nf4.levels == 1.0 and nf4.high_first and nf4.rounding is Rounding.TIES_LOWER
+    assert fp4_e2m1.values == FP4_E2M1_CODE and fp4_e2m1.levels == 6.0 and not fp4_e2m1.high_first
+    assert fp4_e2m1.rounding is Rounding.TIES_EVEN
+    assert code_book("nf4") is nf4 and code_book(fp4_e2m1) is fp4_e2m1 and nf4 == "nf4" and fp4_e2m1.name == "fp4"
+    fmt = CodebookFormat("fp4", 32)
+    assert fmt.code is fp4_e2m1 and isinstance(fmt.code, CodeBook) and CodebookFormat(fp4_e2m1, 32) == fmt
+    assert '"code": "fp4"' in fmt.key() and format_from_key(fmt.key()).code is fp4_e2m1
+    with pytest.raises(FormatError, match="'af4'.*nf4"):
+        code_book("af4")
+    with pytest.raises(AttributeError):
+        nf4.levels = 2.0
 
 
 def test_dynamic_map_matches_bitsandbytes_construction():
@@ -104,11 +117,11 @@ def test_nf4_hand_example_with_ties():
     row = torch.tensor([1.0, -1.0, 0.0, mid, above, -0.5, 0.3, 0.04])
     w = torch.stack([row * 2, torch.zeros(8)])  # absmax 2: 1/2 is exact, so the scaled values are the row itself
     fmt = CodebookFormat("nf4", 8)
-    t = codebook_quantize(w, fmt)
+    t = fmt.encode(w)
     # codes 15 0 7 8(tie → lower) 9 2 11 8, then a zero block (code 7 everywhere); first code in the high nibble
     assert t["qweight"].tolist() == [[0xF0, 0x78, 0x92, 0xB8], [0x77, 0x77, 0x77, 0x77]]
     assert t["absmax"].tolist() == [[2.0], [0.0]]
-    deq = fmt.dequantize(t)
+    deq = fmt.decode(t)
     assert torch.equal(deq[0], 2 * code[[15, 0, 7, 8, 9, 2, 11, 8]]) and torch.equal(deq[1], torch.zeros(8))
 
 
@@ -121,18 +134,18 @@ def test_nf4_hand_example_with_ties():
 def test_nf4_matches_bitsandbytes_golden_bytes(block, golden, absmax):
     w = ((torch.arange(128, dtype=torch.float32) - 60) / 67).reshape(2, 64)
     w[1, 32:] = 0
-    t = codebook_quantize(w, CodebookFormat("nf4", block))
+    t = CodebookFormat("nf4", block).encode(w)
     assert t["qweight"].reshape(-1).numpy().tobytes().hex() == golden
     assert t["absmax"].reshape(-1).tolist() == absmax
 
 
 def test_nf4_double_quant_matches_bitsandbytes_golden():
     w = ((torch.arange(4096, dtype=torch.float32) % 97 - 48) / 31).reshape(8, 512)
-    t = codebook_quantize(w, CodebookFormat("nf4", 64, double_quant=True))
+    t = CodebookFormat("nf4", 64, double_quant=True).encode(w)
     assert t["absmax"].reshape(-1)[:16].tolist() == [197, 197, 169, 197, 197, 63, 197, 197, 52, 197, 197, 42, 197,
                                                      197, 31, 197]
     assert t["absmax_scale"].tolist() == [0.4349799156188965] and t["absmax_offset"].tolist() == [1.467237949371338]
-    assert torch.equal(t["qweight"], codebook_quantize(w, CodebookFormat("nf4", 64))["qweight"])
+    assert torch.equal(t["qweight"], CodebookFormat("nf4", 64).encode(w)["qweight"])
 
 
 # ---- fp4 -----------------------------------------------------------------------------------------------------------
@@ -140,12 +153,12 @@ def test_nf4_double_quant_matches_bitsandbytes_golden():
 def test_fp4_hand_example_with_ties_to_even():
     row = torch.tensor([6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -0.75, -5.0, -6.0, 0.0, 0.3, -0.1, 2.9])
     fmt = CodebookFormat("fp4", 16)
-    t = codebook_quantize(row[None], fmt)  # absmax 6: 6 / absmax is 1, so the row is already in grid units
+    t = fmt.encode(row[None])  # absmax 6: 6 / absmax is 1, so the row is already in grid units
     # codes 7 0 2 2 4 4 6 6 | 8 10 14 15 0 1 8 5 (ties go to the even mantissa; -0.25 → -0); low nibble first
     assert t["qweight"].tolist() == [[0x07, 0x22, 0x44, 0x66, 0xA8, 0xFE, 0x10, 0x58]]
     assert t["absmax"].tolist() == [[6.0]]
     expected = torch.tensor([6, 0, 1, 1, 2, 2, 4, 4, -0.0, -1, -4, -6, 0, 0.5, -0.0, 3])
-    assert torch.equal(fmt.dequantize(t)[0], expected)
+    assert torch.equal(fmt.decode(t)[0], expected)
 
 
 @settings(max_examples=40, deadline=None)
@@ -201,14 +214,14 @@ def test_mxfp4_hand_example():
     e = torch.zeros(32)
     e[0] = 1.5 * 2.0**127  # the largest binade: X = 2**125 (biased 252)
     w = torch.cat([a, b, c, d, e]).reshape(1, 160)
-    t = mx_quantize(w, MxFormat())
+    t = MxFormat().encode(w)
     assert t["scales"].tolist() == [[126, 127, 0, 0, 252]]
     codes = unpack_nibbles(t["qweight"], high_first=False)[0]
     assert codes[:8].tolist() == [7, 0, 2, 6, 7, 12, 8, 3] and codes[8:32].eq(0).all()
     assert codes[32:34].tolist() == [7, 10] and codes[34:64].eq(0).all()
     assert codes[64:128].eq(0).all() and codes[128] == 7 and codes[129:].eq(0).all()
     assert t["qweight"][0, :4].tolist() == [0x07, 0x62, 0xC7, 0x38]  # low nibble first
-    deq = MxFormat().dequantize(t)[0]
+    deq = MxFormat().decode(t)[0]
     assert deq[:8].tolist() == [3.0, 0.0, 0.5, 2.0, 3.0, -1.0, -0.0, 0.75]
     assert deq[32:34].tolist() == [6.0, -1.0] and torch.equal(deq[64:128], torch.zeros(64))
     assert deq[128] == 1.5 * 2.0**127 and torch.isfinite(deq).all()
@@ -228,12 +241,12 @@ def test_e8m0_scales_are_exact_powers_of_two():
 def test_mxfp4_elements_are_nearest_on_the_block_grid(rows, blocks, seed, scale):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(rows, 32 * blocks, generator=g) * scale
-    t = mx_quantize(w, MxFormat())
+    t = MxFormat().encode(w)
     x = e8m0_to_float(t["scales"]).repeat_interleave(32, dim=1)
     amax = w.abs().view(rows, blocks, 32).amax(-1).repeat_interleave(32, dim=1)
     ratio = amax / x
     assert ((ratio >= 4) & (ratio < 8)).all()  # the E8M0 scale puts every block's amax in [4, 8)
-    deq = MxFormat().dequantize(t)
+    deq = MxFormat().decode(t)
     grid = torch.tensor(FP4_E2M1_CODE[:8])
     nearest = (w.abs().clamp(max=6 * x)[..., None] - grid * x[..., None]).abs().amin(-1)
     assert torch.equal((deq - w.clamp(-6 * x, 6 * x)).abs(), nearest)
@@ -265,18 +278,17 @@ def test_bad_shapes_and_specs_are_format_errors():
     with pytest.raises(FormatError, match="code"):
         CodebookFormat("af4", 64)
     with pytest.raises(FormatError, match="32"):
-        MxFormat(block_size=64)
+        MxFormat(exponent_block=64)
 
 
 @pytest.mark.parametrize("fmt", [CodebookFormat("nf4", 32, True), CodebookFormat("fp4", 64), MxFormat()])
 def test_row_chunks_give_the_same_result(fmt, monkeypatch):
     w = torch.randn(40, 256) * 0.02
     w[3] = 0
-    whole = mx_quantize(w, fmt) if isinstance(fmt, MxFormat) else codebook_quantize(w, fmt)
-    monkeypatch.setattr(codebook, "CHUNK_ELEMENTS", 256 * 3)
-    monkeypatch.setattr(mx, "CHUNK_ELEMENTS", 256 * 3)
-    parts = mx_quantize(w, fmt) if isinstance(fmt, MxFormat) else codebook_quantize(w, fmt)
+    whole = fmt.encode(w)
+    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 256 * 3)
+    parts = fmt.encode(w)
     assert all(torch.equal(whole[n], parts[n]) for n in whole)
-    deq = fmt.dequantize(whole)
+    deq = fmt.decode(whole)
     assert torch.isfinite(deq).all() and torch.equal(deq[3], torch.zeros(256))
-    assert deq.dtype == torch.float32 and fmt.dequantize(whole, torch.bfloat16).dtype == torch.bfloat16
+    assert deq.dtype == torch.float32 and fmt.decode(whole, torch.bfloat16).dtype == torch.bfloat16

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lowbit.formats import Fp8Format, format_from_key
+from lowbit.errors import FormatError
+from lowbit.formats import Fp8Format, base, format_from_key
 from lowbit.formats.fp8 import E4M3_MAX, quantize_block, quantize_channel, quantize_rows, to_e4m3
-from lowbit.methods import fp8 as fp8_method
-from lowbit.methods.fp8 import fp8_quantize
 
 CHANNEL = Fp8Format()
-BLOCK = Fp8Format(block_size=128)
+BLOCK = Fp8Format(tile=128)
 DYNAMIC = Fp8Format(activations="dynamic")
 
 
@@ -29,7 +28,7 @@ def test_hand_computed_channel_example():
     assert torch.equal(out["qweight"].float(), codes)
     # e4m3fn bit patterns: sign | 4 exponent bits (bias 7) | 3 mantissa bits
     assert out["qweight"][0, :2].view(torch.uint8).tolist() == [0x7E, 0xD8]  # 448: 0 1111 110; -16: 1 1011 000
-    deq = CHANNEL.dequantize(out)
+    deq = CHANNEL.decode(out)
     assert torch.equal(deq, codes * out["scales"])
     assert deq[0].tolist() == [28.0, -1.0, 0.3125, 0.25, 10.0]
     assert torch.equal(deq[1], torch.zeros(5))
@@ -60,40 +59,41 @@ def test_block_scales_with_partial_edge_tiles():
         assert torch.equal(q[r0:r1, c0:c1], tile)
     assert q[5, 7] == 448 and q[100, 150] == -448 and q[129, 199] == 448
     assert torch.equal(q[128:, :128], torch.zeros(2, 128))
-    deq = fmt.dequantize(out)
+    deq = fmt.decode(out)
     assert torch.equal(deq[128:, :128], torch.zeros(2, 128))
     assert deq[5, 7] == 224 and deq[100, 150] == -112 and deq[129, 199] == 56
 
 
 def test_all_zero_weight_is_exact_and_finite():
     for fmt in (CHANNEL, BLOCK):
-        out = fp8_quantize(torch.zeros(130, 260), fmt)
+        out = fmt.encode(torch.zeros(130, 260))
         assert torch.equal(out["scales"], torch.ones_like(out["scales"]))
-        assert torch.equal(fmt.dequantize(out), torch.zeros(130, 260))
+        assert torch.equal(fmt.decode(out), torch.zeros(130, 260))
 
 
 @pytest.mark.parametrize("fmt", [CHANNEL, BLOCK], ids=["channel", "block"])
 def test_chunked_quantization_equals_one_shot(monkeypatch, fmt):
     w = torch.randn(300, 200)
-    whole = quantize_channel(w) if fmt.block_size is None else quantize_block(w, 128)
-    monkeypatch.setattr(fp8_method, "CHUNK_ELEMENTS", 128 * 200)  # 128 rows (one band) at a time
-    chunked = fp8_quantize(w, fmt)
+    whole = quantize_channel(w) if fmt.tile is None else quantize_block(w, 128)
+    monkeypatch.setattr(base, "CHUNK_ELEMENTS", 128 * 200)  # 128 rows (one band) at a time
+    assert fmt.block_rows(200) == 128
+    chunked = fmt.encode(w)
     assert sorted(chunked) == ["qweight", "scales"]
     assert all(torch.equal(chunked[name].float(), whole[name].float()) for name in whole)
     assert chunked["scales"].shape == fmt.scale_shape(300, 200)
 
 
 def test_layout_key_and_bits():
-    for fmt in (CHANNEL, BLOCK, DYNAMIC, Fp8Format(block_size=128, activations="dynamic")):
+    for fmt in (CHANNEL, BLOCK, DYNAMIC, Fp8Format(tile=128, activations="dynamic")):
         assert format_from_key(fmt.key()) == fmt
         assert fmt.tensor_names() == ["qweight", "scales"]
     assert CHANNEL.bits_per_weight(256, 1024) == 8 + 32 / 1024
     assert BLOCK.bits_per_weight(256, 1024) == 8 + 2 * 8 * 32 / (256 * 1024)
     assert CHANNEL.describe() == "fp8 e4m3fn per-channel weight-only"
     assert "W8A8" in DYNAMIC.describe()
-    with pytest.raises(ValueError, match="block_size=64"):
-        Fp8Format(block_size=64)
-    with pytest.raises(ValueError, match="activations='static'"):
+    with pytest.raises(FormatError, match="tile=64"):
+        Fp8Format(tile=64)
+    with pytest.raises(FormatError, match="activations='static'"):
         Fp8Format(activations="static")
 
 
@@ -115,9 +115,9 @@ def test_w8a8_hand_computed():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block", [None, 128])
 def test_w8a8_reference_matches_hand_written(dtype, block):
-    fmt = Fp8Format(block_size=block, activations="dynamic")
+    fmt = Fp8Format(tile=block, activations="dynamic")
     w = torch.randn(70, 300) * 0.05
-    tensors = fp8_quantize(w, fmt)
+    tensors = fmt.encode(w)
     x = (torch.randn(2, 3, 300) * 3).to(dtype)
     x[0, 1] = 0  # an all-zero token
     bias = torch.randn(70).to(dtype)
@@ -129,6 +129,6 @@ def test_w8a8_reference_matches_hand_written(dtype, block):
         amax = row.abs().max()
         s = amax / 448 if amax > 0 else torch.tensor(1.0)
         expected.append((row / s).clamp(-448, 448).to(torch.float8_e4m3fn).float() * s)
-    expected = (torch.stack(expected) @ fmt.dequantize(tensors).T + bias.float()).reshape(2, 3, 70).to(dtype)
+    expected = (torch.stack(expected) @ fmt.decode(tensors).T + bias.float()).reshape(2, 3, 70).to(dtype)
     assert got.dtype == dtype and torch.equal(got, expected)
     assert torch.equal(got[0, 1], bias)

@@ -1,10 +1,16 @@
-"""The conformance suite every method's tests subclass (DESIGN.md §6).
+"""The conformance suites every method's tests subclass (DESIGN.md §6).
 
-A method's test module defines ``class TestNf4(Conformance)`` with a few class attributes and gets:
+A data-free method's test module defines ``class TestNf4(Conformance)`` with a few class attributes and gets:
 registration and config round-trips, config errors, the stored layout, reference-kernel correctness,
 an SQNR floor on Gaussian weights with outliers, exact zeros for all-zero groups, quantize-on-load →
 save → reload bit-identical (with ``inspect`` reporting the format's bits per weight), and a perplexity
 bound on a real model (marker ``realmodel``).
+
+A calibrated method (``requires_calibration``) subclasses :class:`CalibratedConformance` instead: the same
+registry and config checks, then the method run through the public ``lowbit.quantize_calibrated`` on a tiny
+Llama with fixed token ids (no tokenizer): quantizing while loading is refused, every layer stores its format's
+layout, the folder reloads and re-saves bit-identically, the same ids give the same bytes again, bad runner input
+fails before anything is written, and the logits stay within ``max_logit_error`` of full precision.
 
 Class attributes:
 - ``method``: registry name; ``fields``: config fields for the tests (a small, fast setting).
@@ -15,6 +21,7 @@ Class attributes:
   quantized too).
 - ``real_model``, ``real_fields``, ``real_max_ratio``: perplexity on the first ``REAL_TOKENS`` tokens of
   wiki.eval.txt must stay below ``real_max_ratio`` × fp32.
+- calibrated only: ``max_logit_error``, the bound on the relative logits error of the tiny model.
 """
 
 from __future__ import annotations
@@ -96,16 +103,12 @@ def real_ppl(name: str, cfg: lowbit.QuantConfig) -> float:
     return perplexity(model, tok, text, max_tokens=REAL_TOKENS).ppl
 
 
-class Conformance:
+class ConfigConformance:
+    """Registration and config checks shared by both suites."""
+
     method: ClassVar[str] = ""
     fields: ClassVar[dict[str, Any]] = {}
     bad_fields: ClassVar[list[tuple[dict[str, Any], str]]] = []
-    bits_per_weight: ClassVar[float] = 0.0
-    sqnr_floor: ClassVar[float] = 0.0
-    real_model: ClassVar[str] = "smollm2-135m"
-    real_fields: ClassVar[dict[str, Any]] = {}
-    real_max_ratio: ClassVar[float] = 1.5
-    activation_error: ClassVar[float] = 1e-6  # relative error of formats that also quantize activations (W8A8)
 
     def cfg(self, **over: Any) -> lowbit.QuantConfig:
         return lowbit.config(self.method, **{**self.fields, **over})
@@ -132,6 +135,15 @@ class Conformance:
         data["version"] += 1
         with pytest.raises(ConfigError, match="newer"):
             lowbit.config_from_dict(data)
+
+
+class Conformance(ConfigConformance):
+    bits_per_weight: ClassVar[float] = 0.0
+    sqnr_floor: ClassVar[float] = 0.0
+    real_model: ClassVar[str] = "smollm2-135m"
+    real_fields: ClassVar[dict[str, Any]] = {}
+    real_max_ratio: ClassVar[float] = 1.5
+    activation_error: ClassVar[float] = 1e-6  # relative error of formats that also quantize activations (W8A8)
 
     # ---- the stored format and the reference kernel ------------------------------------------------------------
     def test_layout_and_bits_per_weight(self):
@@ -221,3 +233,81 @@ class Conformance:
         got = real_ppl(self.real_model, cfg)
         print(f"{self.method} {cfg.to_dict()} on {self.real_model}: ppl {got:.3f} vs fp32 {base:.3f}")
         assert got < base * self.real_max_ratio, f"ppl {got:.2f} vs fp32 {base:.2f} (bound x{self.real_max_ratio})"
+
+
+# ---- calibrated methods ----------------------------------------------------------------------------------------
+
+CALIB_IDS = torch.randint(0, 128, (4, 48), generator=torch.Generator().manual_seed(3))  # the tiny Llama's vocab
+
+
+def _shards(folder: Path) -> dict[str, str]:
+    return {k: v[1] for k, v in snapshot(folder).items() if k.endswith(".safetensors")}
+
+
+class CalibratedConformance(ConfigConformance):
+    """The suite of methods that need calibration data, run through ``lowbit.quantize_calibrated``."""
+
+    max_logit_error: ClassVar[float] = 0.1  # relative logits error of the tiny Llama against full precision
+
+    @pytest.fixture(scope="class")
+    def run(self, tmp_path_factory):
+        """(source folder, quantized folder, quantizer) of one calibration run, shared by the class's tests."""
+        root = tmp_path_factory.mktemp(f"calibrated-{self.method}")
+        src = make_llama(root / "src")
+        out, quantizer = lowbit.quantize_calibrated(src, root / "q", self.cfg(), ids=CALIB_IDS, batch_size=2)
+        return src, out, quantizer
+
+    def test_quantize_on_load_is_refused(self, tmp_path):
+        src = make_llama(tmp_path / "src")
+        with pytest.raises(ConfigError, match=f"needs calibration data .*--method {self.method} --calib") as err:
+            lowbit.from_pretrained(src, quantization=self.cfg())
+        assert "\n" not in str(err.value)
+
+    def test_every_layer_stores_its_formats_layout(self, run):
+        _, out, quantizer = run
+        model = lowbit.from_pretrained(out)
+        assert model.config.quantization_config["method"] == self.method
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+        assert sorted(layers) == sorted(n for n in quantizer.formats if n not in quantizer.tables) and layers
+        for name, layer in layers.items():
+            stored = layer.canonical_tensors()
+            layout = layer.fmt.expected_tensors(layer.out_features, layer.in_features)
+            assert layer.fmt == quantizer.formats[name] and sorted(stored) == sorted(layout), name
+            for tensor, (shape, dtype) in layout.items():
+                assert tuple(stored[tensor].shape) == shape and stored[tensor].dtype == dtype, (name, tensor)
+        assert (quantizer.summary() or "").startswith(f"{self.method}: ")
+
+    def test_reload_and_resave_bit_identical(self, run, tmp_path):
+        _, out, _ = run
+        model = lowbit.from_pretrained(out)
+        lowbit.save_pretrained(model, tmp_path / "again")
+        again = lowbit.from_pretrained(tmp_path / "again")
+        a, b = model.state_dict(), again.state_dict()
+        assert sorted(a) == sorted(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+        ids = token_ids()
+        assert torch.equal(logits(model, ids), logits(again, ids))
+        assert _shards(out) and _shards(out) == _shards(tmp_path / "again")
+
+    def test_same_ids_give_the_same_bytes(self, run, tmp_path):
+        src, out, _ = run
+        twice, _ = lowbit.quantize_calibrated(src, tmp_path / "q", self.cfg(), ids=CALIB_IDS, batch_size=2)
+        assert _shards(out) == _shards(twice)
+
+    def test_bad_runner_input_fails_before_writing(self, run, tmp_path):
+        src, out, _ = run
+        for kwargs, text in (({"ids": CALIB_IDS.float()}, "ids="),
+                             ({"ids": CALIB_IDS, "batch_size": 0}, "batch_size=0")):
+            with pytest.raises(ConfigError, match=text) as err:
+                lowbit.quantize_calibrated(src, tmp_path / "bad", self.cfg(), **kwargs)
+            assert "\n" not in str(err.value)
+        with pytest.raises(ConfigError, match="already quantized"):
+            lowbit.quantize_calibrated(out, tmp_path / "bad", self.cfg(), ids=CALIB_IDS)
+        assert not any(p.suffix == ".safetensors" for p in (tmp_path / "bad").glob("*"))
+
+    def test_logits_stay_close_to_full_precision(self, run):
+        src, out, _ = run
+        ids = token_ids(n=32, batch=2)
+        ref = logits(lowbit.from_pretrained(src), ids)
+        got = logits(lowbit.from_pretrained(out), ids)
+        err = float((got - ref).norm() / ref.norm())
+        assert err < self.max_logit_error, f"{self.method}: relative logits error {err:.4f} >= {self.max_logit_error}"

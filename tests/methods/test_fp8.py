@@ -62,7 +62,7 @@ def test_config_fields_and_spec():
                              "quantize_embeddings": False, "quantize_lm_head": False, "strict": False,
                              "weight_scale": "channel", "activations": "none"}
     q = Fp8Quantizer(Fp8Config(weight_scale="block", activations="dynamic"))
-    assert q.weight_format("x", torch.nn.Linear(300, 130)) == Fp8Format(block_size=128, activations="dynamic")
+    assert q.weight_format("x", torch.nn.Linear(300, 130)) == Fp8Format(tile=128, activations="dynamic")
     assert Fp8Quantizer(Fp8Config()).weight_format("x", torch.nn.Linear(8, 8)) == Fp8Format()
 
 

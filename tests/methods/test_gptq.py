@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conformance import CalibratedConformance
 
 import lowbit
 from lowbit.errors import CalibrationError, ConfigError, FormatError
-from lowbit.formats import IntFormat, pack_bits, quantize_to_codes
+from lowbit.formats import IntFormat
 from lowbit.kernels import choose
 from lowbit.methods.gptq import GptqConfig, gptq
-from lowbit.rtn import rtn_quantize
 
 
 def correlated_inputs(k: int = 256, rows: int = 4096, seed: int = 0) -> torch.Tensor:
@@ -37,7 +37,7 @@ FORMATS = [IntFormat(4, 64, False), IntFormat(4, 32, True), IntFormat(3, 64, Fal
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda s: s.describe())
 def test_uncorrelated_inputs_give_exactly_rtn(fmt):
     """With H = I no error can be moved to another column: GPTQ must round exactly as RTN does."""
-    got, want = gptq(W, torch.eye(256), fmt, block_size=128), rtn_quantize(W, fmt)
+    got, want = gptq(W, torch.eye(256), fmt, lazy_batch=128), fmt.encode(W)
     assert set(got) == set(want)
     for name in want:
         assert torch.equal(got[name], want[name]), name
@@ -47,13 +47,13 @@ def test_uncorrelated_inputs_give_exactly_rtn(fmt):
 def test_compensation_lowers_the_output_error_on_held_out_inputs(fmt):
     x, held_out = correlated_inputs(), correlated_inputs(seed=1)
     h = x.T @ x / len(x)
-    rtn = output_error(held_out, W, fmt.dequantize(rtn_quantize(W, fmt)))
-    plain = output_error(held_out, W, fmt.dequantize(gptq(W, h, fmt)))
+    rtn = output_error(held_out, W, fmt.decode(fmt.encode(W)))
+    plain = output_error(held_out, W, fmt.decode(gptq(W, h, fmt)))
     assert plain < (0.97 if fmt.bits > 2 else 1.0) * rtn  # at 2 bits the coarse grid leaves little to move
     if fmt.group_size is not None:
         ordered = IntFormat(fmt.bits, fmt.group_size, fmt.symmetric, g_idx=True)
-        act = output_error(held_out, W, ordered.dequantize(gptq(W, h, ordered, act_order=True)))
-        static = output_error(held_out, W, fmt.dequantize(gptq(W, h, fmt, act_order=True, static_groups=True)))
+        act = output_error(held_out, W, ordered.decode(gptq(W, h, ordered, act_order=True)))
+        static = output_error(held_out, W, fmt.decode(gptq(W, h, fmt, act_order=True, static_groups=True)))
         assert act < rtn and static < rtn
 
 
@@ -67,9 +67,9 @@ def test_act_order_stores_each_input_group_in_g_idx():
     assert torch.equal(out["g_idx"][perm], torch.arange(256, dtype=torch.int32) // 64)  # groups in walk order
     assert torch.bincount(out["g_idx"]).tolist() == [64] * 4
     # the dequantized weight applies each column's own group: equal to a column-by-column computation
-    codes = fmt.dequantize({**out, "scales": torch.ones_like(out["scales"]), "zeros": torch.zeros_like(out["zeros"])})
+    codes = fmt.decode({**out, "scales": torch.ones_like(out["scales"]), "zeros": torch.zeros_like(out["zeros"])})
     manual = (codes - out["zeros"].float()[:, out["g_idx"].long()]) * out["scales"].float()[:, out["g_idx"].long()]
-    torch.testing.assert_close(fmt.dequantize(out), manual)
+    torch.testing.assert_close(fmt.decode(out), manual)
 
 
 def test_static_groups_keep_consecutive_groups_for_the_fast_kernels():
@@ -90,7 +90,7 @@ def test_dead_inputs_get_zero_columns_and_no_nan():
     x[:, :16] = 0
     h = x.T @ x / len(x)
     out = gptq(W, h, IntFormat(4, 64, False))
-    w = IntFormat(4, 64, False).dequantize(out)
+    w = IntFormat(4, 64, False).decode(out)
     assert torch.isfinite(w).all()
     assert float(w[:, :16].abs().max()) <= float(out["scales"].float().max()) / 2 + 1e-6  # the zero code's neighbourhood
 
@@ -106,7 +106,7 @@ def test_a_corrupt_g_idx_is_a_format_error():
     out = gptq(W, torch.eye(256), fmt, act_order=True)
     out["g_idx"][3] = 9
     with pytest.raises(FormatError, match=r"g_idx holds groups 0..9; expected 0..3; the checkpoint is corrupt"):
-        fmt.dequantize(out)
+        fmt.decode(out)
 
 
 def test_config_round_trip_and_errors():
@@ -130,10 +130,8 @@ def test_mse_grid_never_rounds_worse_than_min_max_and_shrinks_around_outliers(fm
 
     def error(params):
         s, z = params
-        stored = {"qweight": pack_bits(quantize_to_codes(w, fmt, s, z), fmt.bits), "scales": s}
-        if z is not None:
-            stored["zeros"] = z
-        return (fmt.dequantize(stored) - w).abs().pow(2.4).sum(1)
+        stored = fmt.encode(w, scales=s, **({} if z is None else {"zeros": z}))  # the format's rounding on this grid
+        return (fmt.decode(stored) - w).abs().pow(2.4).sum(1)
 
     plain, searched = error(grid_params(w, fmt)), error(grid_params(w, fmt, mse=True))
     assert (searched <= plain + 1e-4).all()
@@ -158,3 +156,20 @@ def test_real_model_gptq_beats_rtn(tmp_path):
     rtn = real_ppl("smollm2-135m", lowbit.config("int4", group_size=64))
     print(f"gptq int4 g64 act_order mse {got:.3f}, rtn {rtn:.3f}, fp32 {real_fp32_ppl('smollm2-135m'):.3f}")
     assert got < rtn
+
+
+# ---- the calibrated conformance suite -------------------------------------------------------------------------
+
+class TestGptq(CalibratedConformance):
+    method = "gptq"
+    fields = {"group_size": 32}
+    bad_fields = [({"bits": 5}, "gptq.bits=5"), ({"group_size": 48}, "gptq.group_size=48"),
+                  ({"damp": 0.0}, "gptq.damp=0.0")]
+    max_logit_error = 0.2  # measured 0.154 (rtn of the same grid: 0.168)
+
+
+class TestGptqActOrder(CalibratedConformance):
+    method = "gptq"
+    fields = {"group_size": 32, "act_order": True, "symmetric": True}  # a g_idx per layer, signed codes
+    bad_fields = [({"block_size": 0}, "gptq.block_size=0")]
+    max_logit_error = 0.26  # measured 0.206 (rtn of the same grid: 0.187)

@@ -60,7 +60,7 @@ def test_never_worse_than_rtn(bits, group):
     w = test_weight()
     hqq = quantized_linear(lowbit.config("hqq", bits=bits, group_size=group), w)
     rtn = quantized_linear(lowbit.config("rtn", bits=bits, group_size=group), w)
-    err = {name: (layer.fmt.dequantize(layer.canonical_tensors()) - w) for name, layer in (("hqq", hqq), ("rtn", rtn))}
+    err = {name: (layer.fmt.decode(layer.canonical_tensors()) - w) for name, layer in (("hqq", hqq), ("rtn", rtn))}
     # HQQ minimizes an l_p (p < 1) error; it must win on that and on the squared error alike
     assert err["hqq"].abs().pow(0.7).mean() < err["rtn"].abs().pow(0.7).mean()
     assert sqnr_db(w, w + err["hqq"]) > sqnr_db(w, w + err["rtn"])
@@ -74,7 +74,7 @@ def test_zero_iterations_is_the_min_max_grid():
     scale = 3.0 / 15
     assert out["scales"].item() == pytest.approx(scale, rel=1e-3)
     assert out["zeros"].item() == 5.0  # round(1 / scale): the starting zero-point is an integer
-    assert torch.equal(fmt.dequantize(out)[0, :4], torch.tensor([-1.0, -0.5, 0.25, 2.0]).div(scale).add(5).round()
+    assert torch.equal(fmt.decode(out)[0, :4], torch.tensor([-1.0, -0.5, 0.25, 2.0]).div(scale).add(5).round()
                        .sub(5).mul(torch.tensor(scale, dtype=torch.float16).float()))
 
 
@@ -90,7 +90,7 @@ def test_constant_groups_come_back_exactly():
     w[0, :32] = 5.0  # 5 / the capped inverse scale would overflow an fp16 zero-point without the special case
     w[1, 32:] = -0.125
     layer = quantized_linear(lowbit.config("hqq", bits=4, group_size=32), w)
-    deq = layer.fmt.dequantize(layer.canonical_tensors())
+    deq = layer.fmt.decode(layer.canonical_tensors())
     assert torch.equal(deq[0, :32], w[0, :32]) and torch.equal(deq[1, 32:], w[1, 32:])
 
 

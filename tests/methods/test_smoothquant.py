@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conformance import CalibratedConformance
 from helpers import (
     CALIB_TEXT, FAST_CALIB, char_tokenizer, data_dir, logits, make_bert, make_gemma3, make_llama,
     make_llama_with_tokenizer, token_ids,
@@ -17,11 +18,11 @@ from lowbit.calibration.balance import balance_groups, fold
 from lowbit.calibration.inputs import capture
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.formats import W8A8Format, format_from_key
-from lowbit.formats.w8a8 import fake_quantize_rows, int8_matmul, quantize_rows, w8a8_quantize
+from lowbit.formats.w8a8 import fake_quantize_rows, int8_matmul, quantize_rows
 from lowbit.methods.smoothquant import SmoothQuantConfig, SmoothQuantQuantizer, smooth_scale
 
 TEXT, FAST = CALIB_TEXT, FAST_CALIB
-SPEC = W8A8Format()
+FORMAT = W8A8Format()
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +61,15 @@ X = torch.tensor([[127.0, -63.5, 0.5, 2.0], [0.0, 0.0, 0.0, 0.0]])  # token scal
 
 
 def test_weights_are_int8_per_channel_rounded_half_to_even():
-    stored = w8a8_quantize(W)
+    stored = FORMAT.encode(W)
     assert stored["qweight"].dtype == torch.int8 and stored["scales"].dtype == torch.float32
     assert stored["qweight"].tolist() == [[127, -3, 10, 0], [-127, 0, 2, 2]]  # 0.5, 1.5, 2.5 → 0, 2, 2
     assert stored["scales"].tolist() == [[1.0], [2.0]]
-    assert torch.equal(SPEC.dequantize(stored), torch.tensor([[127.0, -3, 10, 0], [-254, 0, 4, 4]]))
-    assert SPEC.expected_tensors(2, 4) == {"qweight": ((2, 4), torch.int8), "scales": ((2, 1), torch.float32)}
-    assert SPEC.bits_per_weight(256, 1024) == pytest.approx(8 + 32 / 1024)
-    assert format_from_key(SPEC.key()) == SPEC
-    zero = w8a8_quantize(torch.zeros(1, 8))
+    assert torch.equal(FORMAT.decode(stored), torch.tensor([[127.0, -3, 10, 0], [-254, 0, 4, 4]]))
+    assert FORMAT.expected_tensors(2, 4) == {"qweight": ((2, 4), torch.int8), "scales": ((2, 1), torch.float32)}
+    assert FORMAT.bits_per_weight(256, 1024) == pytest.approx(8 + 32 / 1024)
+    assert format_from_key(FORMAT.key()) == FORMAT
+    zero = FORMAT.encode(torch.zeros(1, 8))
     assert zero["scales"].item() == 1.0 and not zero["qweight"].any()
 
 
@@ -76,7 +77,7 @@ def test_activations_are_int8_per_token_and_accumulated_exactly():
     codes, scales = quantize_rows(X)
     assert codes.tolist() == [[127, -64, 0, 2], [0, 0, 0, 0]] and scales.tolist() == [[1.0], [1.0]]
     bias = torch.tensor([0.5, -1.0])
-    y = SPEC.reference_linear(X, w8a8_quantize(W), bias)
+    y = FORMAT.reference_linear(X, FORMAT.encode(W), bias)
     # acc row 0: 127*127 + (-64)(-3) + 0*10 + 2*0 = 16321 and 127*(-127) + 0 + 0 + 2*2 = -16125, times w scale 2
     assert y.tolist() == [[16321.5, -32251.0], [0.5, -1.0]]
     assert torch.equal(fake_quantize_rows(X), torch.tensor([[127.0, -64, 0, 2], [0, 0, 0, 0]]))
@@ -89,11 +90,11 @@ def test_the_exact_accumulation_is_torch_int_mm():
     a[:, :1500], b[:, :1500] = 127, 127
     assert torch.equal(int8_matmul(a, b), torch._int_mm(a, b.T.contiguous()))
     x = torch.randn(2, 5, 3000, generator=gen)
-    stored = w8a8_quantize(torch.randn(24, 3000, generator=gen))
+    stored = FORMAT.encode(torch.randn(24, 3000, generator=gen))
     xc, xs = quantize_rows(x)
     acc = torch._int_mm(xc.reshape(10, 3000), stored["qweight"].T.contiguous())
     want = (acc.float() * xs.reshape(10, 1) * stored["scales"].reshape(1, 24)).reshape(2, 5, 24)
-    assert torch.equal(SPEC.reference_linear(x, stored, None), want)
+    assert torch.equal(FORMAT.reference_linear(x, stored, None), want)
 
 
 def test_smooth_scale_by_hand():
@@ -155,12 +156,12 @@ def test_smoothing_lowers_the_w8a8_error_of_a_block_with_outlier_channels(llama)
     plain = copy.deepcopy(block)  # W8A8 as is
     for module in plain.modules():
         if isinstance(module, torch.nn.Linear):
-            use_dequantized(module, SPEC, w8a8_quantize(module.weight.detach()))
+            use_dequantized(module, FORMAT, FORMAT.encode(module.weight.detach()))
             module.register_forward_pre_hook(lambda _, args: (fake_quantize_rows(args[0]),))
     smooth = copy.deepcopy(block)
     quantizer = SmoothQuantQuantizer(SmoothQuantConfig(), calibrated=True)
     quantizer.model_type = "llama"
-    quantizer.formats = {f"model.layers.0.{n}": SPEC for n, m in smooth.named_modules() if isinstance(m, torch.nn.Linear)}
+    quantizer.formats = {f"model.layers.0.{n}": FORMAT for n, m in smooth.named_modules() if isinstance(m, torch.nn.Linear)}
     stored = quantizer.calibrate_block(smooth, "model.layers.0", inputs)
     assert len(stored) == 7 and all(s["qweight"].dtype == torch.int8 for s in stored.values())
     errors = [sum(float((o - r).norm()) for o, r in zip(inputs.run(b), ref, strict=True)) for b in (plain, smooth)]
@@ -178,8 +179,8 @@ def test_end_to_end_loads_and_stays_close_to_fp32(tmp_path, build, bound):
     assert quantizer.summary().startswith("smoothquant: 2 blocks in ")
     model = lowbit.from_pretrained(out)
     layer = model.model.layers[0].self_attn.q_proj
-    assert layer.fmt == SPEC and layer.kernel.name == "reference"
-    assert {x.format for x in lowbit.inspect(out).layers} == {SPEC.describe()}
+    assert layer.fmt == FORMAT and layer.kernel.name == "reference"
+    assert {x.format for x in lowbit.inspect(out).layers} == {FORMAT.describe()}
     ids = torch.tensor([[ord(c) for c in TEXT[-60:]]])
     ref = logits(lowbit.from_pretrained(folder), ids)
     # measured: llama 0.018, gemma3 0.070 (int8 weights alone, g32: 0.013, 0.036; the rest is the activations')
@@ -212,3 +213,11 @@ def test_real_model_w8a8_stays_close_to_fp32(tmp_path):
     base = real_fp32_ppl("smollm2-135m")
     print(f"smoothquant w8a8 {got:.3f}, fp32 {base:.3f}")
     assert got < 1.05 * base
+
+
+# ---- the calibrated conformance suite -------------------------------------------------------------------------
+
+class TestSmoothQuant(CalibratedConformance):
+    method = "smoothquant"
+    bad_fields = [({"alpha": 1.5}, "smoothquant.alpha=1.5"), ({"alpha": "half"}, "smoothquant.alpha='half'")]
+    max_logit_error = 0.025  # measured 0.016 (int8 per-channel weights alone: 0.013)

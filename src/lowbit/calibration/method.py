@@ -10,7 +10,6 @@ from torch import nn
 from lowbit.calibration.inputs import BlockInputs
 from lowbit.formats import WeightFormat
 from lowbit.quantizer import Quantizer
-from lowbit.rtn import rtn_quantize
 
 Stored = dict[str, dict[str, torch.Tensor]]  # module name → its stored tensors
 
@@ -19,7 +18,7 @@ class CalibratedQuantizer(Quantizer):
     """Base of GPTQ, AWQ and SmoothQuant: ``lowbit.quantize_calibrated`` (``lowbit quantize --calib``) calls
     :meth:`calibrate_block` once per transformer block, in order, each block seeing the outputs of the
     already-quantized blocks before it. Linears outside the blocks (a BERT pooler, say) are rounded to nearest
-    in the same format by :meth:`quantize`."""
+    in the same format by :meth:`Quantizer.quantize` (the format's own encoding)."""
 
     requires_calibration: ClassVar[bool] = True
 
@@ -31,9 +30,6 @@ class CalibratedQuantizer(Quantizer):
         any scales the method moved applied to the block's other modules, whose tensors are saved as they are.
         """
         raise NotImplementedError
-
-    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return rtn_quantize(weight, self.formats[name])
 
     def block_linears(self, block: nn.Module, prefix: str) -> dict[str, nn.Linear]:
         """The block's Linears that are quantized, by their names in the model."""
@@ -47,5 +43,5 @@ class CalibratedQuantizer(Quantizer):
 
 def use_dequantized(linear: nn.Linear, fmt: WeightFormat, stored: dict[str, torch.Tensor]) -> None:
     """Make ``linear`` compute with the quantized weight (its dequantized value, in the layer's dtype)."""
-    w = fmt.dequantize({k: v.to(linear.weight.device) for k, v in stored.items()}, torch.float32)
+    w = fmt.decode({k: v.to(linear.weight.device) for k, v in stored.items()}, torch.float32)
     linear.weight.data.copy_(w.to(linear.weight.dtype))

@@ -1,20 +1,21 @@
 """4-bit code books with an absmax scale per block: NF4 (bitsandbytes' layout) and OCP FP4 (E2M1).
 
-Stored tensors for a weight of shape [N, K] (N outputs, K inputs), G = K / block_size:
+Stored tensors for a weight of shape [N, K] (N outputs, K inputs), G = K / absmax_block:
 
 - ``qweight`` [N, K/2] uint8: two 4-bit codes per byte along K. ``nf4``: the first element of each pair in
   the HIGH nibble, as bitsandbytes packs it (``quantize_4bit(..., quant_type="nf4")`` gives these bytes
   for a K that is a multiple of the block, flattened to [N*K/2, 1]). ``fp4``: the first element in the LOW
   nibble (OCP / torch ``float4_e2m1fn_x2``); the codes are E2M1 bit patterns (bit 3 sign).
-- ``absmax`` [N, G]: the largest |w| of each block of ``block_size`` consecutive inputs, float32; or, with
+- ``absmax`` [N, G]: the largest |w| of each block of ``absmax_block`` consecutive inputs, float32; or, with
   ``double_quant``, uint8 indices into bitsandbytes' signed 8-bit dynamic map (:func:`dynamic_map`) plus
 - ``absmax_scale`` [ceil(N*G/256)] float32: the absmax of each run of 256 centred absmax values (row-major
   flattened [N*G]; the last run may be short), and ``absmax_offset`` [1] float32: the mean of all absmax values.
 
-Dequantization: ``absmax = dynamic_map[code] * absmax_scale[i // 256] + absmax_offset`` (double-quant only), then
-``w = value[code] * absmax / L`` with L = 1 for nf4 (values in [-1, 1]) and L = 6 for fp4 (E2M1 grid, max 6).
-Quantization: ``x = w * (L / absmax)`` in fp32, then the nearest code; nf4 ties go to the lower code (as
-bitsandbytes' midpoint search), fp4 ties to the even mantissa (IEEE round-half-even).
+The code books (values, largest magnitude L, nibble order, rounding rule) are ``lowbit.qtypes.nf4`` and
+``lowbit.qtypes.fp4_e2m1``. Decoding: ``absmax = dynamic_map[code] * absmax_scale[i // 256] + absmax_offset``
+(double-quant only), then ``w = value[code] * absmax / L`` with L = 1 for nf4 (values in [-1, 1]) and L = 6 for fp4
+(E2M1 grid, max 6). Encoding: ``x = w * (L / absmax)`` in fp32, then the nearest code; nf4 ties go to the lower code
+(as bitsandbytes' midpoint search), fp4 ties to the even mantissa (IEEE round-half-even).
 """
 
 from __future__ import annotations
@@ -27,47 +28,53 @@ import torch
 
 from lowbit.errors import FormatError
 from lowbit.formats.base import WeightFormat
-from lowbit.qtypes import FP4_E2M1_CODE, NF4_CODE
+from lowbit.qtypes import CODE_BOOKS, CodeBook, Rounding, code_book, fp4_e2m1
 
-CODES = {"nf4": NF4_CODE, "fp4": FP4_E2M1_CODE}
-LEVELS = {"nf4": 1.0, "fp4": 6.0}  # the largest magnitude of each code book: absmax maps onto it
-HIGH_FIRST = {"nf4": True, "fp4": False}  # nibble order of the packed bytes
+# By name, derived from the code books in lowbit.qtypes: the kernel tests still read these two tables
+CODES = {name: book.values for name, book in CODE_BOOKS.items()}
+LEVELS = {name: book.levels for name, book in CODE_BOOKS.items()}
 DQ_BLOCK = 256  # double quantization: absmax values per second-level scale (bitsandbytes' choice)
-E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+E2M1_MAGNITUDES = fp4_e2m1.values[:8]  # codes 0..7: the non-negative E2M1 values
 _TINY = 1e-38  # absmax floor before taking a reciprocal (bitsandbytes' clamp): all-zero blocks give codes of 0
 
 
 @dataclasses.dataclass(frozen=True)
 class CodebookFormat(WeightFormat, kind="codebook"):
-    """What one code-book-quantized weight stores: the code book, the block size, double quantization."""
+    """What one code-book-quantized weight stores: the code book, the inputs per absmax, double quantization."""
 
-    code: str  # "nf4" or "fp4"
-    block_size: int
+    code: CodeBook  # lowbit.qtypes.nf4 or fp4_e2m1; its name ("nf4", "fp4") is accepted too
+    absmax_block: int  # consecutive inputs sharing one absmax (the config's block_size)
     double_quant: bool = False
 
     def __post_init__(self) -> None:
-        if self.code not in CODES:
-            raise FormatError(f"CodebookFormat.code={self.code!r}; expected one of {sorted(CODES)}")
-        if self.block_size < 1 or self.block_size & (self.block_size - 1):
-            raise FormatError(f"CodebookFormat.block_size={self.block_size}; expected a power of two")
+        if not isinstance(self.code, CodeBook) and self.code not in CODE_BOOKS:
+            raise FormatError(f"CodebookFormat.code={self.code!r}; expected one of {sorted(CODE_BOOKS)}")
+        object.__setattr__(self, "code", code_book(self.code))
+        if self.absmax_block < 1 or self.absmax_block & (self.absmax_block - 1):
+            raise FormatError(f"CodebookFormat.absmax_block={self.absmax_block}; expected a power of two such as 64")
+
+    @property
+    def block_size(self) -> int:
+        """The former name of :attr:`absmax_block`, still read by the Triton kernels."""
+        return self.absmax_block
 
     def describe(self) -> str:
         stats = "absmax 8-bit double-quant" if self.double_quant else "absmax fp32"
-        return f"{self.code} b{self.block_size} {stats}"
+        return f"{self.code} b{self.absmax_block} {stats}"
 
     def check(self, k: int) -> None:
         if k % 2:
             raise FormatError(f"a weight with {k} inputs cannot be stored as {self.describe()}: two 4-bit codes share "
                               "a byte, so it needs an even number of inputs; leave the layer unquantized "
                               "(modules_to_not_convert)")
-        if k % self.block_size:
+        if k % self.absmax_block:
             raise FormatError(f"a weight with {k} inputs cannot be stored as {self.describe()}: blocks need a multiple "
-                              f"of {self.block_size} inputs; choose a block size that divides {k} or leave the layer "
+                              f"of {self.absmax_block} inputs; choose a block size that divides {k} or leave the layer "
                               "unquantized (modules_to_not_convert)")
 
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         self.check(k)
-        g = k // self.block_size
+        g = k // self.absmax_block
         out = {"qweight": ((n, k // 2), torch.uint8)}
         if not self.double_quant:
             out["absmax"] = ((n, g), torch.float32)
@@ -83,22 +90,47 @@ class CodebookFormat(WeightFormat, kind="codebook"):
             return tensors["absmax"].float()
         return dequantize_absmax(tensors["absmax"], tensors["absmax_scale"], tensors["absmax_offset"])
 
-    def dequantize(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def encode_rows(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows → packed codes and their fp32 absmax (double quantization happens on the whole, below)."""
+        n, k = w.shape
+        book = self.code
+        x = w.float().reshape(n, k // self.absmax_block, self.absmax_block)
+        absmax = x.abs().amax(dim=-1)
+        # bitsandbytes multiplies by the fp32 reciprocal; fp4 maps absmax onto the grid's 6
+        x = x * (book.levels / absmax.clamp(min=_TINY * book.levels))[..., None]
+        codes = nearest_codes(x, book)
+        return {"qweight": pack_nibbles(codes.view(n, k), book.high_first), "absmax": absmax}
+
+    def encode_whole(self, tensors: dict[str, torch.Tensor], w: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.double_quant:
+            return tensors
+        codes, scales, offset = quantize_absmax(tensors["absmax"])
+        return {"qweight": tensors["qweight"], "absmax": codes, "absmax_scale": scales, "absmax_offset": offset}
+
+    def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         packed = tensors["qweight"]
         n = packed.shape[0]
-        codes = unpack_nibbles(packed, HIGH_FIRST[self.code])
+        codes = unpack_nibbles(packed, self.code.high_first)
         values = code_values(self.code, packed.device)[codes.int()]
         scale = self.absmax(tensors)
-        if self.code != "nf4":
-            scale = scale / LEVELS[self.code]
+        if self.code.levels != 1:
+            scale = scale / self.code.levels
         w = values.view(n, scale.shape[1], -1) * scale[..., None]
         return w.view(n, -1).to(dtype)
 
 
 @functools.lru_cache(maxsize=16)
-def code_values(code: str, device: torch.device) -> torch.Tensor:
+def code_values(book: CodeBook | str, device: torch.device) -> torch.Tensor:
     """The 16 values of a code book, float32, indexed by code."""
-    return torch.tensor(CODES[code], dtype=torch.float32, device=device)
+    return torch.tensor(code_book(book).values, dtype=torch.float32, device=device)
+
+
+def nearest_codes(x: torch.Tensor, book: CodeBook) -> torch.Tensor:
+    """x in code-book units (fp32; changed in place) → the nearest codes (uint8) by the book's rounding rule."""
+    if book.rounding is Rounding.TIES_EVEN:
+        return e2m1_codes(x)
+    return torch.bucketize(x.clamp_(-book.levels, book.levels), _midpoints(book.values, x.device),
+                           out_int32=True).to(torch.uint8)
 
 
 @functools.lru_cache(maxsize=16)
@@ -122,11 +154,6 @@ def unpack_nibbles(packed: torch.Tensor, high_first: bool) -> torch.Tensor:
     hi, lo = packed >> 4, packed & 0x0F
     first, second = (hi, lo) if high_first else (lo, hi)
     return torch.stack([first, second], dim=-1).reshape(*packed.shape[:-1], -1)
-
-
-def nf4_codes(x: torch.Tensor) -> torch.Tensor:
-    """x in [-1, 1] (fp32) → nearest NF4 code (uint8); a value on a midpoint takes the lower code."""
-    return torch.bucketize(x, _midpoints(NF4_CODE, x.device), out_int32=True).to(torch.uint8)
 
 
 def e2m1_codes(x: torch.Tensor) -> torch.Tensor:
@@ -183,33 +210,6 @@ def dequantize_absmax(codes: torch.Tensor, scales: torch.Tensor, offset: torch.T
     return (values * per + offset.float()).view(codes.shape)
 
 
-# ---- quantization --------------------------------------------------------------------------------------------------
-
-CHUNK_ELEMENTS = 1 << 21  # rows are quantized in blocks of about this many weights (as lowbit.rtn)
-
-
 def codebook_quantize(w: torch.Tensor, fmt: CodebookFormat) -> dict[str, torch.Tensor]:
-    """``w`` [N, K] → the stored tensors of ``fmt``, a block of rows at a time (small fp32 temporaries)."""
-    k = w.shape[1]
-    fmt.check(k)
-    levels = LEVELS[fmt.code]
-    rows = max(1, CHUNK_ELEMENTS // k)
-    packed, absmaxes = [], []
-    for block in w.split(rows):
-        x = block.float().reshape(block.shape[0], k // fmt.block_size, fmt.block_size)
-        absmax = x.abs().amax(dim=-1)
-        # bitsandbytes multiplies by the fp32 reciprocal; fp4 maps absmax onto the grid's 6
-        x = x * (levels / absmax.clamp(min=_TINY * levels))[..., None]
-        if fmt.code == "nf4":
-            codes = nf4_codes(x.clamp_(-1, 1))
-        else:
-            codes = e2m1_codes(x)
-        packed.append(pack_nibbles(codes.view(block.shape[0], k), HIGH_FIRST[fmt.code]))
-        absmaxes.append(absmax)
-    absmax = torch.cat(absmaxes)
-    out = {"qweight": torch.cat(packed)}
-    if not fmt.double_quant:
-        out["absmax"] = absmax
-        return out
-    out["absmax"], out["absmax_scale"], out["absmax_offset"] = quantize_absmax(absmax)
-    return out
+    """The former name of ``fmt.encode(w)``, still imported by the kernel tests."""
+    return fmt.encode(w)

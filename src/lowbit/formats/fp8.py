@@ -3,7 +3,7 @@
 Stored tensors for a weight of shape [N, K] (N outputs, K inputs):
 
 - ``qweight`` [N, K] float8_e4m3fn: ``w / s`` clamped to ±448 (the e4m3fn maximum), then cast (round to nearest even).
-- ``scales`` float32: per output channel [N, 1] (``block_size=None``), or per ``block_size`` x ``block_size`` tile
+- ``scales`` float32: per output channel [N, 1] (``tile=None``), or per ``tile`` x ``tile`` tile
   [ceil(N / B), ceil(K / B)] (DeepSeek-V3 / vLLM ``weight_block_size=[128, 128]``; edge tiles may be partial).
   ``s = amax / 448`` over the row or tile; an all-zero row or tile has ``s = 1`` and zero codes.
 
@@ -21,43 +21,64 @@ import dataclasses
 
 import torch
 
+from lowbit.errors import FormatError
 from lowbit.formats.base import WeightFormat
 
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 ACTIVATIONS = ("none", "dynamic")
-BLOCK_SIZES = (128,)
+TILES = (128,)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Fp8Format(WeightFormat, kind="fp8"):
     """What one fp8 weight stores: its scale granularity, and whether activations are quantized at run time."""
 
-    block_size: int | None = None  # None: one scale per output channel; else square tiles of this size
+    tile: int | None = None  # None: one scale per output channel; else square tiles of this side share one
     activations: str = "none"  # "none": weight-only; "dynamic": per-token fp8 activations (W8A8)
 
+    def __init__(self, tile: int | None = None, activations: str = "none", *, block_size: int | None = None) -> None:
+        """``block_size`` is the former name of ``tile``, still passed by the kernel tests."""
+        object.__setattr__(self, "tile", tile if block_size is None else block_size)
+        object.__setattr__(self, "activations", activations)
+        self.__post_init__()
+
     def __post_init__(self) -> None:
-        if self.block_size is not None and self.block_size not in BLOCK_SIZES:
-            raise ValueError(f"Fp8Format.block_size={self.block_size}; expected one of {BLOCK_SIZES} or None")
+        if self.tile is not None and self.tile not in TILES:
+            raise FormatError(f"Fp8Format.tile={self.tile!r}; expected one of {list(TILES)} or None (one scale per "
+                              "output channel)")
         if self.activations not in ACTIVATIONS:
-            raise ValueError(f"Fp8Format.activations={self.activations!r}; expected one of {ACTIVATIONS}")
+            raise FormatError(f"Fp8Format.activations={self.activations!r}; expected one of {list(ACTIVATIONS)}")
+
+    @property
+    def block_size(self) -> int | None:
+        """The former name of :attr:`tile`, still read by the Triton kernels."""
+        return self.tile
 
     def describe(self) -> str:
-        scale = "per-channel" if self.block_size is None else f"block {self.block_size}x{self.block_size}"
+        scale = "per-channel" if self.tile is None else f"block {self.tile}x{self.tile}"
         act = "W8A8 dynamic per-token" if self.activations == "dynamic" else "weight-only"
         return f"fp8 e4m3fn {scale} {act}"
 
     def scale_shape(self, n: int, k: int) -> tuple[int, int]:
-        if self.block_size is None:
+        if self.tile is None:
             return (n, 1)
-        b = self.block_size
+        b = self.tile
         return (-(-n // b), -(-k // b))
+
+    @property
+    def row_multiple(self) -> int:
+        """Whole bands of tiles: a block of rows never splits a tile."""
+        return self.tile or 1
+
+    def encode_rows(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        return quantize_channel(w) if self.tile is None else quantize_block(w, self.tile)
 
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return {"qweight": ((n, k), torch.float8_e4m3fn), "scales": (self.scale_shape(n, k), torch.float32)}
 
-    def dequantize(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         q = tensors["qweight"]
-        return (q.float() * expand_scales(tensors["scales"], q.shape, self.block_size)).to(dtype)
+        return (q.float() * expand_scales(tensors["scales"], q.shape, self.tile)).to(dtype)
 
     def reference_linear(self, x: torch.Tensor, tensors: dict[str, torch.Tensor],
                          bias: torch.Tensor | None) -> torch.Tensor:
@@ -65,19 +86,19 @@ class Fp8Format(WeightFormat, kind="fp8"):
         if self.activations == "none":
             return super().reference_linear(x, tensors, bias)
         xq, xs = quantize_rows(x)
-        y = (xq.float() * xs) @ self.dequantize(tensors, torch.float32).T
+        y = (xq.float() * xs) @ self.decode(tensors, torch.float32).T
         if bias is not None:
             y = y + bias.float()
         return y.to(x.dtype)
 
 
-def expand_scales(scales: torch.Tensor, shape: torch.Size | tuple[int, int], block_size: int | None) -> torch.Tensor:
+def expand_scales(scales: torch.Tensor, shape: torch.Size | tuple[int, int], tile: int | None) -> torch.Tensor:
     """Scales [N, 1] or [ceil(N/B), ceil(K/B)] → float32 broadcastable over an [N, K] weight."""
     scales = scales.float()
-    if block_size is None:
+    if tile is None:
         return scales
     n, k = shape
-    return scales.repeat_interleave(block_size, 0)[:n].repeat_interleave(block_size, 1)[:, :k]
+    return scales.repeat_interleave(tile, 0)[:n].repeat_interleave(tile, 1)[:, :k]
 
 
 def to_e4m3(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -103,11 +124,11 @@ def quantize_channel(w: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"qweight": to_e4m3(w, scale), "scales": scale}
 
 
-def quantize_block(w: torch.Tensor, block_size: int) -> dict[str, torch.Tensor]:
-    """Rows of ``w`` [n, K] (n a multiple of ``block_size`` except in the last band) → codes and tile scales
+def quantize_block(w: torch.Tensor, tile: int) -> dict[str, torch.Tensor]:
+    """Rows of ``w`` [n, K] (n a multiple of ``tile`` except in the last band) → codes and tile scales
     [ceil(n/B), ceil(K/B)]; partial tiles are measured over their real elements only."""
     n, k = w.shape
-    b = block_size
+    b = tile
     nb, kb = -(-n // b), -(-k // b)
     padded = torch.zeros(nb * b, kb * b, dtype=torch.float32, device=w.device)
     padded[:n, :k] = w.abs()

@@ -8,13 +8,20 @@ Stored tensors for a weight of shape [N, K] (N outputs, K inputs), G = K / group
   little-endian word), so K must be a multiple of 8. Asymmetric: unsigned codes q in [0, 2**bits), uint8
   storage. Symmetric: signed codes c in [-(2**(bits-1) - 1), 2**(bits-1) - 1], two's complement; int8
   storage for 8 bits (so torch's int8 kernels use it as is), uint8 holding ``c & mask`` below 8 bits.
-- ``scales``: [N, G], float16 when grouped, float32 per channel.
+- ``scales``: [N, G] in ``scale_dtype``: by default float16 when grouped, float32 per channel.
 - ``zeros`` [N, G], asymmetric only: uint8 integer zero-points (ZeroKind.INTEGER, as GPTQ/AWQ store them),
   or, with ``float_zero``, zero-points in the scales' dtype (ZeroKind.FLOAT, as HQQ stores them).
 - ``g_idx`` [K] int32, only with ``g_idx=True``: the group of each input, for GPTQ's act-order results whose
   groups are not runs of consecutive inputs. Without it input j is in group j // group_size.
 
-Dequantization: asymmetric ``w = (q - z) * s``; symmetric ``w = c * s``.
+Decoding: asymmetric ``w = (q - z) * s``; symmetric ``w = c * s``.
+
+Encoding (round to nearest): min/max grid per group (``lo = min(w, 0)``, ``hi = max(w, 0)``,
+``s = (hi - lo) / qmax``, ``z = clamp(round(-lo / s), 0, qmax)``), or absmax when symmetric
+(``s = max|w| / (2**(bits-1) - 1)``); scales are stored in ``scale_dtype``, all-zero groups get ``s = 1``. Codes:
+integer zero-points ``round(w / s) + z``, float zero-points ``round(w / s + z)``, symmetric ``round(w / s)``,
+clamped to the code range. Methods that choose their own grid (GPTQ, AWQ, HQQ) pass it to :meth:`IntFormat.encode`
+or use :meth:`IntFormat.round_codes` and :meth:`IntFormat.pack`.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ import torch
 
 from lowbit.errors import FormatError
 from lowbit.formats.base import WeightFormat
-from lowbit.qtypes import QType, ZeroKind, for_bits
+from lowbit.qtypes import BY_BITS, QType, ZeroKind, for_bits
 
-BITS = (2, 3, 4, 8)
+BITS = tuple(sorted(BY_BITS))
+SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +47,26 @@ class IntFormat(WeightFormat, kind="int"):
     symmetric: bool
     float_zero: bool = False  # asymmetric only: zero-points are floats (HQQ) instead of integer codes
     g_idx: bool = False  # grouped only: a stored g_idx gives each input's group (GPTQ act-order)
+    scale_dtype: torch.dtype | None = None  # None: float16 when grouped, float32 per channel (a name is accepted)
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
-            raise ValueError(f"IntFormat.bits={self.bits}; expected one of {BITS}")
+            raise FormatError(f"IntFormat.bits={self.bits!r}; expected one of {list(BITS)}; choose a supported width")
         if self.symmetric and self.float_zero:
-            raise ValueError("IntFormat: a symmetric grid has no zero-point, float_zero must be False")
+            raise FormatError("IntFormat(symmetric=True, float_zero=True): a symmetric grid has no zero-point; "
+                              "pass float_zero=False or symmetric=False")
         if self.g_idx and self.group_size is None:
-            raise ValueError("IntFormat: g_idx needs groups; per-channel scales have none")
+            raise FormatError("IntFormat(g_idx=True, group_size=None): g_idx needs groups and per-channel scales have "
+                              "none; pass a group_size or g_idx=False")
+        dtype = self.scale_dtype
+        if dtype is None:
+            dtype = self.default_scale_dtype
+        elif isinstance(dtype, str):
+            dtype = SCALE_DTYPES.get(dtype.removeprefix("torch."), dtype)
+        if dtype not in SCALE_DTYPES.values():
+            raise FormatError(f"IntFormat.scale_dtype={self.scale_dtype!r}; expected one of {list(SCALE_DTYPES)} or "
+                              "None (float16 grouped, float32 per channel)")
+        object.__setattr__(self, "scale_dtype", dtype)
 
     @property
     def qtype(self) -> QType:
@@ -59,8 +79,16 @@ class IntFormat(WeightFormat, kind="int"):
         return ZeroKind.FLOAT if self.float_zero else ZeroKind.INTEGER
 
     @property
-    def scale_dtype(self) -> torch.dtype:
+    def default_scale_dtype(self) -> torch.dtype:
         return torch.float32 if self.group_size is None else torch.float16
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """The smallest and largest code: signed ±(2**(bits-1) - 1) when symmetric, else 0..2**bits - 1."""
+        if self.symmetric:
+            top = self.qtype.midpoint - 1
+            return -top, top
+        return 0, self.qtype.qmax
 
     def groups(self, k: int) -> int:
         return 1 if self.group_size is None else k // self.group_size
@@ -68,7 +96,8 @@ class IntFormat(WeightFormat, kind="int"):
     def describe(self) -> str:
         g = "per-channel" if self.group_size is None else f"g{self.group_size}"
         zero = {ZeroKind.NONE: "sym", ZeroKind.INTEGER: "asym", ZeroKind.FLOAT: "asym float-zero"}[self.zero_kind]
-        return f"int{self.bits} {g} {zero}" + (" g_idx" if self.g_idx else "")
+        scales = "" if self.scale_dtype == self.default_scale_dtype else f" {str(self.scale_dtype)[6:]} scales"
+        return f"int{self.bits} {g} {zero}" + (" g_idx" if self.g_idx else "") + scales
 
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         if k % 8:
@@ -83,7 +112,73 @@ class IntFormat(WeightFormat, kind="int"):
             out["g_idx"] = ((k,), torch.int32)
         return out
 
-    def dequantize(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    # ---- encoding ---------------------------------------------------------------------------------------------
+    def encode_rows(self, w: torch.Tensor, scales: torch.Tensor | None = None,
+                    zeros: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Rows of ``w`` → codes on the given grid, or on the min/max (absmax) grid of each group."""
+        if scales is None:
+            scales, zeros = self.grid(w)
+        return self.pack(self.codes(w, scales, zeros), scales, zeros)
+
+    def encode_whole(self, tensors: dict[str, torch.Tensor], w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A g_idx format encoded in input order: input j is in group j // group_size."""
+        if self.g_idx and "g_idx" not in tensors:
+            tensors = {**tensors, "g_idx": (torch.arange(w.shape[1]) // self.group_size).to(torch.int32)}
+        return tensors
+
+    def grid(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Round-to-nearest grid of ``w`` [N, K]: scales [N, G] in ``scale_dtype`` and uint8 zero-points [N, G]
+        (None when symmetric), from each group's min/max (absmax when symmetric)."""
+        n, k = w.shape
+        g = w.float().reshape(n, self.groups(k), -1)
+        if self.symmetric:
+            return self.stored_scales(g.abs().amax(-1) / self.code_range[1]), None
+        lo = g.amin(-1).clamp(max=0)
+        hi = g.amax(-1).clamp(min=0)
+        scales = self.stored_scales((hi - lo) / self.qtype.qmax)
+        zeros = (-lo / scales.float()).round().clamp(0, self.qtype.qmax).to(torch.uint8)
+        return scales, zeros
+
+    def stored_scales(self, scales: torch.Tensor) -> torch.Tensor:
+        """Scales in ``scale_dtype``. All-zero groups get scale 1 (codes at zero, no division by zero); tiny ones
+        are raised to the dtype's smallest normal number, since subnormals would round the scale by up to 50% and
+        put the group's extremes off the grid."""
+        info = torch.finfo(self.scale_dtype)
+        scales = torch.where(scales > 0, scales.clamp(info.tiny, info.max), torch.ones_like(scales))
+        return scales.to(self.scale_dtype)
+
+    def round_codes(self, q: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
+        """``q = w / s`` (float32, changed in place) → codes as floats, clamped to :attr:`code_range`.
+
+        Integer zero-points: ``round(q) + z``; float zero-points (HQQ): ``round(q + z)``; symmetric: ``round(q)``.
+        """
+        if zeros is None:
+            q = q.round_()
+        elif self.float_zero:
+            q = q.add_(zeros).round_()
+        else:
+            q = q.round_().add_(zeros)
+        return q.clamp_(*self.code_range)
+
+    def codes(self, w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
+        """Round ``w`` [N, K] to the grid of ``scales`` (and ``zeros``) [N, G]: uint8 codes, int8 when symmetric."""
+        groups = scales.shape[-1]
+        q = _grouped(w.float(), groups) / scales.float()[..., None]
+        q = self.round_codes(q, None if self.symmetric else zeros.float()[..., None])
+        return q.to(torch.int8 if self.symmetric else torch.uint8).reshape(w.shape)
+
+    def pack(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None,
+             g_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Codes [N, K], scales and zero-points [N, G] (and a g_idx [K]) → the stored tensors, in storage dtypes."""
+        out = {"qweight": pack_bits(codes, self.bits), "scales": scales.to(self.scale_dtype)}
+        if not self.symmetric:
+            out["zeros"] = zeros.to(self.scale_dtype if self.float_zero else torch.uint8)
+        if g_idx is not None:
+            out["g_idx"] = g_idx.to(torch.int32)
+        return out
+
+    # ---- decoding ---------------------------------------------------------------------------------------------
+    def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         q = unpack_bits(tensors["qweight"], self.bits, signed=self.symmetric).float()
         scales = tensors["scales"]
         if self.g_idx:
@@ -153,19 +248,3 @@ def unpack_bits(packed: torch.Tensor, bits: int, signed: bool = False) -> torch.
 def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
     """[N, K] → [N, G, K/G] view, to broadcast per-group [N, G, 1] values without copying them out."""
     return t.reshape(t.shape[0], groups, -1)
-
-
-def quantize_to_codes(w: torch.Tensor, fmt: IntFormat, scales: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
-    """Round ``w`` [N, K] to the grid given by ``scales`` (and ``zeros``): uint8 codes, or int8 when symmetric.
-
-    Integer zero-points: ``round(w / s) + z``; float zero-points (HQQ): ``round(w / s + z)``.
-    """
-    groups = scales.shape[-1]
-    q = _grouped(w.float(), groups) / scales.float()[..., None]
-    if fmt.symmetric:
-        top = fmt.qtype.midpoint - 1
-        return q.round_().clamp_(-top, top).to(torch.int8).reshape(w.shape)
-    z = zeros.float()[..., None]
-    q = q.add_(z).round_() if fmt.float_zero else q.round_().add_(z)
-    q = q.clamp_(0, fmt.qtype.qmax)
-    return q.to(torch.uint8).reshape(w.shape)

@@ -19,7 +19,8 @@ import torch
 
 from lowbit.errors import FormatError
 from lowbit.formats.base import WeightFormat
-from lowbit.formats.codebook import CHUNK_ELEMENTS, code_values, e2m1_codes, pack_nibbles, unpack_nibbles
+from lowbit.formats.codebook import code_values, e2m1_codes, pack_nibbles, unpack_nibbles
+from lowbit.qtypes import fp4_e2m1
 
 MX_BLOCK = 32
 E8M0_BIAS = 127
@@ -28,33 +29,49 @@ E2M1_EMAX = 2
 
 @dataclasses.dataclass(frozen=True)
 class MxFormat(WeightFormat, kind="mx"):
-    """An MX weight: the element type (only E2M1 so far) and the block size (32 by the OCP fmt)."""
+    """An MX weight: the element type (only E2M1 so far) and the inputs sharing one exponent (32 by the OCP spec)."""
 
     element: str = "fp4_e2m1"
-    block_size: int = MX_BLOCK
+    exponent_block: int = MX_BLOCK  # consecutive inputs sharing one E8M0 scale
 
     def __post_init__(self) -> None:
         if self.element != "fp4_e2m1":
-            raise FormatError(f"MxFormat.element={self.element!r}; expected 'fp4_e2m1'")
-        if self.block_size != MX_BLOCK:
-            raise FormatError(f"MxFormat.block_size={self.block_size}; the OCP MX format fixes it at {MX_BLOCK}")
+            raise FormatError(f"MxFormat.element={self.element!r}; expected 'fp4_e2m1', the only MX element type "
+                              "lowbit stores")
+        if self.exponent_block != MX_BLOCK:
+            raise FormatError(f"MxFormat.exponent_block={self.exponent_block}; the OCP MX format fixes it at "
+                              f"{MX_BLOCK}: leave it at its default")
+
+    @property
+    def block_size(self) -> int:
+        """The former name of :attr:`exponent_block`, still read by the kernels."""
+        return self.exponent_block
 
     def describe(self) -> str:
-        return f"mxfp4 b{self.block_size} e8m0"
+        return f"mxfp4 b{self.exponent_block} e8m0"
 
     def check(self, k: int) -> None:
-        if k % self.block_size:
+        if k % self.exponent_block:
             raise FormatError(f"a weight with {k} inputs cannot be stored as {self.describe()}: MX blocks need a "
-                              f"multiple of {self.block_size} inputs; leave this layer unquantized (modules_to_not_convert)")
+                              f"multiple of {self.exponent_block} inputs; leave this layer unquantized "
+                              "(modules_to_not_convert)")
 
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         self.check(k)
-        return {"qweight": ((n, k // 2), torch.uint8), "scales": ((n, k // self.block_size), torch.uint8)}
+        return {"qweight": ((n, k // 2), torch.uint8), "scales": ((n, k // self.exponent_block), torch.uint8)}
 
-    def dequantize(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def encode_rows(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows → packed E2M1 codes (low nibble first) and the biased exponent of each block."""
+        n, k = w.shape
+        x = w.float().reshape(n, k // self.exponent_block, self.exponent_block)
+        biased = shared_exponent(x.abs().amax(dim=-1))
+        codes = e2m1_codes(x / e8m0_to_float(biased)[..., None])  # dividing by a power of two is exact
+        return {"qweight": pack_nibbles(codes.view(n, k), fp4_e2m1.high_first), "scales": biased}
+
+    def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         packed, biased = tensors["qweight"], tensors["scales"]
         n = packed.shape[0]
-        values = code_values("fp4", packed.device)[unpack_nibbles(packed, high_first=False).int()]
+        values = code_values(fp4_e2m1, packed.device)[unpack_nibbles(packed, fp4_e2m1.high_first).int()]
         w = values.view(n, biased.shape[1], -1) * e8m0_to_float(biased)[..., None]
         return w.view(n, -1).to(dtype)
 
@@ -77,15 +94,5 @@ def shared_exponent(amax: torch.Tensor) -> torch.Tensor:
 
 
 def mx_quantize(w: torch.Tensor, fmt: MxFormat) -> dict[str, torch.Tensor]:
-    """``w`` [N, K] → {"qweight", "scales"} of ``fmt``, a block of rows at a time."""
-    k = w.shape[1]
-    fmt.check(k)
-    rows = max(1, CHUNK_ELEMENTS // k)
-    packed, scales = [], []
-    for block in w.split(rows):
-        x = block.float().reshape(block.shape[0], k // fmt.block_size, fmt.block_size)
-        biased = shared_exponent(x.abs().amax(dim=-1))
-        codes = e2m1_codes(x / e8m0_to_float(biased)[..., None])  # dividing by a power of two is exact
-        packed.append(pack_nibbles(codes.view(block.shape[0], k), high_first=False))
-        scales.append(biased)
-    return {"qweight": torch.cat(packed), "scales": torch.cat(scales)}
+    """The former name of ``fmt.encode(w)``, still imported by the kernel tests."""
+    return fmt.encode(w)

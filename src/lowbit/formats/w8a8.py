@@ -37,7 +37,12 @@ class W8A8Format(WeightFormat, kind="w8a8"):
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return {"qweight": ((n, k), torch.int8), "scales": ((n, 1), torch.float32)}
 
-    def dequantize(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def encode_rows(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows [n, K] → {"qweight" [n, K] int8, "scales" [n, 1] float32}."""
+        scale = absmax_scale(w.abs().amax(-1, keepdim=True))
+        return {"qweight": to_int8(w, scale), "scales": scale}
+
+    def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (tensors["qweight"].float() * tensors["scales"].float()).to(dtype)
 
     def reference_linear(self, x: torch.Tensor, tensors: dict[str, torch.Tensor],
@@ -75,9 +80,8 @@ def fake_quantize_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def w8a8_quantize(w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``w`` [N, K] → {"qweight" [N, K] int8, "scales" [N, 1] float32}."""
-    scale = absmax_scale(w.abs().amax(-1, keepdim=True))
-    return {"qweight": to_int8(w, scale), "scales": scale}
+    """The former name of ``W8A8Format().encode(w)``, still imported by the kernel tests."""
+    return W8A8Format().encode(w)
 
 
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

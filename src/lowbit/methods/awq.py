@@ -40,26 +40,19 @@ from lowbit.calibration.balance import (
 )
 from lowbit.calibration.inputs import BlockInputs
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
-from lowbit.config import QuantConfig, check_choice
+from lowbit.config import IntGridConfig
 from lowbit.errors import ConfigError
 from lowbit.formats import IntFormat
-from lowbit.formats.intgroup import BITS
 from lowbit.registry import register_method
-from lowbit.rtn import rtn_quantize
-
-GROUP_SIZES = (32, 64, 128, 256)
 
 
 @dataclasses.dataclass(frozen=True)
-class AwqConfig(QuantConfig):
+class AwqConfig(IntGridConfig):
     """AWQ: activation-aware per-channel scales, optional clipping search, then integer RTN (needs calibration)."""
 
     method = "awq"
     version = 1
 
-    bits: int = 4
-    group_size: int | None = 128  # None: one scale per output channel
-    symmetric: bool = False
     grid: int = 20  # α values tried: 0, 1/grid, ..., (grid-1)/grid
     search_tokens: int = 4096  # calibration tokens (whole batches) whose outputs judge each α; x̄ uses all
     duo_scaling: bool = False  # s = x̄^α / w̄^(1-α) instead of x̄^α
@@ -70,10 +63,7 @@ class AwqConfig(QuantConfig):
     clip_skip: tuple[str, ...] = ("q_proj", "k_proj", "qkv_proj", "query", "key")
 
     def validate(self) -> None:
-        check_choice(self, "bits", BITS)
-        if self.group_size is not None and self.group_size not in GROUP_SIZES:
-            raise ConfigError(f"awq.group_size={self.group_size!r} is out of range; expected one of "
-                              f"{list(GROUP_SIZES)} or null for per-channel scales (--group-size 0)")
+        super().validate()
         for name, value, top in (("grid", self.grid, 1000), ("clip_grid", self.clip_grid, 1000),
                                  ("clip_tokens", self.clip_tokens, 1 << 20), ("search_tokens", self.search_tokens, 1 << 24)):
             if not 1 <= value <= top:
@@ -113,7 +103,7 @@ class AwqQuantizer(CalibratedQuantizer):
             w = linear.weight.detach().float()
             if name in samples:
                 w = clip_search(w, samples.pop(name), fmt, self.config.clip_grid, self.config.clip_max_shrink)
-            stored[name] = {k: v.cpu() for k, v in rtn_quantize(w, fmt).items()}
+            stored[name] = {k: v.cpu() for k, v in fmt.encode(w).items()}
             use_dequantized(linear, fmt, stored[name])
         self.timings[prefix] = time.perf_counter() - t0
         return stored
@@ -183,7 +173,7 @@ def _weight_mean(group: Group, formats: dict) -> torch.Tensor:
 
 def fake_quantize(w: torch.Tensor, fmt: IntFormat) -> torch.Tensor:
     """What ``w`` becomes once stored in ``fmt`` (round to nearest), in float32."""
-    return fmt.dequantize(rtn_quantize(w, fmt), torch.float32)
+    return fmt.decode(fmt.encode(w), torch.float32)
 
 
 def _first_tokens(xs: list[torch.Tensor], calls: list | None, tokens: int) -> tuple[list[torch.Tensor], list | None]:

@@ -15,12 +15,10 @@ from torch import nn
 from lowbit.config import QuantConfig
 from lowbit.errors import DependencyError
 from lowbit.formats import Fp8Format
-from lowbit.formats.fp8 import quantize_block, quantize_channel
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_method
-from lowbit.rtn import CHUNK_ELEMENTS
 
-BLOCK = 128  # tile side of weight_scale="block"
+TILE = 128  # tile side of weight_scale="block"
 
 
 class WeightScale(str, enum.Enum):
@@ -61,27 +59,8 @@ class Fp8Quantizer(Quantizer):
 
     def weight_format(self, name: str, module: nn.Linear) -> Fp8Format:
         cfg = self.config
-        block = BLOCK if cfg.weight_scale is WeightScale.BLOCK else None
-        return Fp8Format(block_size=block, activations=cfg.activations.value)
-
-    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return fp8_quantize(weight, self.formats[name])
-
-
-def fp8_quantize(w: torch.Tensor, fmt: Fp8Format) -> dict[str, torch.Tensor]:
-    """``w`` [N, K] → {"qweight", "scales"} of ``fmt``, in row chunks of about CHUNK_ELEMENTS weights
-    (whole 128-row bands in block mode), so float32 temporaries stay at a few MB."""
-    k = w.shape[1]
-    if fmt.block_size is None:
-        rows = max(1, CHUNK_ELEMENTS // k)
-        parts = [quantize_channel(chunk) for chunk in w.split(rows)]
-    else:
-        b = fmt.block_size
-        rows = max(1, CHUNK_ELEMENTS // (k * b)) * b
-        parts = [quantize_block(chunk, b) for chunk in w.split(rows)]
-    if len(parts) == 1:
-        return parts[0]
-    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        tile = TILE if cfg.weight_scale is WeightScale.BLOCK else None
+        return Fp8Format(tile=tile, activations=cfg.activations.value)
 
 
 register_method(Fp8Config, Fp8Quantizer)

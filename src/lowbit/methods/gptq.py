@@ -22,38 +22,28 @@ from torch import nn
 
 from lowbit.calibration.inputs import BlockInputs
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
-from lowbit.config import QuantConfig, check_choice
+from lowbit.config import IntGridConfig
 from lowbit.errors import CalibrationError, ConfigError
-from lowbit.formats import IntFormat, pack_bits
-from lowbit.formats.intgroup import BITS
+from lowbit.formats import IntFormat
 from lowbit.registry import register_method
-from lowbit.rtn import rtn_params
-
-GROUP_SIZES = (32, 64, 128, 256)
 
 
 @dataclasses.dataclass(frozen=True)
-class GptqConfig(QuantConfig):
+class GptqConfig(IntGridConfig):
     """GPTQ: integer weights with Hessian-weighted error compensation (needs calibration text)."""
 
     method = "gptq"
     version = 1
 
-    bits: int = 4
-    group_size: int | None = 128  # None: one scale per output channel
-    symmetric: bool = False
     act_order: bool = False  # quantize columns by decreasing Hessian diagonal (desc_act)
     static_groups: bool = False  # with act_order: groups fixed up front, stored without g_idx
     damp: float = 0.01  # added to H's diagonal, as a fraction of its mean
-    block_size: int = 128  # columns per lazy batch update
+    block_size: int = 128  # columns per lazy batch update (the saved name; ``lazy_batch`` in gptq())
     true_sequential: bool = True
     mse: bool = False  # each group's grid: the range shrink (down to 0.8) with the least |error|^2.4, not min/max
 
     def validate(self) -> None:
-        check_choice(self, "bits", BITS)
-        if self.group_size is not None and self.group_size not in GROUP_SIZES:
-            raise ConfigError(f"gptq.group_size={self.group_size!r} is out of range; expected one of "
-                              f"{list(GROUP_SIZES)} or null for per-channel scales (--group-size 0)")
+        super().validate()
         if not 0 < self.damp <= 1:
             raise ConfigError(f"gptq.damp={self.damp} is out of range; expected 0 < damp <= 1 (usually 0.01)")
         if not 1 <= self.block_size <= 4096:
@@ -73,15 +63,6 @@ class GptqQuantizer(CalibratedQuantizer):
         g_idx = cfg.act_order and not cfg.static_groups and group is not None
         return IntFormat(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric, g_idx=g_idx)
 
-    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Linears outside the blocks (no calibration inputs): round to nearest in the same format."""
-        fmt = self.formats[name]
-        if not isinstance(fmt, IntFormat) or not fmt.g_idx:
-            return super().quantize(name, weight)
-        out = super().quantize(name, weight)
-        out["g_idx"] = (torch.arange(weight.shape[1]) // fmt.group_size).to(torch.int32)
-        return out
-
     def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
         linears = self.block_linears(block, prefix)
         stages = _stages(block, linears, inputs) if self.config.true_sequential else [list(linears)]
@@ -98,7 +79,7 @@ class GptqQuantizer(CalibratedQuantizer):
     def quantize_layer(self, name: str, weight: torch.Tensor, hessian: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         return gptq(weight, hessian, self.formats[name], act_order=cfg.act_order, static_groups=cfg.static_groups,
-                    damp=cfg.damp, block_size=cfg.block_size, mse=cfg.mse, name=name, inplace=True)
+                    damp=cfg.damp, lazy_batch=cfg.block_size, mse=cfg.mse, name=name, inplace=True)
 
     def summary(self) -> str | None:
         if not self.timings:
@@ -185,18 +166,14 @@ def grid_params(w: torch.Tensor, fmt: IntFormat, mse: bool = False) -> tuple[tor
     """The grid of one group ``w`` [N, g]: min/max (as RTN), or with ``mse`` the shrunk range, per row, whose
     rounding error has the smallest sum of |error|^2.4 (the GPTQ reference's search)."""
     if not mse:
-        return rtn_params(w, fmt)
+        return fmt.grid(w)
     w = w.float()
     best, best_err = None, None
     for shrink in MSE_SHRINKS:
-        s, z = rtn_params(w * shrink, fmt)
+        s, z = fmt.grid(w * shrink)
         sf = s.float()
-        if fmt.symmetric:
-            top = fmt.qtype.midpoint - 1
-            deq = (w / sf).round().clamp(-top, top) * sf
-        else:
-            zf = z.float()
-            deq = ((w / sf).round() + zf).clamp(0, fmt.qtype.qmax).sub(zf).mul(sf)
+        q = fmt.round_codes(w / sf, None if z is None else z.float())
+        deq = (q if z is None else q.sub(z.float())).mul(sf)
         err = (deq - w).abs().pow(2.4).sum(1)
         if best is None:
             best, best_err = [s.clone(), None if z is None else z.clone()], err
@@ -210,10 +187,12 @@ def grid_params(w: torch.Tensor, fmt: IntFormat, mse: bool = False) -> tuple[tor
 
 
 def gptq(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, *, act_order: bool = False,
-         static_groups: bool = False, damp: float = 0.01, block_size: int = 128, mse: bool = False,
+         static_groups: bool = False, damp: float = 0.01, lazy_batch: int = 128, mse: bool = False,
          name: str = "weight", inplace: bool = False) -> dict[str, torch.Tensor]:
     """GPTQ of ``weight`` [N, K] given its inputs' ``hessian`` [K, K] → the stored tensors of ``fmt``.
 
+    Columns are walked in lazy batches of ``lazy_batch`` (the config's ``block_size``); each column is rounded by
+    the format's rule (:meth:`IntFormat.round_codes`) and the result packed by :meth:`IntFormat.pack`.
     ``inplace`` lets it work in ``hessian`` itself (then garbage), saving a K x K copy."""
     w = weight.detach().float().clone()
     n, k = w.shape
@@ -234,10 +213,8 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, *, act_ord
     wt = w.T.contiguous()  # [K, N]: a column of W is a contiguous row here, and updates are in-place rank-1 adds
     codes = torch.empty(k, n, dtype=torch.int8 if fmt.symmetric else torch.uint8, device=w.device)
     scales, zeros = [], []
-    top = fmt.qtype.midpoint - 1 if fmt.symmetric else fmt.qtype.qmax
-    low = -top if fmt.symmetric else 0
-    for i1 in range(0, k, block_size):
-        i2 = min(i1 + block_size, k)
+    for i1 in range(0, k, lazy_batch):
+        i2 = min(i1 + lazy_batch, k)
         w1, err1, hinv1 = wt[i1:i2].clone(), torch.empty(i2 - i1, n, device=w.device), hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
@@ -251,10 +228,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, *, act_ord
                 zeros.append(z)
                 sf, zf = s.float()[:, 0], None if z is None else z.float()[:, 0]
             x = w1[i]
-            q = x.div(sf).round_()
-            if zf is not None:
-                q.add_(zf)
-            q.clamp_(low, top)
+            q = fmt.round_codes(x.div(sf), zf)
             codes[col] = q.to(codes.dtype)
             deq = q.sub_(zf).mul_(sf) if zf is not None else q.mul_(sf)
             e = x.sub(deq).div_(hinv1[i, i])
@@ -266,11 +240,9 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, *, act_ord
         codes = codes[:, torch.argsort(perm)]
     if fixed is not None:
         scales, zeros = [s for s, _ in fixed], [z for _, z in fixed]
-    out = {"qweight": pack_bits(codes, fmt.bits), "scales": torch.cat(scales, 1).contiguous()}
-    if not fmt.symmetric:
-        out["zeros"] = torch.cat(zeros, 1).contiguous()
-    if fmt.g_idx:
-        out["g_idx"] = (torch.arange(k, device=w.device) // gs)[torch.argsort(perm)].to(torch.int32)
+    g_idx = (torch.arange(k, device=w.device) // gs)[torch.argsort(perm)] if fmt.g_idx else None
+    out = fmt.pack(codes, torch.cat(scales, 1).contiguous(),
+                   None if fmt.symmetric else torch.cat(zeros, 1).contiguous(), g_idx)
     return {name: t.cpu() for name, t in out.items()}
 
 

@@ -18,24 +18,23 @@ import time
 import torch
 from torch import nn
 
-from lowbit.config import QuantConfig, check_choice
+from lowbit.config import IntGroupConfig
 from lowbit.errors import ConfigError
-from lowbit.formats import IntFormat, pack_bits
+from lowbit.formats import IntFormat
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_method
 
-GROUP_SIZES = (32, 64, 128, 256)
 MAX_INV_SCALE = 2e4  # as the HQQ library: caps 1/scale for groups of (almost) constant weights
 
 
 @dataclasses.dataclass(frozen=True)
-class HqqConfig(QuantConfig):
+class HqqConfig(IntGroupConfig):
     """HQQ: min/max grid, then the zero-point (optionally the scale) fitted by half-quadratic optimization."""
 
     method = "hqq"
     version = 1
+    per_channel = False
 
-    bits: int = 4
     group_size: int = 64
     iters: int = 20
     lp_norm: float = 0.7
@@ -44,8 +43,7 @@ class HqqConfig(QuantConfig):
     optimize_scale: bool = False
 
     def validate(self) -> None:
-        check_choice(self, "bits", (2, 3, 4, 8))
-        check_choice(self, "group_size", GROUP_SIZES)
+        super().validate()
         if not 0 <= self.iters <= 1000:
             raise ConfigError(f"hqq.iters={self.iters} is out of range; expected 0..1000 (the library uses 20)")
         if not 0 < self.lp_norm <= 1:
@@ -93,10 +91,8 @@ def hqq_quantize(w: torch.Tensor, fmt: IntFormat, cfg: HqqConfig) -> tuple[dict[
         codes.masked_fill_(flat, 0)
         scales = torch.where(flat, hi.abs().masked_fill(hi == 0, 1.0), scales)
         zeros = torch.where(flat, -torch.sign(hi), zeros)
-    out = {"qweight": pack_bits(codes.to(torch.uint8).reshape(n, k), fmt.bits),
-           "scales": scales.reshape(n, -1).to(fmt.scale_dtype),
-           "zeros": zeros.reshape(n, -1).to(fmt.scale_dtype)}
-    return out, rounds
+    # the codes come from the fp32 1/scale, not the stored scales: the format packs them as they are
+    return fmt.pack(codes.to(torch.uint8).reshape(n, k), scales.reshape(n, -1), zeros.reshape(n, -1)), rounds
 
 
 def _fit_inv_scale(wq: torch.Tensor, target: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:

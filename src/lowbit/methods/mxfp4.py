@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 from torch import nn
 
 from lowbit.config import QuantConfig
-from lowbit.formats.mx import MxFormat, mx_quantize
+from lowbit.formats.mx import MxFormat
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_method
 
@@ -33,9 +32,6 @@ class Mxfp4Quantizer(Quantizer):
         fmt = MxFormat()
         fmt.check(module.in_features)
         return fmt
-
-    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return mx_quantize(weight, self.formats[name])
 
 
 register_method(Mxfp4Config, Mxfp4Quantizer)

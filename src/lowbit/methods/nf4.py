@@ -10,71 +10,39 @@ absmax values as 8-bit codes of bitsandbytes' dynamic map with a scale per 256 o
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar
-
-import torch
 from torch import nn
 
-from lowbit.config import QuantConfig, check_choice
-from lowbit.formats.codebook import CodebookFormat, codebook_quantize
+from lowbit.config import CodebookConfig
+from lowbit.formats.codebook import CodebookFormat
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_method
 
-BLOCK_SIZES = (32, 64, 128, 256)
 
-
-@dataclasses.dataclass(frozen=True)
-class Nf4Config(QuantConfig):
+class Nf4Config(CodebookConfig):
     """NormalFloat4 code book (QLoRA / bitsandbytes nf4), absmax per block, optional double quantization."""
 
     method = "nf4"
     version = 1
 
-    block_size: int = 64
-    double_quant: bool = False
 
-    def validate(self) -> None:
-        check_choice(self, "block_size", BLOCK_SIZES)
-
-
-@dataclasses.dataclass(frozen=True)
-class Fp4Config(QuantConfig):
+class Fp4Config(CodebookConfig):
     """OCP FP4 (E2M1) grid scaled by absmax / 6 per block, optional double quantization."""
 
     method = "fp4"
     version = 1
 
-    block_size: int = 64
-    double_quant: bool = False
-
-    def validate(self) -> None:
-        check_choice(self, "block_size", BLOCK_SIZES)
-
 
 class CodebookQuantizer(Quantizer):
-    """Shared by nf4 and fp4: one :class:`CodebookFormat` per layer (block size falls back per layer)."""
+    """Shared by nf4 and fp4: one :class:`CodebookFormat` per layer, the code book named by the method (block size
+    falls back per layer)."""
 
-    code: ClassVar[str] = ""
+    config_cls = CodebookConfig
 
     def weight_format(self, name: str, module: nn.Linear) -> CodebookFormat:
         cfg = self.config
         block = self.group_size_for(name, module.in_features, cfg.block_size, "block_size")
-        return CodebookFormat(code=self.code, block_size=block, double_quant=cfg.double_quant)
-
-    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return codebook_quantize(weight, self.formats[name])
+        return CodebookFormat(code=cfg.method, absmax_block=block, double_quant=cfg.double_quant)
 
 
-class Nf4Quantizer(CodebookQuantizer):
-    config_cls = Nf4Config
-    code = "nf4"
-
-
-class Fp4Quantizer(CodebookQuantizer):
-    config_cls = Fp4Config
-    code = "fp4"
-
-
-register_method(Nf4Config, Nf4Quantizer)
-register_method(Fp4Config, Fp4Quantizer)
+register_method(Nf4Config, CodebookQuantizer)
+register_method(Fp4Config, CodebookQuantizer)

@@ -1,43 +1,28 @@
 """Round-to-nearest integer quantization (``rtn``) and its aliases ``int8``, ``int4``, ``int3`` and ``int2``.
 
 Min/max per output channel or per group of ``group_size`` inputs. Asymmetric grids store an integer
-zero-point (the range always includes 0, as GPTQ and AWQ do); symmetric grids use absmax.
+zero-point (the range always includes 0, as GPTQ and AWQ do); symmetric grids use absmax. The rounding is
+``IntFormat``'s own encoding (the base Quantizer's ``quantize``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import torch
 from torch import nn
 
-from lowbit.config import QuantConfig, check_choice
-from lowbit.errors import ConfigError
+from lowbit.config import IntGridConfig
 from lowbit.formats import IntFormat
-from lowbit.formats.intgroup import BITS
 from lowbit.quantizer import Quantizer
 from lowbit.registry import register_alias, register_method
-from lowbit.rtn import rtn_quantize
-
-GROUP_SIZES = (32, 64, 128, 256)
 
 
 @dataclasses.dataclass(frozen=True)
-class RtnConfig(QuantConfig):
+class RtnConfig(IntGridConfig):
     """Round-to-nearest integer weights, per channel or per group."""
 
     method = "rtn"
     version = 1
-
-    bits: int = 4
-    group_size: int | None = 128  # None: one scale per output channel
-    symmetric: bool = False
-
-    def validate(self) -> None:
-        check_choice(self, "bits", BITS)
-        if self.group_size is not None and self.group_size not in GROUP_SIZES:
-            raise ConfigError(f"rtn.group_size={self.group_size!r} is out of range; expected one of {list(GROUP_SIZES)} "
-                              "or null for per-channel scales (--group-size 0 on the command line)")
 
 
 class RtnQuantizer(Quantizer):
@@ -47,9 +32,6 @@ class RtnQuantizer(Quantizer):
         cfg = self.config
         group = self.group_size_for(name, module.in_features, cfg.group_size)
         return IntFormat(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric)
-
-    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return rtn_quantize(weight, self.formats[name])
 
 
 register_method(RtnConfig, RtnQuantizer)

@@ -31,10 +31,10 @@ from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantiz
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
 from lowbit.formats import W8A8Format
-from lowbit.formats.w8a8 import fake_quantize_rows, w8a8_quantize
+from lowbit.formats.w8a8 import fake_quantize_rows
 from lowbit.registry import register_method
 
-SPEC = W8A8Format()
+FORMAT = W8A8Format()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +61,7 @@ class SmoothQuantQuantizer(CalibratedQuantizer):
         self.spread: dict[str, tuple[float, float]] = {}  # group → activation max/median over channels, before, after
 
     def weight_format(self, name: str, module: nn.Linear) -> W8A8Format:
-        return SPEC
-
-    def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return w8a8_quantize(weight)
+        return FORMAT
 
     def preprocess_model(self, model: nn.Module) -> None:
         super().preprocess_model(model)
@@ -84,8 +81,8 @@ class SmoothQuantQuantizer(CalibratedQuantizer):
             self.spread[group.prev_name] = (_spread(x_max), _spread(x_max / s))
         stored: Stored = {}
         for name, linear in linears.items():
-            stored[name] = {k: v.cpu() for k, v in w8a8_quantize(linear.weight.detach()).items()}
-            use_dequantized(linear, SPEC, stored[name])
+            stored[name] = {k: v.cpu() for k, v in FORMAT.encode(linear.weight.detach()).items()}
+            use_dequantized(linear, FORMAT, stored[name])
             linear.register_forward_pre_hook(lambda _, args: (fake_quantize_rows(args[0]), *args[1:]))
         self.timings[prefix] = time.perf_counter() - t0
         return stored

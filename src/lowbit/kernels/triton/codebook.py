@@ -5,10 +5,11 @@ Formerly ``triton_nf4``; that name still selects it (with a FutureWarning).
 
 from __future__ import annotations
 
-from lowbit.formats.codebook import HIGH_FIRST, pack_nibbles, unpack_nibbles
+from lowbit.formats.codebook import pack_nibbles, unpack_nibbles
 from lowbit.kernels.triton.family import Family, TritonFormat
 from lowbit.kernels.triton.kernel import TritonKernel, by_columns
 from lowbit.kernels.triton.layout import ROWS, codes_from_words, nibble_words
+from lowbit.qtypes import code_book
 
 
 class TritonCodebookKernel(TritonKernel):
@@ -30,7 +31,7 @@ class TritonCodebookKernel(TritonKernel):
 
     def layout(self, tensors, request):
         # fp32 absmax (double quantization decoded once), column-major like the int4 scales
-        return {"w": nibble_words(unpack_nibbles(tensors["qweight"], HIGH_FIRST[request.codebook])),
+        return {"w": nibble_words(unpack_nibbles(tensors["qweight"], code_book(request.codebook).high_first)),
                 "absmax": by_columns(request.fmt.absmax(tensors))}
 
     def dropped_names(self, request):
@@ -38,7 +39,7 @@ class TritonCodebookKernel(TritonKernel):
 
     def canonical_from_prepared(self, prepared, request):
         codes = codes_from_words(prepared["w"], request.n, request.k)
-        out = {"qweight": pack_nibbles(codes, HIGH_FIRST[request.codebook])}
+        out = {"qweight": pack_nibbles(codes, code_book(request.codebook).high_first)}
         if not request.double_quant:
             out["absmax"] = prepared["absmax"].contiguous()
         return out

@@ -14,17 +14,17 @@ import functools
 
 import torch
 
-from lowbit.formats.codebook import CODES, LEVELS
 from lowbit.kernels.base import fake_linear, flat
 from lowbit.kernels.triton import tune
 from lowbit.kernels.triton.family import Family, TritonFormat
 from lowbit.kernels.triton.env import interpreting
 from lowbit.kernels.triton.lut import kernel_table, table_words
+from lowbit.qtypes import code_book
 
 
 def book(code: str) -> tuple[float, ...]:
     """A code book's values over its largest magnitude: the weight is book[code] * block absmax."""
-    return tuple((torch.tensor(CODES[code], dtype=torch.float32) / LEVELS[code]).tolist())
+    return tuple((torch.tensor(code_book(code).values, dtype=torch.float32) / code_book(code).levels).tolist())
 
 
 @functools.lru_cache(maxsize=16)
