@@ -1,13 +1,17 @@
 """Methods: each module holds one config + Quantizer and registers itself on import.
 
-The package is also callable: ``lowbit.methods()`` lists the registered names (DESIGN.md §1), while
-``import lowbit.methods.hqq`` still reaches the modules.
+Every module of this package is imported here (found with ``pkgutil``), so a new method is one new module that
+calls ``register_method``; no list to edit. The package is also callable: ``lowbit.methods()`` lists the
+registered names (DESIGN.md §1), while ``import lowbit.methods.hqq`` still reaches the modules.
 """
 
+import importlib
+import pkgutil
 import sys
 import types
 
-from lowbit.methods import awq, fp8, gptq, hqq, mxfp4, nf4, rtn, smoothquant  # noqa: F401  (each registers its methods and aliases)
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+    importlib.import_module(f"{__name__}.{_module}")  # each registers its methods and aliases
 
 
 class _MethodsPackage(types.ModuleType):
