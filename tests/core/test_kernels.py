@@ -29,7 +29,7 @@ def reference(layer, x):
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda s: s.describe())
 @pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16, torch.float32])
 def test_cpu_kernels_are_chosen_for_their_formats(fmt, compute):
-    """Which kernel runs a layer; how every kernel that accepts a layer computes it is tests/kernels/conformance.py."""
+    """Which kernel runs a layer (how every kernel that accepts a layer computes it: kernels/kernel_conformance.py)."""
     n, k = 48, 576 if fmt.group_size in (None, 32, 64) else 640
     layer = make_layer(fmt, n, k, compute=compute)
     assert layer.kernel.name == ("cpu_int8" if fmt.bits == 8 else "cpu_int4")

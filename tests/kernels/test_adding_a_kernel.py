@@ -8,7 +8,7 @@ module is loaded with lowbit. Here the module and the test are this one file.
 
 import torch
 import torch.nn.functional as F
-from conformance import FORMATS, KernelConformance
+from kernel_conformance import FORMATS, KernelConformance
 
 from lowbit.kernels import Activations, Kernel, kernel_names
 

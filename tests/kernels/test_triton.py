@@ -9,16 +9,14 @@ import sys
 
 import pytest
 import torch
+from kernel_conformance import stored
 
 from lowbit.errors import KernelError
 from lowbit.formats import CodebookFormat, Fp8Format, IntFormat, pack_bits, unpack_bits
-from lowbit.formats.codebook import codebook_quantize
-from lowbit.formats.fp8 import quantize_channel
 from lowbit.kernels import choose, get_kernel, kernel_request, kernels
 from lowbit.kernels.triton import Family, TritonKernel
 from lowbit.kernels.triton.layout import codes_from_words, nibble_words
 from lowbit.nn import QuantLinear
-from lowbit.rtn import rtn_quantize
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device: the Triton kernels run on the GPU machine "
@@ -36,17 +34,6 @@ FORMATS = {
     "fp8-dynamic": Fp8Format(activations="dynamic"),
 }
 KERNEL_OF = {"int": {4: "triton_int4", 8: "triton_int8"}, "codebook": "triton_codebook", "fp8": "triton_fp8"}
-
-
-def stored(fmt, w: torch.Tensor) -> dict[str, torch.Tensor]:
-    if isinstance(fmt, IntFormat):
-        t = rtn_quantize(w, fmt)
-        if fmt.float_zero:  # HQQ zeros are fractional
-            t["zeros"] = (t["zeros"].float() + torch.rand_like(t["zeros"].float()) - 0.5).to(fmt.scale_dtype)
-        return t
-    if isinstance(fmt, CodebookFormat):
-        return codebook_quantize(w, fmt)
-    return quantize_channel(w)
 
 
 def layer(fmt, n, k, device, compute, kernel=None, bias=True):

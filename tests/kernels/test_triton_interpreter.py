@@ -1,7 +1,7 @@
 """The Triton kernels' launch configurations, checked on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 
-The interpreter runs each program of the grid in turn with numpy. The conformance suite (conformance.py) runs every
-Triton kernel through the op at its default configurations; this runs the launcher with configurations the tuner
+The interpreter runs each program of the grid in turn with numpy. The conformance suite (kernel_conformance.py) runs
+every Triton kernel through the op at its default configurations; this runs the launcher with configurations the tuner
 may pick that the defaults do not take (GEMV prefetch variants, split-K, several chunks a step, FLAT tiles),
 checking the index math, masks, decoding, the factored scales and zeros, and split-K's last-program reduction
 against the reference op, everywhere triton installs (CI included). Speed, PTX and the CUDA-only paths (inline
@@ -11,7 +11,7 @@ against the reference op, everywhere triton installs (CI included). Speed, PTX a
 import importlib.util
 
 import pytest
-from conformance import in_interpreter
+from kernel_conformance import in_interpreter
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed (pip install -e '.[test]' brings it)")
@@ -21,7 +21,7 @@ import json, sys
 import torch
 
 sys.path.insert(0, sys.argv[1])
-import conformance
+import kernel_conformance as conformance
 
 exec(conformance.INTERPRETER_PATCH)
 from lowbit.kernels import get_kernel, kernel_request

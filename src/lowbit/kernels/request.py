@@ -38,6 +38,7 @@ class KernelRequest:
     qtype: QType | None = None  # integer grids: the code type
     codebook: str | None = None  # code book formats: the code book's name ("nf4", "fp4")
     group_size: int | None = None  # consecutive inputs that share one scale (a code book's block); None: per row
+    scale_dtype: torch.dtype | None = None  # integer grids: the dtype the scales are stored in
     zero: ZeroKind = ZeroKind.NONE
     g_idx: bool = False  # a stored g_idx assigns inputs to groups (not runs of consecutive inputs)
     double_quant: bool = False  # the block scales are themselves 8-bit codes
@@ -67,14 +68,15 @@ def kernel_request(fmt: WeightFormat, shape: tuple[int, int], device: torch.devi
 def _format_fields(fmt: WeightFormat) -> dict:
     """The kernel-relevant fields of each format class; a format not listed has only its kind and tensors."""
     if isinstance(fmt, IntFormat):
-        return dict(bits=fmt.bits, qtype=fmt.qtype, group_size=fmt.group_size, zero=fmt.zero_kind, g_idx=fmt.g_idx)
+        return dict(bits=fmt.bits, qtype=fmt.qtype, group_size=fmt.group_size, scale_dtype=fmt.scale_dtype,
+                    zero=fmt.zero_kind, g_idx=fmt.g_idx)
     if isinstance(fmt, CodebookFormat):
-        return dict(bits=4, codebook=fmt.code, group_size=fmt.block_size, double_quant=fmt.double_quant)
+        return dict(bits=4, codebook=str(fmt.code), group_size=fmt.absmax_block, double_quant=fmt.double_quant)
     if isinstance(fmt, MxFormat):
-        return dict(bits=4, codebook="fp4", group_size=fmt.block_size)
+        return dict(bits=4, codebook="fp4", group_size=fmt.exponent_block)
     if isinstance(fmt, Fp8Format):
         activations = Activations.FP8_ROWS if fmt.activations == "dynamic" else Activations.NONE
-        return dict(bits=8, scale_tile=fmt.block_size, activations=activations)
+        return dict(bits=8, scale_tile=fmt.tile, activations=activations)
     if isinstance(fmt, W8A8Format):
         return dict(bits=8, activations=Activations.INT8_ROWS)
     return dict(bits=0)

@@ -25,7 +25,7 @@ class Family(enum.IntEnum):
 class TritonFormat:
     family: Family
     group: int = 0  # inputs per scale; 0: one scale per output channel
-    code: str = ""  # CODEBOOK: the code book's name (formats.codebook.CODES)
+    code: str = ""  # CODEBOOK: the code book's name (lowbit.qtypes.CODE_BOOKS)
     dynamic: bool = False  # FP8: activations quantized to e4m3 per row at run time (W8A8)
 
     @property

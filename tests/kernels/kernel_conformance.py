@@ -15,6 +15,7 @@ interpreter (``TRITON_INTERPRET=1``, one subprocess per kernel class); the GPU t
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -28,13 +29,8 @@ import torch
 
 from lowbit.errors import FormatError
 from lowbit.formats import CodebookFormat, Fp8Format, IntFormat, MxFormat, W8A8Format
-from lowbit.formats.codebook import codebook_quantize
-from lowbit.formats.fp8 import quantize_block, quantize_channel
-from lowbit.formats.mx import mx_quantize
-from lowbit.formats.w8a8 import w8a8_quantize
 from lowbit.kernels import get_kernel, kernel_request
 from lowbit.nn import QuantLinear
-from lowbit.rtn import rtn_quantize
 
 FORMATS = {
     "int2-g32-asym": IntFormat(2, 32, False),
@@ -45,6 +41,7 @@ FORMATS = {
     "int4-g64-float-zero": IntFormat(4, 64, False, float_zero=True),
     "int4-g128-asym": IntFormat(4, 128, False),
     "int4-g128-sym": IntFormat(4, 128, True),
+    "int4-g128-bf16-scales": IntFormat(4, 128, False, scale_dtype=torch.bfloat16),
     "int4-g256-asym": IntFormat(4, 256, False),
     "int4-channel-asym": IntFormat(4, None, False),
     "int4-g32-g_idx": IntFormat(4, 32, False, g_idx=True),
@@ -55,7 +52,7 @@ FORMATS = {
     "fp4-b32": CodebookFormat("fp4", 32),
     "fp8-channel": Fp8Format(),
     "fp8-channel-dynamic": Fp8Format(activations="dynamic"),
-    "fp8-block128": Fp8Format(block_size=128),
+    "fp8-block128": Fp8Format(128),
     "mxfp4": MxFormat(),
     "w8a8": W8A8Format(),
 }
@@ -66,22 +63,15 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 def stored(fmt, w: torch.Tensor) -> dict[str, torch.Tensor]:
     """The tensors ``fmt`` stores for ``w``; HQQ-style zeros made fractional, a g_idx made out of order."""
-    if isinstance(fmt, IntFormat):
-        plain = IntFormat(fmt.bits, fmt.group_size, fmt.symmetric, fmt.float_zero)
-        t = rtn_quantize(w, plain)
-        if fmt.float_zero:
-            dtype = fmt.expected_tensors(*w.shape)["zeros"][1]
-            t["zeros"] = (t["zeros"].float() + torch.rand(t["zeros"].shape) - 0.5).to(dtype)
-        if fmt.g_idx:
-            t["g_idx"] = (torch.randperm(w.shape[1]) // fmt.group_size).to(torch.int32)
-        return t
-    if isinstance(fmt, CodebookFormat):
-        return codebook_quantize(w, fmt)
-    if isinstance(fmt, Fp8Format):
-        return quantize_channel(w) if fmt.block_size is None else quantize_block(w, fmt.block_size)
-    if isinstance(fmt, MxFormat):
-        return mx_quantize(w, fmt)
-    return w8a8_quantize(w)
+    if not isinstance(fmt, IntFormat):
+        return fmt.encode(w)
+    t = dataclasses.replace(fmt, g_idx=False).encode(w)
+    if fmt.float_zero:
+        dtype = fmt.expected_tensors(*w.shape)["zeros"][1]
+        t["zeros"] = (t["zeros"].float() + torch.rand_like(t["zeros"].float()) - 0.5).to(dtype)
+    if fmt.g_idx:
+        t["g_idx"] = (torch.randperm(w.shape[1]) // fmt.group_size).to(torch.int32).to(w.device)
+    return t
 
 
 def storable(fmt, n: int, k: int) -> bool:
@@ -153,7 +143,7 @@ import json, sys
 import torch
 
 sys.path.insert(0, sys.argv[1])
-import conformance
+import kernel_conformance as conformance
 
 exec(conformance.INTERPRETER_PATCH)
 
