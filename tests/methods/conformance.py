@@ -164,7 +164,7 @@ class Conformance(ConfigConformance):
         x = torch.randn(3, 5, 256)
         expected = layer.fmt.reference_linear(x, layer.canonical_tensors(), layer.bias)
         assert torch.equal(layer(x), expected)
-        plain = torch.nn.functional.linear(x, layer.fmt.dequantize(layer.canonical_tensors()), layer.bias)
+        plain = torch.nn.functional.linear(x, layer.fmt.decode(layer.canonical_tensors()), layer.bias)
         rel = ((layer(x) - plain).norm() / plain.norm()).item()
         assert rel <= self.activation_error, rel  # weight-only formats: dequantize + F.linear exactly
 
@@ -184,7 +184,7 @@ class Conformance(ConfigConformance):
     def test_sqnr_floor(self):
         w = test_weight()
         layer = quantized_linear(self.cfg(), w)
-        got = sqnr_db(w, layer.fmt.dequantize(layer.canonical_tensors()))
+        got = sqnr_db(w, layer.fmt.decode(layer.canonical_tensors()))
         assert got >= self.sqnr_floor, f"{self.method}: SQNR {got:.2f} dB < floor {self.sqnr_floor}"
 
     def test_all_zero_groups_come_back_exactly_zero(self):
@@ -192,7 +192,7 @@ class Conformance(ConfigConformance):
         w[:8] = 0  # whole rows
         w[8:, :128] = 0  # the first groups of every other row
         layer = quantized_linear(self.cfg(), w)
-        deq = layer.fmt.dequantize(layer.canonical_tensors())
+        deq = layer.fmt.decode(layer.canonical_tensors())
         assert torch.isfinite(deq).all()
         assert torch.equal(deq[:8], torch.zeros(8, 256))
         assert torch.equal(deq[8:, :64], torch.zeros(56, 64))

@@ -208,8 +208,3 @@ def dequantize_absmax(codes: torch.Tensor, scales: torch.Tensor, offset: torch.T
     values = dynamic_map().to(codes.device)[codes.reshape(-1).int()]
     per = scales.float().repeat_interleave(DQ_BLOCK)[: values.numel()]
     return (values * per + offset.float()).view(codes.shape)
-
-
-def codebook_quantize(w: torch.Tensor, fmt: CodebookFormat) -> dict[str, torch.Tensor]:
-    """The former name of ``fmt.encode(w)``, still imported by the kernel tests."""
-    return fmt.encode(w)

@@ -29,18 +29,12 @@ ACTIVATIONS = ("none", "dynamic")
 TILES = (128,)
 
 
-@dataclasses.dataclass(frozen=True, init=False)
+@dataclasses.dataclass(frozen=True)
 class Fp8Format(WeightFormat, kind="fp8"):
     """What one fp8 weight stores: its scale granularity, and whether activations are quantized at run time."""
 
     tile: int | None = None  # None: one scale per output channel; else square tiles of this side share one
     activations: str = "none"  # "none": weight-only; "dynamic": per-token fp8 activations (W8A8)
-
-    def __init__(self, tile: int | None = None, activations: str = "none", *, block_size: int | None = None) -> None:
-        """``block_size`` is the former name of ``tile``, still passed by the kernel tests."""
-        object.__setattr__(self, "tile", tile if block_size is None else block_size)
-        object.__setattr__(self, "activations", activations)
-        self.__post_init__()
 
     def __post_init__(self) -> None:
         if self.tile is not None and self.tile not in TILES:
@@ -48,11 +42,6 @@ class Fp8Format(WeightFormat, kind="fp8"):
                               "output channel)")
         if self.activations not in ACTIVATIONS:
             raise FormatError(f"Fp8Format.activations={self.activations!r}; expected one of {list(ACTIVATIONS)}")
-
-    @property
-    def block_size(self) -> int | None:
-        """The former name of :attr:`tile`, still read by the Triton kernels."""
-        return self.tile
 
     def describe(self) -> str:
         scale = "per-channel" if self.tile is None else f"block {self.tile}x{self.tile}"

@@ -91,8 +91,3 @@ def shared_exponent(amax: torch.Tensor) -> torch.Tensor:
     _, exp = torch.frexp(amax)
     biased = (exp.to(torch.int32) - 1 - E2M1_EMAX + E8M0_BIAS).clamp_(0, 254)
     return torch.where(amax > 0, biased, torch.zeros_like(biased)).to(torch.uint8)
-
-
-def mx_quantize(w: torch.Tensor, fmt: MxFormat) -> dict[str, torch.Tensor]:
-    """The former name of ``fmt.encode(w)``, still imported by the kernel tests."""
-    return fmt.encode(w)

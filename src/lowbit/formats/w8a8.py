@@ -79,11 +79,6 @@ def fake_quantize_rows(x: torch.Tensor) -> torch.Tensor:
     return (codes.float() * scale).to(x.dtype)
 
 
-def w8a8_quantize(w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The former name of ``W8A8Format().encode(w)``, still imported by the kernel tests."""
-    return W8A8Format().encode(w)
-
-
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact ``a @ b.T`` of int8 [M, K] and [N, K] as int32 [M, N] (what ``torch._int_mm`` returns)."""
     acc_dtype = torch.float32 if a.device.type == "cpu" else torch.float64  # GPUs may run float32 matmuls as TF32
