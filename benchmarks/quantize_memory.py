@@ -7,7 +7,7 @@
 2. Each checkpoint is quantized to int4 g128 in a fresh subprocess through the CLI with ``--max-memory LIMIT``;
    a thread samples RssAnon (load_memory.py's Sampler) over the baseline taken after ``import lowbit, torch,
    transformers`` and the Llama modeling code. Reported: peak over baseline vs checkpoint size and vs LIMIT, time.
-3. A few layers of each output are checked against ``lowbit.rtn.rtn_quantize`` of the source tensor: equal bytes.
+3. A few layers of each output are checked against the format's own round-to-nearest encoding (``IntFormat.encode``) of the source tensor: equal bytes.
 
 ``--cgroup``: instead, the 1.5B-shaped case (hidden 2048, 24 layers, intermediate 8192, 16 heads / 4 key-value
 heads, ~3.2 GB bf16, under $LOWBIT_BENCH_DIR) with ``--max-memory LIMIT``, the whole worker process under a
@@ -190,19 +190,18 @@ def _remove_cgroup(child: Path) -> None:
 
 
 def check_layers(src: Path, out: Path, layers: int) -> dict[str, bool]:
-    """Output tensors of a few layers against rtn_quantize of the source tensor, byte for byte."""
+    """Output tensors of a few layers against the format's encoding of the source tensor, byte for byte."""
     import torch
     from safetensors import safe_open
 
     from lowbit.formats import IntFormat
-    from lowbit.rtn import rtn_quantize
 
     src_map = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
     out_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
     fmt, result = IntFormat(bits=4, group_size=128, symmetric=False), {}
     for name in (c.format(mid=layers // 2, last=layers - 1) for c in CHECKED):
         with safe_open(str(src / src_map[f"{name}.weight"]), "pt") as f:
-            expected = rtn_quantize(f.get_tensor(f"{name}.weight"), fmt)
+            expected = fmt.encode(f.get_tensor(f"{name}.weight"))
         same = True
         for part, tensor in expected.items():
             with safe_open(str(out / out_map[f"{name}.{part}"]), "pt") as f:
@@ -282,7 +281,7 @@ def main() -> None:
                "peak_over_checkpoint", "within_limit", "quantize_s", "shards", "largest_shard_mib", "out_mb"]
     print_table(rows, columns, title="int4 g128 --max-memory: peak RssAnon over the post-import baseline (MiB)")
     for row in rows:
-        print(f"{row['case']}: memory limit by {row.get('mechanism')}; layers equal to rtn_quantize: "
+        print(f"{row['case']}: memory limit by {row.get('mechanism')}; layers equal to the format's encoding: "
               f"{row.get('layers_equal_rtn')}" + (f"; cgroup {row['cgroup']}" if "cgroup" in row else ""))
     if others > 0.2:
         print(f"note: other processes used {others} of {os.cpu_count()} cores on average: times are slowed")

@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: dict[str, int] = {
     "lowbit._version": 0, "lowbit.errors": 0, "lowbit.utils": 0, "lowbit.qtypes": 0, "lowbit.config": 0,
     "lowbit.data": 0,
-    "lowbit.formats": 1, "lowbit.archs": 1, "lowbit.rtn": 1,
+    "lowbit.formats": 1, "lowbit.archs": 1,
     "lowbit.kernels": 2,
     "lowbit.nn": 3,
     "lowbit.quantizer": 4, "lowbit.registry": 4, "lowbit.calibration": 4,  # the package __init__ and the

@@ -261,7 +261,7 @@ def test_nan_weights_clamped_on_request(tmp_path, sources):
     with pytest.warns(UserWarning, match=r"model.layers.1.mlp.up_proj.weight \(2\)"):
         model = lowbit.from_pretrained(d, quantization=lowbit.config("int8"), nonfinite="clamp")
     layer = model.model.layers[1].mlp.up_proj
-    w = layer.fmt.dequantize(layer.canonical_tensors())
+    w = layer.fmt.decode(layer.canonical_tensors())
     assert torch.isfinite(w).all() and w[3, 5] == 0
     assert w[7, 1] == w.max()  # +Inf became the largest finite magnitude of the tensor
     with pytest.raises(ConfigError, match="nonfinite='ignore'"):

@@ -7,14 +7,13 @@ from lowbit.formats import IntFormat
 from lowbit.kernels import choose
 from lowbit.kernels.cpu import unpack_int4pack_cpu
 from lowbit.nn import QuantLinear
-from lowbit.rtn import rtn_quantize
 
 FORMATS = [IntFormat(8, None, True), IntFormat(4, 128, False), IntFormat(4, 64, True), IntFormat(4, 32, False)]
 
 
 def make_layer(fmt, n, k, bias=True, kernel=None, compute=torch.bfloat16):
     layer = QuantLinear(k, n, bias, fmt, device="cpu", dtype=torch.float32)
-    layer.load_quantized(rtn_quantize(torch.randn(n, k), fmt))
+    layer.load_quantized(fmt.encode(torch.randn(n, k)))
     if bias:
         layer.bias = torch.nn.Parameter(torch.randn(n), requires_grad=False)
     layer.prepare(compute, kernel)
@@ -22,7 +21,7 @@ def make_layer(fmt, n, k, bias=True, kernel=None, compute=torch.bfloat16):
 
 
 def reference(layer, x):
-    w = layer.fmt.dequantize(layer.canonical_tensors(), torch.float32)
+    w = layer.fmt.decode(layer.canonical_tensors(), torch.float32)
     return torch.nn.functional.linear(x.float(), w, layer.bias)
 
 
@@ -84,7 +83,7 @@ def test_int4pack_cpu_inverse(n, k):
 @pytest.mark.parametrize("fmt", [IntFormat(4, 32, False), IntFormat(4, 64, True)], ids=str)
 def test_int4_layer_keeps_one_copy_and_rebuilds_canonical(fmt):
     layer = QuantLinear(64, 32, False, fmt, device="cpu")
-    stored = rtn_quantize(torch.randn(32, 64), fmt)
+    stored = fmt.encode(torch.randn(32, 64))
     layer.load_quantized(stored)
     layer.prepare(torch.bfloat16)
     assert layer.qweight is None  # only the kernel layout is held
@@ -187,3 +186,14 @@ def test_auto_resolution_by_device():
     assert resolve_compute_dtype(AUTO, cuda, torch.float16) == torch.float16  # a half model in its own dtype
     assert resolve_compute_dtype(AUTO, cuda, torch.bfloat16) == torch.bfloat16
     assert resolve_compute_dtype(torch.float32, cuda, torch.float16) == torch.float32
+
+
+def test_a_kernel_name_taken_by_another_kernel_is_an_error():
+    from lowbit.kernels import Kernel, get_kernel, register_kernel
+
+    before = get_kernel("reference")
+    with pytest.raises(KernelError, match=r"kernel name 'reference' is already registered by ReferenceKernel"):
+        class Impostor(Kernel):  # noqa: F841  (defining it registers it)
+            name = "reference"
+    assert get_kernel("reference") is before
+    assert register_kernel(type(before)()) is before  # the same class again: a no-op

@@ -150,14 +150,13 @@ def test_bare_linear_root_says_how_to_wrap_it():
 
 
 def test_rtn_in_row_blocks_equals_whole(monkeypatch):
-    from lowbit import rtn
     from lowbit.formats import base
 
     w = torch.randn(96, 256)
     fmt = IntFormat(4, 64, False)
-    whole = rtn.rtn_quantize(w, fmt)
+    whole = fmt.encode(w)
     monkeypatch.setattr(base, "CHUNK_ELEMENTS", 256 * 7)  # blocks of 7 rows, the last one short
-    blocked = rtn.rtn_quantize(w, fmt)
+    blocked = fmt.encode(w)
     assert all(torch.equal(whole[k], blocked[k]) for k in whole)
 
 

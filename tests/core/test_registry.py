@@ -9,7 +9,6 @@ from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError, RegistryError
 from lowbit.formats import IntFormat
 from lowbit.quantizer import Quantizer
-from lowbit.rtn import rtn_quantize
 
 
 def test_builtin_names():
@@ -47,7 +46,7 @@ class TernaryQuantizer(Quantizer):
     def quantize(self, name, weight):
         scale = weight.abs().mean(dim=1, keepdim=True)
         ternary = torch.where(weight.abs() > self.config.threshold * scale, weight.sign() * scale, 0)
-        return rtn_quantize(ternary, self.formats[name])
+        return self.formats[name].encode(ternary)
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_output_error_and_sqnr_match_a_hand_computation(llama, ids):
     x = torch.cat(rows).double()
     w = ref.get_submodule(name).weight.detach().double()
     layer = lowbit.from_pretrained(llama, quantization=cfg).get_submodule(name)
-    wq = layer.fmt.dequantize(layer.canonical_tensors()).double()
+    wq = layer.fmt.decode(layer.canonical_tensors()).double()
     y, yq = x @ w.T, x @ wq.T
     assert x.shape == (192, 128)
     assert got.output_error == pytest.approx(float((yq - y).norm() / y.norm()), rel=1e-4)

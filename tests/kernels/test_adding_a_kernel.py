@@ -25,7 +25,7 @@ class DenseKernel(Kernel):
         return True, "dequantized at prepare, then F.linear"
 
     def prepare(self, tensors, request):
-        return {"w": request.fmt.dequantize(tensors, request.compute_dtype)}
+        return {"w": request.fmt.decode(tensors, request.compute_dtype)}
 
     def run(self, x, tensors, prepared, request, bias):
         return F.linear(x, prepared["w"], None if bias is None else bias.to(x.dtype))

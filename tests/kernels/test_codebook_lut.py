@@ -11,11 +11,11 @@ import struct
 
 import pytest
 
-from lowbit.formats.codebook import CODES, LEVELS
 from lowbit.kernels.triton import lut
+from lowbit.qtypes import CODE_BOOKS
 
-BOOKS = {code: tuple(struct.unpack("<f", struct.pack("<f", v / LEVELS[code]))[0] for v in CODES[code])
-         for code in ("nf4", "fp4")}
+BOOKS = {code: tuple(struct.unpack("<f", struct.pack("<f", v / book.levels))[0] for v in book.values)
+         for code, book in ((c, CODE_BOOKS[c]) for c in ("nf4", "fp4"))}
 
 
 def prmt(a: int, b: int, c: int) -> int:

@@ -115,7 +115,7 @@ def test_kernel_layout_rebuilds_canonical(name):
     for name, tensor in rebuilt.items():
         assert torch.equal(tensor, t[name]) and tensor.is_contiguous(), name
     scales = prepared["s"] if "s" in prepared else prepared["absmax"]
-    assert scales.shape == (48, 256 // fmt.group_size if isinstance(fmt, IntFormat) else 256 // fmt.block_size)
+    assert scales.shape == (48, 256 // fmt.group_size if isinstance(fmt, IntFormat) else 256 // fmt.absmax_block)
     assert scales.stride() == (1, 48)  # column-major: one group's rows side by side
     if isinstance(fmt, IntFormat):  # symmetric codes are stored + 8
         codes = codes_from_words(prepared["w"], 48, 256)
@@ -267,7 +267,7 @@ def test_gemm_decodes_int4_weights_exactly(fmt, compute, cfg):
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
     got = ops.run(torch.eye(384, device="cuda", dtype=compute), w, s, z, None, ql.kernel.triton_format(ql.request),
                   cfg)
-    want = ql.fmt.dequantize(ql.canonical_tensors(), torch.float32).to(compute).t()
+    want = ql.fmt.decode(ql.canonical_tensors(), torch.float32).to(compute).t()
     assert torch.equal(got, want), f"{(got != want).sum().item()} of {got.numel()} weights differ"
 
 
@@ -297,7 +297,7 @@ def test_shape_fast_path_cannot_take_falls_back_to_reference():
     ql = layer(fmt, 96, 192, "cuda", torch.bfloat16)  # K = 192 is not a multiple of 128
     assert ql.kernel.name == "reference" and "triton_int4: K=192 is not a multiple of 128" in ql.kernel_reason
     x = torch.randn(3, 192, device="cuda", dtype=torch.bfloat16)
-    w = fmt.dequantize(ql.canonical_tensors(), torch.float32)
+    w = fmt.decode(ql.canonical_tensors(), torch.float32)
     ref = torch.nn.functional.linear(x.float(), w, ql.bias.float())
     assert ((ql(x).float() - ref).norm() / ref.norm()).item() < 1e-2
 

@@ -103,7 +103,7 @@ def test_quantize_on_load_stores_rtn_codes_of_the_checkpoint(ckpts, arch, cfg_na
         assert module.fmt == fmt
         stored = module.canonical_tensors()
         w = weights[f"{name}.weight"]
-        deq = fmt.dequantize(stored)
+        deq = fmt.decode(stored)
         step = stored["scales"].float().repeat_interleave(w.shape[1] // stored["scales"].shape[1], dim=1)
         err = (deq - w).abs()
         if fmt.symmetric:  # absmax grid: every weight is within half a step
@@ -318,7 +318,7 @@ def test_tied_embeddings_share_one_int8_table_saved_once(ckpts, tmp_path, cfg):
     from safetensors.torch import load_file
 
     w = load_file(str(ckpts["tied"] / "model.safetensors"))["model.embed_tokens.weight"]
-    assert torch.all((emb.fmt.dequantize(emb.canonical_tensors()) - w).abs() <= emb.scales / 2 + 1e-6)
+    assert torch.all((emb.fmt.decode(emb.canonical_tensors()) - w).abs() <= emb.scales / 2 + 1e-6)
     ids = helpers.token_ids()
     before = helpers.logits(model, ids)
     out = lowbit.save_pretrained(model, tmp_path / "q")

@@ -21,18 +21,16 @@ import torch
 from torch import nn
 
 from lowbit.config import QuantConfig
-from lowbit.data import text_path
 from lowbit.data.text import adds_bos, encode
 from lowbit.errors import ConfigError, DependencyError
 from lowbit.eval.perplexity import PerplexityResult, perplexity
 from lowbit.nn import QuantLinear
 
-__all__ = ["LayerQuality", "LayerReport", "calibration_ids", "capture_inputs", "default_text", "layer_report",
+__all__ = ["LayerQuality", "LayerReport", "calibration_ids", "capture_inputs", "layer_report",
            "measure_layers", "plot_report", "require_matplotlib"]
 
 PLOT_PIP = "pip install 'lowbit[plot]'"
 
-default_text = text_path  # the bundled wiki.calib.txt / wiki.eval.txt (benchmarks/ read them by this name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +192,7 @@ def measure_layers(reference: nn.Module, quantized: nn.Module, inputs: dict[str,
             ref, q = ref_modules[name], q_modules[name]
             y = ref(x.to(ref.weight.dtype)).double()
             err = float((q(x).double() - y).norm() / y.norm()) if y.norm() > 0 else math.nan
-            wq = q.fmt.dequantize(q.canonical_tensors(), torch.float32)
+            wq = q.fmt.decode(q.canonical_tensors(), torch.float32)
             n, k = q.weight_shape
             out.append(LayerQuality(name, q.fmt.describe(), (n, k), n * k, q.bits_per_weight(),
                                     _sqnr_db(ref.weight, wq), err))

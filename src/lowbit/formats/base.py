@@ -89,10 +89,6 @@ class WeightFormat:
         """Stored tensors → the [N, K] weight they represent, in ``dtype``."""
         raise NotImplementedError
 
-    def dequantize(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The former name of :meth:`decode`, still used by the loading, kernel and evaluation code."""
-        return self.decode(tensors, dtype)
-
     def reference_linear(self, x: torch.Tensor, tensors: dict[str, torch.Tensor],
                          bias: torch.Tensor | None) -> torch.Tensor:
         """``x @ W.T + bias`` in pure torch, in x's dtype (formats with run-time activation scaling override it)."""

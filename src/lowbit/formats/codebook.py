@@ -30,9 +30,6 @@ from lowbit.errors import FormatError
 from lowbit.formats.base import WeightFormat
 from lowbit.qtypes import CODE_BOOKS, CodeBook, Rounding, code_book, fp4_e2m1
 
-# By name, derived from the code books in lowbit.qtypes: the kernel tests still read these two tables
-CODES = {name: book.values for name, book in CODE_BOOKS.items()}
-LEVELS = {name: book.levels for name, book in CODE_BOOKS.items()}
 DQ_BLOCK = 256  # double quantization: absmax values per second-level scale (bitsandbytes' choice)
 E2M1_MAGNITUDES = fp4_e2m1.values[:8]  # codes 0..7: the non-negative E2M1 values
 _TINY = 1e-38  # absmax floor before taking a reciprocal (bitsandbytes' clamp): all-zero blocks give codes of 0
@@ -52,11 +49,6 @@ class CodebookFormat(WeightFormat, kind="codebook"):
         object.__setattr__(self, "code", code_book(self.code))
         if self.absmax_block < 1 or self.absmax_block & (self.absmax_block - 1):
             raise FormatError(f"CodebookFormat.absmax_block={self.absmax_block}; expected a power of two such as 64")
-
-    @property
-    def block_size(self) -> int:
-        """The former name of :attr:`absmax_block`, still read by the Triton kernels."""
-        return self.absmax_block
 
     def describe(self) -> str:
         stats = "absmax 8-bit double-quant" if self.double_quant else "absmax fp32"

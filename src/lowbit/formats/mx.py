@@ -42,11 +42,6 @@ class MxFormat(WeightFormat, kind="mx"):
             raise FormatError(f"MxFormat.exponent_block={self.exponent_block}; the OCP MX format fixes it at "
                               f"{MX_BLOCK}: leave it at its default")
 
-    @property
-    def block_size(self) -> int:
-        """The former name of :attr:`exponent_block`, still read by the kernels."""
-        return self.exponent_block
-
     def describe(self) -> str:
         return f"mxfp4 b{self.exponent_block} e8m0"
 
