@@ -35,7 +35,7 @@ import transformers  # noqa: E402
 import lowbit  # noqa: E402
 from lowbit import realmodels  # noqa: E402
 from lowbit.eval import load_text  # noqa: E402
-from lowbit.eval.report import default_text  # noqa: E402
+from lowbit.data import text_path  # noqa: E402
 
 
 def terms(path: Path, samples: int, seq_len: int) -> dict[str, float]:
@@ -97,7 +97,7 @@ def main() -> None:
     if args.cgroup:
         return cgroup_run(args)
     path = realmodels.model_path(args.model)
-    text = load_text(default_text("wiki.calib.txt"))
+    text = load_text(text_path("wiki.calib.txt"))
     transformers.AutoModelForCausalLM  # noqa: B018  (lazily imported modeling code belongs in the baseline)
     expected = terms(path, args.samples, args.seq_len)
     gc.collect()

@@ -25,7 +25,7 @@ from common import describe_device, print_table, write_results  # noqa: E402
 import lowbit  # noqa: E402
 from lowbit import realmodels  # noqa: E402
 from lowbit.eval import load_text, perplexity  # noqa: E402
-from lowbit.eval.report import default_text  # noqa: E402
+from lowbit.data import text_path  # noqa: E402
 from lowbit.loading.tokenizer import load_tokenizer  # noqa: E402
 from lowbit.registry import get  # noqa: E402
 
@@ -68,8 +68,8 @@ def main() -> None:
     ap.add_argument("--results-dir", default=None)
     args = ap.parse_args()
     warnings.simplefilter("ignore")  # group-size fallbacks on SmolLM2 are expected and recorded per layer
-    text = load_text(default_text("wiki.eval.txt"))
-    calib = load_text(default_text("wiki.calib.txt"))
+    text = load_text(text_path("wiki.eval.txt"))
+    calib = load_text(text_path("wiki.calib.txt"))
     rows = []
     for name in args.models:
         path = realmodels.model_path(name)

@@ -27,11 +27,11 @@ from common import describe_device, print_table, write_results  # noqa: E402
 import lowbit  # noqa: E402
 from lowbit import realmodels  # noqa: E402
 from lowbit.eval import load_text, perplexity  # noqa: E402
-from lowbit.eval.report import default_text  # noqa: E402
+from lowbit.data import text_path  # noqa: E402
 from lowbit.loading.tokenizer import load_tokenizer  # noqa: E402
 from lowbit.nn import QuantLinear  # noqa: E402
 
-DATA = default_text("wiki.eval.txt").parent  # $LOWBIT_DATA, else shared/data beside the checkout
+DATA = text_path("wiki.eval.txt").parent  # the texts bundled in the package
 
 
 def settings(g: int, g2: int) -> list[tuple[str, dict]]:

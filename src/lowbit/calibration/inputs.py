@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.archs import find_blocks  # noqa: F401  (its home is archs; calibration.runner reads it here)
 
 
 @dataclasses.dataclass

@@ -25,7 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lowbit.calibration.data import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, calibration_samples, read_calibration_text
-from lowbit.calibration.inputs import BlockInputs, capture, find_blocks
+from lowbit.archs import find_blocks
+from lowbit.calibration.inputs import BlockInputs, capture
 from lowbit.calibration.method import CalibratedQuantizer
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError, FormatError
