@@ -1,7 +1,7 @@
 """Every built-in kernel through the kernel conformance suite (kernel_conformance.py)."""
 
 import torch
-from kernel_conformance import FORMATS, KernelConformance
+from kernel_conformance import FORMATS, KernelConformance, TritonKernelConformance
 
 INT4_GROUPED = {"int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-asym", "int4-g128-sym",
                 "int4-g128-bf16-scales", "int4-g256-asym"}
@@ -23,28 +23,24 @@ class TestCpuInt4(KernelConformance):
     accepts = INT4_GROUPED
 
 
-class TestTritonInt4(KernelConformance):
+class TestTritonInt4(TritonKernelConformance):
     kernel = "triton_int4"
     accepts = INT4_GROUPED | {"int4-g16-asym", "int4-channel-asym"}
-    interpreter = True
 
 
-class TestTritonCodebook(KernelConformance):
+class TestTritonCodebook(TritonKernelConformance):
     kernel = "triton_codebook"
     accepts = {"nf4-b64", "nf4-b64-dq", "fp4-b32"}
-    interpreter = True
 
 
-class TestTritonInt8(KernelConformance):
+class TestTritonInt8(TritonKernelConformance):
     kernel = "triton_int8"
     accepts = {"int8-channel-sym"}
-    interpreter = True
 
 
-class TestTritonFp8(KernelConformance):
+class TestTritonFp8(TritonKernelConformance):
     kernel = "triton_fp8"
     accepts = {"fp8-channel", "fp8-channel-dynamic"}
-    interpreter = True
     # The interpreter's fp32 → e4m3 cast of the activations is not the GPU's (which test_triton.py's
     # test_fp8_row_quantization_is_the_torch_one_bit_for_bit checks bit for bit), so there W8A8 agrees with the
     # reference only to e4m3's precision (measured 4-5%); the GPU run holds it to the fp16/bf16 bounds.

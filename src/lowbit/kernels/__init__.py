@@ -5,9 +5,8 @@ registered kernel whose ``can_implement`` accepts it and says why. A kernel regi
 :class:`Kernel` with a ``name``; the imports below define the built-in ones.
 """
 
-from lowbit.kernels.base import Kernel
+from lowbit.kernels.base import Kernel, get_kernel, kernel_names, kernels, register_kernel
 from lowbit.kernels.dtypes import AUTO, resolve_compute_dtype
-from lowbit.kernels.registry import get_kernel, kernel_names, kernels, register_kernel
 from lowbit.kernels.request import Activations, KernelRequest, kernel_request
 from lowbit.kernels.select import KERNEL_ENV, choose, select
 from lowbit.kernels import reference, cpu, triton  # noqa: F401, I001  (each defines and registers its kernels)

@@ -1,12 +1,14 @@
-"""The kernel interface every implementation follows; defining a subclass with a ``name`` registers it."""
+"""The kernel interface every implementation follows, and the table of kernels by name: defining a subclass with a
+``name`` registers it (``register_kernel``); ``get_kernel`` finds it by name or by a former name."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from lowbit.kernels.registry import register_kernel
+from lowbit.errors import KernelError
 
 if TYPE_CHECKING:
     from lowbit.kernels.request import KernelRequest
@@ -68,3 +70,48 @@ def flat(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 def fake_linear(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], n))
+
+
+# ---- the table of kernels -------------------------------------------------------------------------------------
+
+_KERNELS: dict[str, Kernel] = {}
+_ALIASES: dict[str, str] = {}  # a former name → the kernel's name now
+
+
+def register_kernel(kernel: Kernel, *, replace: bool = False) -> Kernel:
+    """Make ``kernel`` selectable (by priority, and by name in ``kernel=`` / $LOWBIT_KERNEL), with its old names.
+
+    Registering the same class again is a no-op; another kernel under a taken name is an error unless ``replace``.
+    """
+    taken = _KERNELS.get(kernel.name)
+    if taken is not None and type(taken) is not type(kernel) and not replace:
+        raise KernelError(f"kernel name {kernel.name!r} is already registered by {type(taken).__qualname__}; "
+                          "choose another name, or pass replace=True to override it")
+    if taken is not None and type(taken) is type(kernel) and not replace:
+        return taken
+    _KERNELS[kernel.name] = kernel
+    for alias in kernel.aliases:
+        _ALIASES[alias] = kernel.name
+    return kernel
+
+
+def kernel_names() -> list[str]:
+    return sorted(_KERNELS)
+
+
+def kernels() -> list[Kernel]:
+    """Every registered kernel, in registration order."""
+    return list(_KERNELS.values())
+
+
+def get_kernel(name: str) -> Kernel:
+    """The kernel called ``name``; a former name still works, with a FutureWarning naming the new one."""
+    if name in _ALIASES:
+        new = _ALIASES[name]
+        warnings.warn(f"kernel {name!r} is now called {new!r}; the old name will stop working in a future "
+                      f"release, use kernel={new!r} (or {new!r} in $LOWBIT_KERNEL)", FutureWarning, stacklevel=3)
+        name = new
+    try:
+        return _KERNELS[name]
+    except KeyError:
+        raise KernelError(f"unknown kernel {name!r}; expected one of {kernel_names()}") from None

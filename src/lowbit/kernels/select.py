@@ -7,8 +7,7 @@ import os
 import torch
 
 from lowbit.errors import KernelError
-from lowbit.kernels.base import Kernel
-from lowbit.kernels.registry import get_kernel, kernel_names, kernels
+from lowbit.kernels.base import Kernel, get_kernel, kernel_names, kernels
 from lowbit.kernels.request import KernelRequest, kernel_request
 
 KERNEL_ENV = "LOWBIT_KERNEL"
