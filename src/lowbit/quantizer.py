@@ -2,7 +2,7 @@
 
 construct → validate_environment → update_dtype / update_device_map / adjust_max_memory →
 preprocess_model (swap shells on meta) → per tensor: should_quantize / quantize, or expected_keys when
-pre-quantized → postprocess_model (kernels, ties). See DESIGN.md §2.
+pre-quantized → postprocess_model (kernels, ties). See ARCHITECTURE.md §2.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class Quantizer:
 
     def group_size_for(self, name: str, in_features: int, group_size: int | None,
                        field: str = "group_size") -> int | None:
-        """DESIGN.md's fallback: the largest power of two dividing ``in_features``, recorded and warned once.
+        """The group-size fallback: the largest power of two dividing ``in_features``, recorded and warned once.
 
         ``field`` is the config field's name in messages (``block_size`` for code-book methods); the saved
         per-layer record is ``group_size`` for every method."""

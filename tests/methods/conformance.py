@@ -1,4 +1,4 @@
-"""The conformance suites every method's tests subclass (DESIGN.md §6).
+"""The conformance suites every method's tests subclass (ARCHITECTURE.md §4 and §6).
 
 A data-free method's test module defines ``class TestNf4(Conformance)`` with a few class attributes and gets:
 registration and config round-trips, config errors, the stored layout, reference-kernel correctness,

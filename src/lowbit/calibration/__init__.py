@@ -1,4 +1,4 @@
-"""Calibrated quantization, one transformer block at a time (DESIGN.md §4).
+"""Calibrated quantization, one transformer block at a time (ARCHITECTURE.md §2, the engine).
 
 ``data``: calibration text → token samples; ``inputs``: what each block receives, and running it;
 ``method``: the interface GPTQ, AWQ and SmoothQuant implement; ``runner``: the layer-by-layer loop.

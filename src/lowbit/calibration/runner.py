@@ -1,4 +1,4 @@
-"""``lowbit.quantize_calibrated``: the layer-by-layer runner of DESIGN.md §4.
+"""``lowbit.quantize_calibrated``: the layer-by-layer runner (ARCHITECTURE.md §2).
 
 The model's blocks are never all in memory. The embeddings run once over the calibration samples to
 capture what block 0 receives; then, for each block in turn: its full-precision weights are read from the

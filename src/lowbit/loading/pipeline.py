@@ -1,4 +1,4 @@
-"""``lowbit.from_pretrained``: DESIGN.md §3, streaming one tensor at a time through the engine."""
+"""``lowbit.from_pretrained``: ARCHITECTURE.md §2-3, streaming one tensor at a time through the engine."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every module of this package is imported here (found with ``pkgutil``), so a new method is one new module that
 calls ``register_method``; no list to edit. The package is also callable: ``lowbit.methods()`` lists the
-registered names (DESIGN.md §1), while ``import lowbit.methods.hqq`` still reaches the modules.
+registered names, while ``import lowbit.methods.hqq`` still reaches the modules.
 """
 
 import importlib
