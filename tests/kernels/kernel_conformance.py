@@ -2,7 +2,7 @@
 
 A kernel's test module defines ``class TestCpuInt4(KernelConformance)`` with ``kernel = "cpu_int4"`` and
 ``accepts = {...}`` and gets, for EVERY case of the catalogue below (formats x awkward shapes x compute dtypes)
-that the kernel's ``can_implement`` accepts, whether or not automatic selection would pick it:
+that the kernel accepts (``handles``, then ``can_implement``), whether or not automatic selection would pick it:
 
 - the layer forced to this kernel against the format's ``reference_linear`` in fp32 (relative error under the
   compute dtype's bound), output shape and dtype kept, the same bits when run twice;
@@ -87,7 +87,7 @@ def accepted(kernel_name: str, device: str, computes, shapes=SHAPES) -> list[tup
     """The catalogue cases (format name, shape, compute dtype) whose request this kernel accepts on ``device``."""
     kernel = get_kernel(kernel_name)
     return [(name, (n, k), compute) for name, fmt in FORMATS.items() for n, k in shapes if storable(fmt, n, k)
-            for compute in computes if kernel.can_implement(kernel_request(fmt, (n, k), device, compute))[0]]
+            for compute in computes if kernel.accepts(kernel_request(fmt, (n, k), device, compute))[0]]
 
 
 def run_case(kernel_name: str, name: str, shape: tuple[int, int], compute: torch.dtype, device: str,

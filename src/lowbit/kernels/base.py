@@ -39,8 +39,14 @@ class Kernel:
         return True
 
     def can_implement(self, request: KernelRequest) -> tuple[bool, str]:
-        """(True, how it runs the layer) or (False, why not)."""
+        """(True, how it runs the layer) or (False, why not), for a layer this kernel ``handles``."""
         raise NotImplementedError
+
+    def accepts(self, request: KernelRequest) -> tuple[bool, str]:
+        """``handles`` and then ``can_implement``: whether this kernel runs the layer, and how or why not."""
+        if not self.handles(request):
+            return False, f"{self.name} does not run {request.fmt.describe()}"
+        return self.can_implement(request)
 
     def prepare(self, tensors: dict[str, torch.Tensor], request: KernelRequest) -> dict[str, torch.Tensor]:
         return {}

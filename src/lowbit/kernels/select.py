@@ -18,7 +18,7 @@ def select(request: KernelRequest, forced: str | None = None) -> tuple[Kernel, s
     forced = forced or os.environ.get(KERNEL_ENV) or None
     if forced:
         kernel = get_kernel(forced)
-        ok, why = kernel.can_implement(request)
+        ok, why = kernel.accepts(request)
         if not ok:
             raise KernelError(f"forced kernel {forced!r} cannot run {request.fmt.describe()} {list(request.shape)} on "
                               f"{request.device}: {why}; unset {KERNEL_ENV} or choose another of {kernel_names()}")

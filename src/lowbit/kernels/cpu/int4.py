@@ -97,7 +97,7 @@ class CpuInt4Kernel(Kernel):
         why = cpu_declines(request)
         if why:
             return False, why
-        if request.kind != "int" or request.bits != 4 or request.group_size not in INT4_GROUPS:
+        if request.group_size not in INT4_GROUPS:
             return False, f"needs int4 with group size in {INT4_GROUPS}, got {request.fmt.describe()}"
         if request.g_idx:
             return False, "needs groups of consecutive inputs, not a g_idx (GPTQ with static_groups=True gives them)"

@@ -45,7 +45,7 @@ class CpuInt8Kernel(Kernel):
         why = cpu_declines(request)
         if why:
             return False, why
-        if request.kind != "int" or request.bits != 8 or request.group_size is not None or not request.symmetric:
+        if request.group_size is not None or not request.symmetric:
             return False, f"needs int8 symmetric per-channel, got {request.fmt.describe()}"
         return True, (f"aten._weight_int8pack_mm (int8 per-channel); convert + dense matmul from "
                       f"M={INT8_DENSE_MIN_M}")

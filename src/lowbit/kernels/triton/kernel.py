@@ -49,8 +49,6 @@ class TritonKernel(Kernel):
             return False, f"device is {request.device.type}, this kernel runs on cuda"
         if not env.triton_available():
             return False, "triton is not installed; pip install triton"
-        if not self.handles(request):
-            return False, f"{self.name} does not run {request.fmt.describe()}"
         if request.compute_dtype not in HALF:
             return False, f"compute dtype {request.compute_dtype} is not bf16/fp16"
         if request.k % 128:
