@@ -41,6 +41,10 @@ class CalibrationError(LowbitError, ValueError):
     """Calibration text or a calibration run that cannot give a quantized model (too short, unsupported model)."""
 
 
+class TrainingError(LowbitError, RuntimeError):
+    """A layer or adapter that cannot be trained or merged as asked (no backward, mismatched shapes, wrong target)."""
+
+
 class LowbitWarning(UserWarning):
     """Base of lowbit's warnings."""
 
@@ -62,6 +66,7 @@ __all__ = [
     "KernelError",
     "SaveError",
     "CalibrationError",
+    "TrainingError",
     "LowbitWarning",
     "MissingTokenizerWarning",
 ]

@@ -86,7 +86,8 @@ def test_int4_layer_keeps_one_copy_and_rebuilds_canonical(fmt):
     stored = fmt.encode(torch.randn(32, 64))
     layer.load_quantized(stored)
     layer.prepare(torch.bfloat16)
-    assert layer.qweight is None  # only the kernel layout is held
+    assert layer._buffers["qweight"] is None  # only the kernel layout is held
+    assert torch.equal(layer.qweight, stored["qweight"])  # read from outside, it is rebuilt, never None
     for name, tensor in layer.state_dict().items():
         assert torch.equal(tensor, stored[name]), name
 

@@ -8,6 +8,7 @@ from torch import nn
 from lowbit.formats import WeightFormat
 from lowbit.kernels import Kernel, KernelRequest, kernel_request, resolve_compute_dtype, select
 from lowbit.nn.holder import QuantHolder
+from lowbit.nn.training import linear_with_grad, needs_grad
 
 
 class QuantLinear(QuantHolder):
@@ -57,6 +58,17 @@ class QuantLinear(QuantHolder):
         rebuilt = self.kernel.canonical_from_prepared(self._prepared, self.request) if self._dropped else {}
         return {n: rebuilt[n] if n in self._dropped else self._buffers[n] for n in self.tensor_names()}  # layout order
 
+    def __getattr__(self, name: str):
+        # a canonical tensor the kernel's layout holds (dropped after prepare) reads as rebuilt, never as None
+        value = super().__getattr__(name)
+        if value is None and name in self.__dict__.get("_dropped", ()):
+            return self.canonical_tensors()[name]
+        return value
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The [out, in] weight the stored tensors represent, as a new tensor (default: the model's dtype)."""
+        return self.fmt.decode(self.canonical_tensors(), dtype or self.model_dtype)
+
     def on_tensors_changed(self) -> None:
         self.request, self.kernel, self._prepared, self._dropped, self.fused = None, None, {}, set(), None
 
@@ -104,6 +116,11 @@ class QuantLinear(QuantHolder):
             self.prepare()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if needs_grad(self, x):  # training: backward through the dequantized weight (nn/training.py)
+            return linear_with_grad(self, x)
+        return self.run_kernel(x)
+
+    def run_kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:
             group, index = self.fused
             return group.output(x, index)
