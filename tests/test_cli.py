@@ -115,7 +115,7 @@ CASES = {
     "unknown-command": lambda src, tmp: (["squash", src], ["'squash'"]),
     "bad-path": lambda src, tmp: (["quantize", tmp / "nope", tmp / "out", "--method", "int8"], [str(tmp / "nope")]),
     "group-size": lambda src, tmp: (["quantize", src, tmp / "out", "--method", "int4", "--group-size", "48"],
-                                    ["group_size=48"]),
+                                    ["--group-size 48", "--method int4", "32, 64, 128, 256"]),
     "eval-missing-text": lambda src, tmp: (["eval", src, "--text", tmp / "none.txt"], [str(tmp / "none.txt")]),
     "shard-size": lambda src, tmp: (["quantize", src, tmp / "out", "--method", "int8", "--max-shard-size", "huge"],
                                     ["'huge'"]),

@@ -172,7 +172,8 @@ def check_choice(cfg: QuantConfig, name: str, allowed: typing.Iterable[Any]) -> 
     allowed = list(allowed)
     value = getattr(cfg, name)
     if value not in allowed:
-        raise ConfigError(f"{cfg.method}.{name}={value!r} is out of range; expected one of {allowed}")
+        raise ConfigError(f"{cfg.method}.{name}={value!r} is out of range; expected one of {allowed}", field=name,
+                          expected=allowed)
 
 
 # ---- fields shared by several methods ------------------------------------------------------------------------------
@@ -195,8 +196,8 @@ class IntGroupConfig(QuantConfig):
             check_choice(self, "group_size", GROUP_SIZES)
         elif self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise ConfigError(f"{self.method}.group_size={self.group_size!r} is out of range; expected one of "
-                              f"{list(GROUP_SIZES)} or null for per-channel scales (--group-size 0 on the command "
-                              "line)")
+                              f"{list(GROUP_SIZES)} or null for per-channel scales", field="group_size",
+                              expected=[*GROUP_SIZES, None])
 
 
 @dataclasses.dataclass(frozen=True)

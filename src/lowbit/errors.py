@@ -11,7 +11,14 @@ class LowbitError(Exception):
 
 
 class ConfigError(LowbitError, ValueError):
-    """A quantization config is malformed: unknown field, wrong type, out of range, too new."""
+    """A quantization config is malformed: unknown field, wrong type, out of range, too new.
+
+    ``field`` and ``expected`` (when set) name the config field and its allowed values, so that the command line
+    can say the same in terms of its own flags."""
+
+    def __init__(self, message: str = "", *, field: str | None = None, expected: list | None = None) -> None:
+        super().__init__(message)
+        self.field, self.expected = field, expected
 
 
 class RegistryError(LowbitError, KeyError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from lowbit.errors import ConfigError, RegistryError
 
@@ -43,11 +43,27 @@ _METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, Alias] = {}
 PLUGIN_GROUP = "lowbit.methods"
 _PLUGINS: list[str] | None = None  # the entry points loaded, once loading has run
+_LOADER: Callable[[], object] | None = None  # fills the table on first use (the package root sets it)
+
+
+def set_loader(loader: Callable[[], object] | None) -> None:
+    """``loader()`` registers the built-in methods and the plugins; it runs once, before the first lookup or
+    registration. ``lowbit/__init__.py`` sets it, so ``import lowbit`` stays light until a method is needed."""
+    global _LOADER
+    _LOADER = loader
+
+
+def _ensure_loaded() -> None:
+    global _LOADER
+    if _LOADER is not None:
+        loader, _LOADER = _LOADER, None  # a registration made while loading must not load again
+        loader()
 
 
 def register_method(config_cls: type[QuantConfig], quantizer_cls: type[Quantizer], *, summary: str = "",
                     replace: bool = False) -> Method:
     """Register a method under ``config_cls.method``. Third-party packages call this too."""
+    _ensure_loaded()
     name = config_cls.method
     if not name or not isinstance(name, str):
         raise RegistryError(f"{config_cls.__name__}.method is {name!r}; set a non-empty method name on the class")
@@ -60,6 +76,7 @@ def register_method(config_cls: type[QuantConfig], quantizer_cls: type[Quantizer
 
 def register_alias(name: str, method: str, *, summary: str = "", replace: bool = False, **presets: Any) -> Alias:
     """``name`` builds ``method``'s config with ``presets`` as defaults (e.g. int4 = rtn with bits=4)."""
+    _ensure_loaded()
     if method not in _METHODS:
         raise RegistryError(f"alias {name!r} points at unknown method {method!r}; register the method first")
     if (name in _METHODS or name in _ALIASES) and not replace:
@@ -70,17 +87,20 @@ def register_alias(name: str, method: str, *, summary: str = "", replace: bool =
 
 
 def unregister(name: str) -> None:
+    _ensure_loaded()
     _METHODS.pop(name, None)
     _ALIASES.pop(name, None)
 
 
 def names() -> list[str]:
     """Every registered method and alias name, sorted."""
+    _ensure_loaded()
     return sorted([*_METHODS, *_ALIASES])
 
 
 def get(name: str) -> Method:
     """The Method for a name or alias; an unknown name lists the valid ones."""
+    _ensure_loaded()
     if name in _ALIASES:
         name = _ALIASES[name].method
     try:
@@ -90,15 +110,18 @@ def get(name: str) -> Method:
 
 
 def aliases() -> dict[str, Alias]:
+    _ensure_loaded()
     return dict(_ALIASES)
 
 
 def methods_table() -> dict[str, Method]:
+    _ensure_loaded()
     return dict(_METHODS)
 
 
 def build_config(name: str, **fields: Any) -> QuantConfig:
     """``lowbit.config``: build a config by method name or alias."""
+    _ensure_loaded()
     if not isinstance(name, str):
         raise ConfigError(f"method name {name!r} is not a string; expected one of {names()}")
     method = get(name)
@@ -115,6 +138,7 @@ def build_config(name: str, **fields: Any) -> QuantConfig:
 
 def config_from_dict(data: dict[str, Any]) -> QuantConfig:
     """Rebuild a config from a checkpoint's ``quantization_config``."""
+    _ensure_loaded()
     if not isinstance(data, dict):
         raise ConfigError(f"quantization_config is {type(data).__name__}; expected a JSON object")
     name = data.get("method")
