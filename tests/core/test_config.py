@@ -116,7 +116,7 @@ def _field_strategy(hint, default):
     return st.one_of(st.just(default), *parts)  # the default half the time, so that most draws are valid
 
 
-@pytest.mark.parametrize("method", sorted(registry._METHODS))
+@pytest.mark.parametrize("method", sorted(registry.methods_table()))
 def test_every_method_config_round_trips(method):
     import dataclasses
     import json
