@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from lowbit import errors, registry
 from lowbit._version import __version__
 from lowbit.config import ComputeDtype, QuantConfig  # light; also binds the module before `config` below rebinds
+from lowbit.hf import install as install_hf  # light: an import hook, transformers is not imported
 
 if TYPE_CHECKING:
     from lowbit import methods
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from lowbit.methods.nf4 import Fp4Config, Nf4Config
     from lowbit.methods.rtn import RtnConfig
     from lowbit.methods.smoothquant import SmoothQuantConfig
+    from lowbit.hf.config import HfQuantConfig
     from lowbit.nn import fuse_projections
     from lowbit.quantizer import Quantizer
 
@@ -55,6 +57,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Nf4Config": ("lowbit.methods.nf4", "Nf4Config"), "RtnConfig": ("lowbit.methods.rtn", "RtnConfig"),
     "SmoothQuantConfig": ("lowbit.methods.smoothquant", "SmoothQuantConfig"),
     "Quantizer": ("lowbit.quantizer", "Quantizer"),
+    "HfQuantConfig": ("lowbit.hf.config", "HfQuantConfig"),  # imports transformers' quantization configs
 }
 
 config = registry.build_config  # the function, not the lowbit.config module imported above
@@ -62,6 +65,8 @@ config_from_dict = registry.config_from_dict
 register_alias = registry.register_alias
 register_method = registry.register_method
 registry.set_loader(lambda: importlib.import_module("lowbit.methods"))  # built-ins, then plugins
+install_hf()  # transformers loads lowbit folders once its quantizer table is imported (lowbit/hf/hook.py)
+del install_hf
 
 
 def __getattr__(name: str):
@@ -89,7 +94,7 @@ def Int4Config(**fields) -> RtnConfig:  # noqa: N802
 
 
 __all__ = [
-    "AwqConfig", "ComputeDtype", "Fp4Config", "Fp8Config", "GptqConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
+    "AwqConfig", "ComputeDtype", "Fp4Config", "Fp8Config", "GptqConfig", "HfQuantConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
     "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig", "SmoothQuantConfig",
     "config", "config_from_dict", "errors", "from_pretrained", "fuse_projections", "inspect", "methods", "quantize_", "quantize_calibrated", "quantize_folder",
     "register_alias", "register_method", "save_pretrained", "verify",

@@ -1,0 +1,56 @@
+"""``HfQuantConfig``: a lowbit config as a transformers ``quantization_config`` (``quant_method: "lowbit"``).
+
+    model = AutoModelForCausalLM.from_pretrained(hf_folder, quantization_config=lowbit.HfQuantConfig("int4"))
+
+It wraps one lowbit config (``lowbit.config(method, **fields)``, validated there) and, for a loaded folder, its
+per-layer records; ``to_dict`` is exactly the ``quantization_config`` lowbit writes to config.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from lowbit.config import QUANT_METHOD, QuantConfig
+from lowbit.errors import ConfigError
+from lowbit.hf.compat import check_version
+from lowbit.loading.resolve import resolve_quantization
+from lowbit.registry import build_config
+
+
+class HfQuantConfig(QuantizationConfigMixin):
+    """``HfQuantConfig("int4", group_size=64)`` or ``HfQuantConfig(lowbit.config(...))``."""
+
+    def __init__(self, method: str | QuantConfig = "int4", **fields: Any) -> None:
+        check_version()
+        if isinstance(method, QuantConfig):
+            if fields:
+                raise ConfigError(f"HfQuantConfig got a config and fields {sorted(fields)}; pass either a config or "
+                                  "a method name with its fields")
+            cfg = method
+        elif isinstance(method, str):
+            cfg = build_config(method, **fields)
+        else:
+            raise ConfigError(f"HfQuantConfig(method={method!r}); expected a method name such as 'int4' "
+                              "(lowbit.methods() lists them) or a lowbit.config(...)")
+        self.quant_method = QUANT_METHOD
+        self.lowbit = cfg
+        self.layers: dict[str, dict] = {}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs: Any):
+        """What transformers calls with a checkpoint's ``quantization_config`` (checked as lowbit checks it)."""
+        cfg, _, layers = resolve_quantization(config_dict, None)
+        config = cls(cfg)
+        config.layers = layers
+        return (config, kwargs) if return_unused_kwargs else config
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.lowbit.to_dict()
+        if self.layers:
+            out["layers"] = {k: dict(v) for k, v in sorted(self.layers.items())}
+        return out
+
+    def __iter__(self):
+        yield from self.to_dict().items()
