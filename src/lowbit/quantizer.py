@@ -46,6 +46,7 @@ class Quantizer:
         self.formats: dict[str, WeightFormat] = {}  # module name → what it stores
         self.tables: set[str] = set()  # embeddings and lm_head, quantized to int8 when asked
         self.tied_head: tuple[str, str] | None = None
+        self.embedding_names: tuple[str | None, str | None] = (None, None)  # (input table, output head), set below
         self.model_type: str | None = None  # set by preprocess_model; keys the architecture data
         self._warned_fallback = False
 
@@ -109,6 +110,7 @@ class Quantizer:
         tied = bool(getattr(hf_config, "tie_word_embeddings", False)) and in_emb is not None and out_emb is not None
         head_names = {n for n, m in model.named_modules() if m is out_emb}
         emb_names = {n for n, m in model.named_modules() if m is in_emb}
+        self.embedding_names = (next(iter(emb_names), None), next(iter(head_names), None))
         quant_head = cfg.quantize_lm_head or (tied and cfg.quantize_embeddings)
         quant_emb = cfg.quantize_embeddings or (tied and cfg.quantize_lm_head)
         if tied and cfg.quantize_embeddings != cfg.quantize_lm_head and not self.pre_quantized:

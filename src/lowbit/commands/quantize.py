@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from lowbit.commands.method_args import add_method_args, config_from_args
+from lowbit.commands.size_summary import summary_lines
 from lowbit.errors import ConfigError
 
 
@@ -75,8 +76,6 @@ def run(args) -> int:
     summary = quantizer.summary()
     if summary:
         print(summary)
-    size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
-    src_size = sum(p.stat().st_size for p in Path(args.src).glob("*.safetensors"))
-    print(f"wrote {out}: {size / 1e6:.1f} MB of weights ({src_size / max(size, 1):.2f}x smaller than {src_size / 1e6:.1f} MB) "
-          f"in {time.perf_counter() - start:.1f} s")
+    for line in summary_lines(Path(args.src), Path(out), quantizer, time.perf_counter() - start, tuple(args.skip)):
+        print(line)
     return 0
