@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, so test modu
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("LOWBIT_CPU_TUNE", "0")  # kernels by static priority: the same choice on every machine
 
 
 @pytest.fixture(autouse=True)

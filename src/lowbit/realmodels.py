@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lowbit.errors import CheckpointError, DependencyError, RegistryError
 from lowbit.loading.tokenizer import TOKENIZER_FILES
+from lowbit.utils import cache_dir
 
 __all__ = ["MODELS", "ModelInfo", "available", "cache_dir", "model_path"]
 
@@ -44,14 +45,6 @@ MODELS: dict[str, ModelInfo] = {
 }
 _GGUF_MODELS = ("gemma-3-270m", "smollm2-135m")
 _STALE_TMP_S = 6 * 3600  # temp folders older than this are left-overs of killed exports
-
-
-def cache_dir() -> Path:
-    """The lowbit cache root (``$LOWBIT_CACHE`` > ``$XDG_CACHE_HOME/lowbit`` > ``~/.cache/lowbit``)."""
-    if os.environ.get("LOWBIT_CACHE"):
-        return Path(os.environ["LOWBIT_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lowbit"
 
 
 def _info(name: str) -> ModelInfo:

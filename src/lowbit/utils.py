@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The lowbit cache root (``$LOWBIT_CACHE`` > ``$XDG_CACHE_HOME/lowbit`` > ``~/.cache/lowbit``)."""
+    if os.environ.get("LOWBIT_CACHE"):
+        return Path(os.environ["LOWBIT_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lowbit"
+
 
 def release_freed_memory() -> None:
     """Hand memory freed by per-tensor temporaries back to the OS.

@@ -5,7 +5,7 @@ import lowbit
 from lowbit.errors import KernelError
 from lowbit.formats import IntFormat
 from lowbit.kernels import choose
-from lowbit.kernels.cpu import unpack_int4pack_cpu
+from lowbit.kernels.cpu import native, unpack_int4pack_cpu
 from lowbit.nn import QuantLinear
 
 FORMATS = [IntFormat(8, None, True), IntFormat(4, 128, False), IntFormat(4, 64, True), IntFormat(4, 32, False)]
@@ -20,6 +20,13 @@ def make_layer(fmt, n, k, bias=True, kernel=None, compute=torch.bfloat16):
     return layer
 
 
+def expected_cpu_kernel(bits: int, compute: torch.dtype) -> str:
+    """By static priority: lowbit's own GEMV with fp32 activations (where a C compiler builds it), else the built-in."""
+    if compute == torch.float32 and native.unavailable() is None:
+        return f"cpu_gemv{bits}"
+    return f"cpu_int{bits}"
+
+
 def reference(layer, x):
     w = layer.fmt.decode(layer.canonical_tensors(), torch.float32)
     return torch.nn.functional.linear(x.float(), w, layer.bias)
@@ -31,7 +38,7 @@ def test_cpu_kernels_are_chosen_for_their_formats(fmt, compute):
     """Which kernel runs a layer (how every kernel that accepts a layer computes it: kernels/kernel_conformance.py)."""
     n, k = 48, 576 if fmt.group_size in (None, 32, 64) else 640
     layer = make_layer(fmt, n, k, compute=compute)
-    assert layer.kernel.name == ("cpu_int8" if fmt.bits == 8 else "cpu_int4")
+    assert layer.kernel.name == expected_cpu_kernel(fmt.bits, compute)
     assert layer.request.compute_dtype == layer.compute_dtype == compute and layer.request.shape == (n, k)
     x = torch.randn(2, 3, k)
     ref = reference(layer, x)
@@ -44,7 +51,7 @@ def test_fallback_group_on_k576():
     model = torch.nn.Sequential(torch.nn.Linear(576, 64))
     with pytest.warns(UserWarning, match="using group_size 64"):
         lowbit.quantize_(model, lowbit.config("int4", group_size=128))
-    assert model[0].fmt.group_size == 64 and model[0].kernel.name == "cpu_int4"
+    assert model[0].fmt.group_size == 64 and model[0].kernel.name == expected_cpu_kernel(4, model[0].compute_dtype)
     assert model.lowbit_quantizer.layers == {"0": {"group_size": 64}}
 
 
@@ -152,7 +159,7 @@ def test_auto_compute_dtype_follows_the_device_after_a_load_and_a_move(monkeypat
     monkeypatch.setattr(features, "cpu_has_bf16", lambda: True)  # the model moves to a CPU with them
     model.to("cpu")
     assert {(m.compute_dtype, m.request.compute_dtype) for m in layers} == {(torch.bfloat16, torch.bfloat16)}
-    assert all(m.kernel.name == "cpu_int4" for m in layers)
+    assert all(m.kernel.name == "cpu_int4" for m in layers)  # the built-in: lowbit's GEMV takes fp32 only
 
 
 def test_auto_compute_dtype_follows_the_device_after_quantizing(monkeypatch):

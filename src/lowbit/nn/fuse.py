@@ -12,6 +12,8 @@ undoes it, and :func:`fuse_projections` can be called again.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -75,7 +77,8 @@ def _fuse(members: list[QuantLinear], names: tuple[str, ...]) -> bool:
     for m in members:
         if m.kernel is None:
             m.prepare()
-    same = {(m.fmt.key(), m.in_features, str(m.compute_dtype), m.kernel.name, m.forced_kernel) for m in members}
+    # the kernel and compute dtype are the fused layer's own choice (measured for its shape on the CPU)
+    same = {(m.fmt.key(), m.in_features, str(m.compute_choice), m.forced_kernel) for m in members}
     if len(same) > 1 or any(m.tied_to is not None or m.fused is not None for m in members):
         return False
     if any(m.out_features % first.kernel.row_block for m in members):  # a member would start inside a row block
@@ -97,7 +100,7 @@ def _fuse(members: list[QuantLinear], names: tuple[str, ...]) -> bool:
         biases = [m.bias if m.bias is not None else torch.zeros(m.out_features, device=device) for m in members]
         linear.bias = nn.Parameter(torch.cat([b.to(first.compute_dtype) for b in biases]), requires_grad=False)
     linear.prepare(first.compute_choice, first.forced_kernel, first.model_dtype)
-    if linear.kernel.name != first.kernel.name or not all(_row_wise(t, n) for t in linear._prepared.values()):
+    if not all(_row_wise(t, n) for t in linear._prepared.values()):
         return False
     group = FusedGroup(members, linear)
     lo = 0
@@ -108,6 +111,8 @@ def _fuse(members: list[QuantLinear], names: tuple[str, ...]) -> bool:
         for name in m.tensor_names():
             m._buffers[name] = None if name in linear._dropped else _rows(linear._buffers[name], lo, hi, n)
         m._dropped = set(linear._dropped)
+        m.kernel, m.compute_dtype = linear.kernel, linear.compute_dtype
+        m.request = dataclasses.replace(linear.request, n=m.out_features)
         others = ", ".join(x for j, x in enumerate(short) if j != index)
         m.kernel_reason = f"{linear.kernel_reason} (fused with {others})"
         m.fused = (group, index)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lowbit.formats import WeightFormat
-from lowbit.kernels import Kernel, KernelRequest, kernel_request, resolve_compute_dtype, select
+from lowbit.kernels import Kernel, KernelRequest, choose_for_layer
 from lowbit.nn.holder import QuantHolder
 from lowbit.nn.training import linear_with_grad, needs_grad
 
@@ -93,10 +93,9 @@ class QuantLinear(QuantHolder):
         if model_dtype is not None:
             self.model_dtype = model_dtype
         canon = self.canonical_tensors()
-        device = canon["qweight"].device
-        self.compute_dtype = resolve_compute_dtype(self.compute_choice, device, self.model_dtype)
-        request = kernel_request(self.fmt, self.weight_shape, device, self.compute_dtype)
-        kernel, reason = select(request, self.forced_kernel)
+        request, kernel, reason = choose_for_layer(self.fmt, self.weight_shape, canon, self.compute_choice,
+                                                   self.model_dtype, self.forced_kernel)
+        self.compute_dtype = request.compute_dtype
         prepared = kernel.prepare(canon, request)
         for name, tensor in canon.items():
             self._buffers[name] = tensor

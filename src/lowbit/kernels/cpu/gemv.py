@@ -1,0 +1,188 @@
+"""``cpu_gemv4`` and ``cpu_gemv8``: lowbit's own small-M CPU kernels (``gemv.c``, AVX2 or AVX-512, fp32 activations).
+
+Every layer they run is brought, at ``prepare``, to one form: ``w = table[code] * s + o`` per group, with 4-bit
+codes low nibble first (a 16-value table per format: integer grids of every zero kind, NF4, FP4, MXFP4) or signed 8-bit codes.
+Symmetric int4 codes are flipped to unsigned (``c + 8``, offset ``-8 s``), asymmetric int8 codes to signed
+(``u - 128``, offset ``(128 - z) s``), code books high nibble first swapped; ``canonical_from_prepared`` undoes
+that, so a layer keeps one copy of its codes. From ``DENSE_MIN_M`` rows the op dequantizes once and runs the
+dense matmul instead (prefill).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from lowbit.formats import IntFormat, MxFormat
+from lowbit.formats.codebook import code_values
+from lowbit.formats.mx import e8m0_to_float
+from lowbit.kernels.base import Kernel, fake_linear, flat
+from lowbit.kernels.cpu import native
+from lowbit.qtypes import ZeroKind, fp4_e2m1
+
+DENSE_MIN_M = 8  # rows of activations from which dequantize + dense matmul is faster (benchmarks/cpu_linear.py)
+PARALLEL_MIN = 1 << 17  # weights from which the rows are split over torch's threads (a fork/join costs µs)
+
+torch.library.define("lowbit::gemv4_cpu", "(Tensor x, Tensor codes, Tensor? table, Tensor scales, Tensor? offsets, "
+                                          "int group, Tensor? bias) -> Tensor")
+torch.library.define("lowbit::gemv8_cpu", "(Tensor x, Tensor codes, Tensor scales, Tensor? offsets, int group, "
+                                          "Tensor? bias) -> Tensor")
+
+
+def _threads(n: int, k: int) -> int:
+    return torch.get_num_threads() if n * k >= PARALLEL_MIN else 1
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _dequantize(values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    n, groups = scales.shape
+    w = values.reshape(n, groups, -1) * scales[..., None]
+    if offsets is not None:
+        w += offsets[..., None]
+    return w.reshape(n, -1)
+
+
+def _finish(y: torch.Tensor, bias: torch.Tensor | None, lead: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if bias is not None:
+        y += bias.float()
+    return y.reshape(*lead, y.shape[-1]).to(dtype)
+
+
+@torch.library.impl("lowbit::gemv4_cpu", "CPU")
+def gemv4_cpu(x, codes, table, scales, offsets, group, bias):
+    """``x @ W.T`` for ``W = table[codes] * scales + offsets`` per group; codes [N, K/2] low nibble first."""
+    x2, lead = flat(x)
+    x2 = x2.float().contiguous()
+    (m, k), n = x2.shape, codes.shape[0]
+    if m >= DENSE_MIN_M:
+        c = torch.stack([codes & 15, codes >> 4], dim=-1).reshape(n, k)
+        values = c.float() if table is None else table[c.long()]
+        return _finish(x2 @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
+    y = torch.empty(m, n)
+    native.library().lowbit_gemv4(x2.data_ptr(), m, k, codes.data_ptr(), n, _ptr(table), scales.data_ptr(),
+                                  _ptr(offsets), group, y.data_ptr(), _threads(n, k))
+    return _finish(y, bias, lead, x.dtype)
+
+
+@torch.library.impl("lowbit::gemv8_cpu", "CPU")
+def gemv8_cpu(x, codes, scales, offsets, group, bias):
+    """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K]."""
+    x2, lead = flat(x)
+    x2 = x2.float().contiguous()
+    (m, k), n = x2.shape, codes.shape[0]
+    if m >= DENSE_MIN_M:
+        return _finish(x2 @ _dequantize(codes.float(), scales, offsets).T, bias, lead, x.dtype)
+    y = torch.empty(m, n)
+    native.library().lowbit_gemv8(x2.data_ptr(), m, k, codes.data_ptr(), n, scales.data_ptr(), _ptr(offsets), group,
+                                  y.data_ptr(), _threads(n, k))
+    return _finish(y, bias, lead, x.dtype)
+
+
+@torch.library.register_fake("lowbit::gemv4_cpu")
+def _(x, codes, table, scales, offsets, group, bias):
+    return fake_linear(x, codes.shape[0])
+
+
+@torch.library.register_fake("lowbit::gemv8_cpu")
+def _(x, codes, scales, offsets, group, bias):
+    return fake_linear(x, codes.shape[0])
+
+
+def _book(fmt):
+    return fp4_e2m1 if isinstance(fmt, MxFormat) else fmt.code
+
+
+@functools.lru_cache(maxsize=32)
+def _table(fmt) -> torch.Tensor | None:
+    """The 16 values of a code-book format's codes in weight units (None: integer codes are their own values);
+    kept per format rather than per layer, so fused layers' row slices need no copy of it."""
+    if isinstance(fmt, IntFormat):
+        return None
+    book = _book(fmt)
+    return (code_values(book, torch.device("cpu")) / (1.0 if isinstance(fmt, MxFormat) else book.levels)).contiguous()
+
+
+def _swap_nibbles(b: torch.Tensor) -> torch.Tensor:
+    return (b << 4) | (b >> 4)
+
+
+class _NativeKernel(Kernel):
+    rebuilds_canonical = True
+    bits = 0
+
+    def can_implement(self, request):
+        if request.device.type != "cpu":
+            return False, f"device is {request.device.type}, this kernel runs on cpu"
+        if request.compute_dtype != torch.float32:
+            return False, f"runs fp32 activations, compute dtype is {request.compute_dtype}"
+        if request.g_idx:
+            return False, "needs groups of consecutive inputs, not a g_idx"
+        group = request.group_size or request.k
+        if self.bits == 4 and group % 16:
+            return False, f"needs groups of a multiple of 16 inputs, got {group}"
+        why = native.unavailable()
+        if why:
+            return False, why
+        return True, f"lowbit {native.isa()} GEMV (fp32 activations; dequantize + matmul from M={DENSE_MIN_M})"
+
+    def group(self, request) -> int:
+        return request.group_size or request.k
+
+
+class CpuGemv4Kernel(_NativeKernel):
+    name = "cpu_gemv4"
+    priority = 15  # above the built-ins: with fp32 activations (which they run 10-40x slower) these run
+    bits = 4
+
+    def handles(self, request):
+        return (request.kind == "int" and request.bits == 4) or request.kind in ("codebook", "mx")
+
+    def prepare(self, tensors, request):
+        fmt, codes = request.fmt, tensors["qweight"]
+        if isinstance(fmt, IntFormat):
+            scales = tensors["scales"].float().reshape(request.n, -1)
+            if request.zero is ZeroKind.NONE:
+                return {"codes": codes ^ 0x88, "scales": scales, "offsets": -8.0 * scales}
+            return {"codes": codes, "scales": scales, "offsets": -tensors["zeros"].float() * scales}
+        book = _book(fmt)
+        scales = e8m0_to_float(tensors["scales"]) if isinstance(fmt, MxFormat) else fmt.absmax(tensors)
+        return {"codes": _swap_nibbles(codes) if book.high_first else codes, "scales": scales.float().contiguous()}
+
+    def canonical_from_prepared(self, prepared, request):
+        codes = prepared["codes"]
+        if isinstance(request.fmt, IntFormat):
+            return {"qweight": codes ^ 0x88 if request.zero is ZeroKind.NONE else codes}
+        return {"qweight": _swap_nibbles(codes) if _book(request.fmt).high_first else codes}
+
+    def run(self, x, tensors, prepared, request, bias):
+        return torch.ops.lowbit.gemv4_cpu(x, prepared["codes"], _table(request.fmt), prepared["scales"],
+                                          prepared.get("offsets"), self.group(request), bias)
+
+
+class CpuGemv8Kernel(_NativeKernel):
+    name = "cpu_gemv8"
+    priority = 15
+    bits = 8
+
+    def handles(self, request):
+        return request.kind == "int" and request.bits == 8
+
+    def prepare(self, tensors, request):
+        scales = tensors["scales"].float().reshape(request.n, -1)
+        if request.zero is ZeroKind.NONE:
+            return {"codes": tensors["qweight"], "scales": scales.contiguous()}
+        codes = (tensors["qweight"] ^ 0x80).view(torch.int8)
+        return {"codes": codes, "scales": scales, "offsets": (128.0 - tensors["zeros"].float()) * scales}
+
+    def canonical_from_prepared(self, prepared, request):
+        if request.zero is ZeroKind.NONE:
+            return {"qweight": prepared["codes"]}
+        return {"qweight": prepared["codes"].view(torch.uint8) ^ 0x80}
+
+    def run(self, x, tensors, prepared, request, bias):
+        return torch.ops.lowbit.gemv8_cpu(x, prepared["codes"], prepared["scales"], prepared.get("offsets"),
+                                          self.group(request), bias)

@@ -1,0 +1,80 @@
+"""lowbit's own CPU kernels (``gemv.c``): built on first use with the system C compiler, loaded with ctypes.
+
+The C file is compiled once per instruction set (``features.isa()``: AVX2+FMA or AVX-512) into
+``<cache>/native/`` (the name carries a hash of the source, the flags and the compiler), written under a temporary
+name and renamed, so concurrent processes never load a half-written library. It links the OpenMP runtime that torch
+has loaded already (same soname), so its threads are torch's. No compiler, or a failed build: ``library()`` is None
+and ``unavailable()`` says why; the kernels then decline with that reason and the others run the layer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from lowbit.kernels.cpu.features import isa
+from lowbit.utils import cache_dir
+
+SOURCE = Path(__file__).with_name("gemv.c")
+FLAGS = {"avx2": ["-march=haswell"], "avx512": ["-march=x86-64-v4"]}  # haswell: AVX2, FMA, F16C, BMI2
+COMMON = ["-O3", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
+_P, _I = ctypes.c_void_p, ctypes.c_int
+_SIGNATURES = {"lowbit_gemv4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _P, _I],
+               "lowbit_gemv8": [_P, _I, _I, _P, _I, _P, _P, _I, _P, _I]}
+
+
+def compiler() -> str | None:
+    return next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)), None)
+
+
+def library(which: str | None = None) -> ctypes.CDLL | None:
+    """The kernels built for ``which`` (default: ``features.isa()``), or None where they cannot be built here."""
+    return _load(which or isa())[0]
+
+
+def unavailable(which: str | None = None) -> str | None:
+    """Why the kernels cannot run here (None: they can)."""
+    return _load(which or isa())[1]
+
+
+@functools.lru_cache(maxsize=4)
+def _load(which: str) -> tuple[ctypes.CDLL | None, str | None]:
+    if which not in FLAGS:
+        return None, "this CPU has neither AVX2+FMA nor AVX-512 (or LOWBIT_CPU_ISA/ATEN_CPU_CAPABILITY say none)"
+    cc = compiler()
+    if cc is None:
+        return None, "no C compiler found (cc, gcc, clang or $CC): install one (e.g. apt install gcc)"
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        args = COMMON + FLAGS[which]
+        digest = hashlib.sha256("\0".join([SOURCE.read_text(), *args, version]).encode()).hexdigest()[:16]
+        target = cache_dir() / "native" / f"gemv-{which}-{digest}.so"
+        if not target.exists():
+            _build(cc, args, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"building {SOURCE.name} for {which} failed: {str(e).strip().splitlines()[-1][:300]}"
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib, None
+
+
+def _build(cc: str, args: list[str], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent, prefix=".build-")
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *args, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise OSError(f"{cc} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,76 @@
+"""lowbit's own CPU kernels (gemv.c through ctypes) and ``cpu_dense`` through the conformance suite, on both of
+the C file's builds (AVX-512 where this CPU has it, and AVX2 forced by ``LOWBIT_CPU_ISA=avx2``)."""
+
+import pytest
+import torch
+from kernel_conformance import FORMATS, KernelConformance
+
+from lowbit.kernels.cpu import features, native
+
+GEMV4 = {"int4-g16-asym", "int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-asym", "int4-g128-sym",
+         "int4-g128-bf16-scales", "int4-g256-asym", "int4-channel-asym", "nf4-b64", "nf4-b64-dq", "fp4-b32", "mxfp4"}
+GEMV8 = {"int8-channel-sym", "int8-g128-asym"}
+
+needs_native = pytest.mark.skipif(native.unavailable() is not None,
+                                  reason=f"lowbit's C kernels cannot be built here: {native.unavailable()}")
+
+
+@needs_native
+class TestCpuGemv4(KernelConformance):
+    kernel = "cpu_gemv4"
+    accepts = GEMV4
+
+
+@needs_native
+class TestCpuGemv8(KernelConformance):
+    kernel = "cpu_gemv8"
+    accepts = GEMV8
+
+
+class _Avx2:
+    @pytest.fixture(autouse=True)
+    def _avx2(self, monkeypatch):
+        monkeypatch.setenv(features.ISA_ENV, "avx2")
+        assert features.isa() == "avx2"
+
+
+class TestCpuGemv4Avx2(_Avx2, TestCpuGemv4):
+    pass
+
+
+class TestCpuGemv8Avx2(_Avx2, TestCpuGemv8):
+    pass
+
+
+class TestCpuDense(KernelConformance):
+    kernel = "cpu_dense"
+    accepts = set(FORMATS) - {"fp8-channel-dynamic", "w8a8"}
+
+
+def test_isa_switches(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert features.isa() in ("avx2", "none") and not features.cpu_has_bf16()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    assert features.isa() == "none"
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.setenv(features.ISA_ENV, "avx3")
+    with pytest.raises(Exception, match="LOWBIT_CPU_ISA='avx3' is not a known instruction set"):
+        features.isa()
+
+
+@needs_native
+def test_both_builds_give_the_same_numbers():
+    """The AVX2 and AVX-512 builds compute the same products (up to fp32 summation order)."""
+    if features.isa() != "avx512":
+        pytest.skip("this CPU has no AVX-512: only the AVX2 build runs here")
+    n, k, group = 48, 256, 64
+    x, y2, y5 = torch.randn(3, k), torch.empty(3, n), torch.empty(3, n)
+    codes = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
+    table, s, o = torch.randn(16), torch.rand(n, k // group), torch.randn(n, k // group)
+    for lib, y in ((native.library("avx2"), y2), (native.library("avx512"), y5)):
+        lib.lowbit_gemv4(x.data_ptr(), 3, k, codes.data_ptr(), n, table.data_ptr(), s.data_ptr(), o.data_ptr(), group,
+                         y.data_ptr(), 1)
+    c = torch.stack([codes & 15, codes >> 4], -1).reshape(n, k).long()
+    w = (table[c].reshape(n, -1, group) * s[..., None] + o[..., None]).reshape(n, k)
+    torch.testing.assert_close(y2, x @ w.T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y5, x @ w.T, rtol=1e-5, atol=1e-5)
