@@ -229,7 +229,7 @@ def test_missing_tensor_fails_before_any_work_and_keeps_an_old_model(ckpts, tmp_
     old = lowbit.quantize_folder(ckpts["llama"], tmp_path / "old", lowbit.config("int8"))
     before = helpers.snapshot(old)
     with pytest.raises(CheckpointError, match="lacks"):
-        lowbit.quantize_folder(src, old, lowbit.config("int8"), max_shard_size="20KB")
+        lowbit.quantize_folder(src, old, lowbit.config("int8"), max_shard_size="20KB", overwrite=True)
     assert helpers.snapshot(old) == before
     assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 

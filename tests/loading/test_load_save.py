@@ -362,7 +362,7 @@ def test_saving_twice_replaces_the_folder(ckpts, tmp_path):
     assert len(list(out.glob("model-*.safetensors"))) > 1
     (out / "generation_config.json").unlink()  # a file the second save writes again
     second = _load(ckpts["llama"], INT4)
-    lowbit.save_pretrained(second, out)
+    lowbit.save_pretrained(second, out, overwrite=True)
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]  # old shards are gone
     assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 4
     assert _leftovers(tmp_path) == []
@@ -384,7 +384,7 @@ def test_failed_save_leaves_old_model_untouched(ckpts, tmp_path, monkeypatch):
 
     monkeypatch.setattr(save, "_write", crash)
     with pytest.raises(SaveError, match="No space left on device"):
-        lowbit.save_pretrained(_load(ckpts["llama"], INT4), out)
+        lowbit.save_pretrained(_load(ckpts["llama"], INT4), out, overwrite=True)
     assert helpers.snapshot(tmp_path) == before
 
 
@@ -394,44 +394,55 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def _dead_lock(path: Path, pid: int) -> None:
+    from lowbit.loading.folder_lock import holder
+
+    path.write_text(json.dumps({**holder(), "pid": pid}))
+
+
 def test_stale_temp_and_old_folders_of_dead_saves_are_cleaned(ckpts, tmp_path):
     out = tmp_path / "q"
     lowbit.save_pretrained(_load(ckpts["llama"], INT8), out)
     dead = _dead_pid()
-    stale = [tmp_path / f".q.tmp-{dead}", tmp_path / f".q.old-{dead}"]
-    live = tmp_path / f".q.tmp-{os.getppid()}"  # a save running right now in another (live) process
-    other = tmp_path / f".other.tmp-{dead}"  # belongs to another output
+    stale = [tmp_path / f".q.tmp-{dead}-0000000a", tmp_path / f".q.old-{dead}-0000000a"]
+    live = tmp_path / f".q.tmp-{os.getppid()}-0000000b"  # a save running right now in another (live) process
+    other = tmp_path / f".other.tmp-{dead}-0000000c"  # belongs to another output
     for folder in (*stale, live, other):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"partial")
-    lowbit.save_pretrained(_load(ckpts["llama"], INT4), out)
+    _dead_lock(tmp_path / f".q.lock-{dead}-0000000a", dead)
+    _dead_lock(tmp_path / f".other.lock-{dead}-0000000c", dead)
+    (tmp_path / f".q.lock-{os.getppid()}-0000000b").write_text(json.dumps(
+        {**json.loads((tmp_path / f".other.lock-{dead}-0000000c").read_text()), "pid": os.getppid(), "start": None}))
+    lowbit.save_pretrained(_load(ckpts["llama"], INT4), out, overwrite=True)
     assert _leftovers(tmp_path) == sorted([live.name, other.name])
     assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 4
 
 
 def test_old_folder_without_target_is_restored(ckpts, tmp_path, monkeypatch):
-    """A save killed between its two renames left only ``.q.old-<pid>``: the next save puts it back as ``q``
+    """A save killed between its two renames left only ``.q.old-<token>``: the next save puts it back as ``q``
     first, so that if this save fails too the user still has the old model."""
     from lowbit.loading import save
 
     lowbit.save_pretrained(_load(ckpts["llama"], INT8), tmp_path / "q")
     dead = _dead_pid()
-    os.rename(tmp_path / "q", tmp_path / f".q.old-{dead}")
-    old = helpers.snapshot(tmp_path / f".q.old-{dead}")
+    os.rename(tmp_path / "q", tmp_path / f".q.old-{dead}-0000000a")
+    _dead_lock(tmp_path / f".q.lock-{dead}-0000000a", dead)
+    old = helpers.snapshot(tmp_path / f".q.old-{dead}-0000000a")
 
     def crash(*args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(save, "_write", crash)
     with pytest.raises(SaveError, match="No space left on device"):
-        lowbit.save_pretrained(_load(ckpts["llama"], INT4), tmp_path / "q")
+        lowbit.save_pretrained(_load(ckpts["llama"], INT4), tmp_path / "q", overwrite=True)
     assert helpers.snapshot(tmp_path / "q") == old
     assert _leftovers(tmp_path) == []
     monkeypatch.undo()
     model = _load(ckpts["llama"], INT4)
-    lowbit.save_pretrained(model, tmp_path / "q")
+    lowbit.save_pretrained(model, tmp_path / "q", overwrite=True)
     assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["bits"] == 4
-    assert _leftovers(tmp_path) == []
+    assert _leftovers(tmp_path) == [] and not list(tmp_path.glob(".q.lock-*"))
 
 
 # ---- hashes ---------------------------------------------------------------------------------------------------------

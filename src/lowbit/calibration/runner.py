@@ -11,6 +11,7 @@ atomically, as ``quantize_folder`` writes it, and the work folder removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -35,7 +36,9 @@ from lowbit.loading.engine import prepare, resolve_device
 from lowbit.loading.plan import Plan
 from lowbit.loading.reader import Reader
 from lowbit.loading.resolve import resolve_quantization
-from lowbit.loading.save import check_output, shard_limit, write_folder
+from lowbit.loading.folder_lock import Claim, abandoned, side_entries
+from lowbit.loading.output_folder import absolute, check_output
+from lowbit.loading.save import is_disk_error, save_error, shard_limit, write_folder
 from lowbit.loading.skeleton import build_skeleton
 from lowbit.loading.stream import StoredSource, output_tensors
 from lowbit.loading.tokenizer import load_tokenizer
@@ -61,7 +64,7 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
     ``summary()``). ``log(str)``, if given, receives one line per block. ``max_memory`` caps the shard being
     written at a third of it, as ``quantize_folder`` does; the blocks themselves are always one at a time.
     """
-    check_output(out, overwrite)
+    check_output(out, overwrite, src)
     shard_limit(max_shard_size, max_memory)  # a bad size fails before any work
     out = Path(out)
     ckpt = open_checkpoint(src)
@@ -95,35 +98,36 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
     _load_outside(model, ckpt, source, prefix, device)
 
     work = _Work(out, _fingerprint(ckpt, cfg, ids))
-    start, hidden = work.resume(len(blocks), device)
-    hidden0, calls = capture(model, blocks, list(ids.split(batch_size)), device)
-    _free(model)  # the embeddings and everything else outside the blocks are not needed any more
-    release_freed_memory()
-    if log is not None:
-        log(f"captured {ids.shape[0]} x {ids.shape[1]} tokens; starting at block {start} of {len(blocks)}")
-    hidden = hidden if hidden is not None else hidden0
-    del hidden0
-    bar = tqdm(total=len(blocks), initial=start, desc=f"{cfg.method} blocks", unit="block", disable=not progress)
-    for i in range(start, len(blocks)):
-        t0 = time.perf_counter()
-        name = f"{prefix}.{i}"
-        block = blocks[i]
-        _load_block(block, name, ckpt, source, device, work_dtype)
-        inputs = BlockInputs(hidden, calls[i])
-        stored = quantizer.calibrate_block(block, name, inputs)
-        hidden = inputs.run(block)  # the quantized block's outputs feed the next block
-        work.save_block(i, _block_tensors(qmodel, block, name, stored, dtype), hidden)
-        _free(block)
-        del inputs, stored
+    with work.guard():
+        start, hidden = work.resume(len(blocks), device)
+        hidden0, calls = capture(model, blocks, list(ids.split(batch_size)), device)
+        _free(model)  # the embeddings and everything else outside the blocks are not needed any more
         release_freed_memory()
-        bar.update()
         if log is not None:
-            log(f"block {i}: {time.perf_counter() - t0:.1f} s")
-    bar.close()
-    del hidden, calls, model
-    with work.store() as done:  # the finished blocks, laid over the checkpoint
-        tensors = output_tensors(plan, dtype, progress=progress, over=[done])
-        folder = write_folder(out, tensors, shard_limit(max_shard_size, max_memory), qmodel, ckpt.path, overwrite=overwrite)
+            log(f"captured {ids.shape[0]} x {ids.shape[1]} tokens; starting at block {start} of {len(blocks)}")
+        hidden = hidden if hidden is not None else hidden0
+        del hidden0
+        bar = tqdm(total=len(blocks), initial=start, desc=f"{cfg.method} blocks", unit="block", disable=not progress)
+        for i in range(start, len(blocks)):
+            t0 = time.perf_counter()
+            name = f"{prefix}.{i}"
+            block = blocks[i]
+            _load_block(block, name, ckpt, source, device, work_dtype)
+            inputs = BlockInputs(hidden, calls[i])
+            stored = quantizer.calibrate_block(block, name, inputs)
+            hidden = inputs.run(block)  # the quantized block's outputs feed the next block
+            work.save_block(i, _block_tensors(qmodel, block, name, stored, dtype), hidden)
+            _free(block)
+            del inputs, stored
+            release_freed_memory()
+            bar.update()
+            if log is not None:
+                log(f"block {i}: {time.perf_counter() - t0:.1f} s")
+        bar.close()
+        del hidden, calls, model
+        with work.store() as done:  # the finished blocks, laid over the checkpoint
+            tensors = output_tensors(plan, dtype, progress=progress, over=[done])
+            folder = write_folder(out, tensors, shard_limit(max_shard_size, max_memory), qmodel, ckpt.path, overwrite=overwrite)
     work.remove()
     return folder, quantizer
 
@@ -197,19 +201,31 @@ def _fingerprint(ckpt: Checkpoint, cfg: QuantConfig, ids: torch.Tensor) -> str:
 
 
 class _Work:
-    """The work folder ``.OUT.calib``: one safetensors file per finished block, the inputs of the next block,
-    and state.json (fingerprint, next block), each replaced atomically."""
+    """The work folder ``.OUT.calib-<token>``: one safetensors file per finished block, the inputs of the next block,
+    and state.json (fingerprint, next block), each replaced atomically. The token and its lock file
+    (:class:`~lowbit.loading.folder_lock.Claim`) keep two runs to one output apart; a run takes over the work
+    folder of a provably abandoned run with the same fingerprint, and removes those of other settings."""
 
     def __init__(self, out: Path, fingerprint: str) -> None:
-        self.dir = out.parent / f".{out.name}.calib"
-        self.fingerprint = fingerprint
+        self.out, self.fingerprint = absolute(out), fingerprint
+        self.claim = Claim(self.out)
+        self.dir = self.claim.path("calib")
 
     def resume(self, n_blocks: int, device) -> tuple[int, list[torch.Tensor] | None]:
         """(first block to run, its inputs) from an earlier run of the same work, else (0, None)."""
-        state = self._state()
+        for entries in side_entries(self.out).values():
+            if "calib" not in entries or "lock" not in entries or not abandoned(entries["lock"]):
+                continue
+            state = _state(entries["calib"])
+            if not self.dir.exists() and state is not None and state.get("fingerprint") == self.fingerprint:
+                with contextlib.suppress(FileNotFoundError):  # another run took it first
+                    os.rename(entries["calib"], self.dir)
+            shutil.rmtree(entries["calib"], ignore_errors=True)
+            entries["lock"].unlink(missing_ok=True)
+        state = _state(self.dir)
         if state is None or state.get("fingerprint") != self.fingerprint:
             shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir.mkdir(parents=True)
+            self.dir.mkdir()
             self._write_state(0)
             return 0, None
         start = int(state["next_block"])
@@ -232,17 +248,35 @@ class _Work:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.claim.release()
 
-    def _state(self) -> dict | None:
+    @contextlib.contextmanager
+    def guard(self):
+        """A disk error removes the work folder (it would only fill the disk further) and becomes one line; any
+        other stop (Ctrl-C, a crash) leaves it for the next run to resume."""
         try:
-            return json.loads((self.dir / STATE).read_text())
-        except (OSError, ValueError):
-            return None
+            yield
+        except BaseException as e:
+            if is_disk_error(e) or getattr(e, "disk", False):
+                self.remove()
+                if is_disk_error(e):
+                    raise save_error(e, self.out, f"the work folder {self.dir.name!r} was removed") from None
+            else:
+                self.claim.leave()
+            raise
 
     def _write_state(self, next_block: int) -> None:
         tmp = self.dir / (STATE + ".tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "next_block": next_block}))
         os.replace(tmp, self.dir / STATE)
+
+
+def _state(folder: Path) -> dict | None:
+    try:
+        state = json.loads((folder / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:

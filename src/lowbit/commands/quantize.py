@@ -22,7 +22,7 @@ def add_arguments(q) -> None:
                         "shards are then at most SIZE/3 (CPU only; calibrated methods always go block by block)")
     q.add_argument("--clamp-nonfinite", action="store_true",
                    help="replace NaN weights by 0 and Inf by the tensor's largest finite value (default: error)")
-    q.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder that holds no model")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output folder: only the files lowbit writes, others are kept")
     c = q.add_argument_group("calibrated methods (gptq, awq, smoothquant)")
     c.add_argument("--calib", default=None, metavar="FILE",
                    help="calibration text, UTF-8 (default: the bundled wiki.calib.txt)")
@@ -51,7 +51,7 @@ def run(args) -> int:
     from lowbit.loading.save import check_output, parse_size
 
     cfg = config_from_args(args)
-    check_output(args.out, args.overwrite)  # before minutes of work, not after
+    check_output(args.out, args.overwrite, args.src)  # before minutes of work, not after
     parse_size(args.max_shard_size)
     start = time.perf_counter()
     nonfinite = "clamp" if args.clamp_nonfinite else "error"

@@ -11,13 +11,16 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lowbit.errors import CheckpointError
+from lowbit.loading.tokenizer import TOKENIZER_FILES
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -26,6 +29,8 @@ _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
                 "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 MAX_HEADER = 100 * 1024 * 1024
+MAX_JSON = 64 * 1024 * 1024  # config.json, the shard index and other JSON files of a folder
+MAX_DEPTH = 64  # nesting of a JSON file's objects and lists
 
 
 @dataclasses.dataclass
@@ -44,15 +49,72 @@ class Checkpoint:
         return self.config.get("quantization_config")
 
 
-def read_json(path: Path, what: str) -> dict:
+def safe_file(folder: Path, name: str) -> Path | None:
+    """``folder / name`` if it is a regular file inside ``folder`` (a symbolic link may point inside it, or into
+    the same Hugging Face cache repository's ``blobs``), None if it does not exist; else a CheckpointError: a
+    link leaving the folder, a FIFO, a device node or a folder is never opened."""
+    path = folder / name
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        st = os.stat(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; expected the {what} of the checkpoint; re-download or re-save it") from None
+        if os.path.islink(path):
+            raise CheckpointError(f"{str(path)!r} is a broken symbolic link; expected a regular file; "
+                                  "replace it by the file itself") from None
+        return None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {str(path)!r} ({e.strerror}); check the file's permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a special file"
+        raise CheckpointError(f"{str(path)!r} is {kind}; expected a regular file; replace it by the file itself")
+    if os.path.islink(path):
+        real, root = os.path.realpath(path), os.path.realpath(folder)
+        repo = os.path.dirname(os.path.dirname(root)) if os.path.basename(os.path.dirname(root)) == "snapshots" else None
+        if not (real.startswith(root + os.sep) or (repo and real.startswith(os.path.join(repo, "blobs") + os.sep))):
+            raise CheckpointError(f"{str(path)!r} is a symbolic link to {real!r}, outside the model folder; expected "
+                                  "a regular file inside it; replace the link by the file itself")
+    return path
+
+
+def _depth(data: Any) -> int:
+    """How deeply ``data`` (parsed JSON) nests objects and lists, counted without recursion."""
+    deepest, todo = 0, [(data, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_json(raw: bytes | str, where: str, what: str) -> Any:
+    """``raw`` as JSON, at most MAX_DEPTH deep, or a CheckpointError naming ``where`` (already quoted)."""
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        data = None
+        deep = True
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); expected the {what}; re-download or re-save it") from None
+        raise CheckpointError(f"{where} is not valid JSON ({e}); expected the {what}; re-download or re-save it") from None
+    else:
+        deep = _depth(data) > MAX_DEPTH
+    if deep:
+        raise CheckpointError(f"{where} nests JSON more than {MAX_DEPTH} levels deep; expected the {what}; "
+                              "the file is damaged or malicious: re-download or re-save it")
+    return data
+
+
+def read_json(path: Path, what: str) -> dict:
+    found = safe_file(path.parent, path.name)
+    if found is None:
+        raise CheckpointError(f"{str(path)!r} is missing; expected the {what} of the checkpoint; re-download or re-save it")
+    size = found.stat().st_size
+    if size > MAX_JSON:
+        raise CheckpointError(f"{str(path)!r} is {size} bytes; expected the {what} within {MAX_JSON} bytes; "
+                              "the file is damaged: re-download or re-save it")
+    with open(found, "rb") as f:
+        data = parse_json(f.read(MAX_JSON + 1), repr(str(path)), what)
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}; expected an object ({what})")
+        raise CheckpointError(f"{str(path)!r} holds a JSON {type(data).__name__}; expected an object ({what})")
     return data
 
 
@@ -65,7 +127,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if not folder.is_dir():
         raise CheckpointError(f"{str(folder)!r} is a file; expected a model folder with config.json and *.safetensors; "
                               "pass the folder that contains it")
-    if not (folder / "config.json").is_file():
+    if safe_file(folder, "config.json") is None:
         raise CheckpointError(f"{str(folder)!r} has no config.json; expected a Hugging Face model folder; "
                               "point at the folder that holds config.json")
     config = read_json(folder / "config.json", "model config")
@@ -73,7 +135,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
         raise CheckpointError(f"{folder / 'config.json'} has architectures={archs!r}; expected a list naming the model "
                               "class, e.g. [\"LlamaForCausalLM\"]; add it to config.json")
-    if (folder / INDEX_NAME).exists():
+    for name in TOKENIZER_FILES:
+        safe_file(folder, name)  # read or copied later: a link out of the folder or a FIFO is refused now
+    if safe_file(folder, INDEX_NAME) is not None:
         index = read_json(folder / INDEX_NAME, "shard index")
         weight_map = index.get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -81,10 +145,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
                                   "re-save the checkpoint")
         for shard in sorted(set(weight_map.values())):
             _check_shard_name(folder, shard)
-            if not (folder / shard).is_file():
+            if safe_file(folder, shard) is None:
                 raise CheckpointError(f"shard {shard!r} is listed in {INDEX_NAME} but missing from {folder}; "
                                       "re-download the checkpoint")
-    elif (folder / SINGLE_NAME).is_file():
+    elif safe_file(folder, SINGLE_NAME) is not None:
         index, weight_map = None, None
     else:
         pickles = [n for n in PICKLE_NAMES if (folder / n).exists()]

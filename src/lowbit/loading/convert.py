@@ -50,7 +50,7 @@ def convert(src: str | Path, out: str | Path, quantization: QuantConfig | str, *
     """:func:`quantize_folder`, also returning the quantizer (its ``summary()``, its ``layers``)."""
     clamp = clamp_nonfinite(nonfinite)
     limit = shard_limit(max_shard_size, max_memory)
-    check_output(out, overwrite)  # before any work, not after
+    check_output(out, overwrite, src)  # before any work, not after
     ckpt = open_checkpoint(src)
     if ckpt.quantization_config is not None:
         raise ConfigError(f"{ckpt.path} is already quantized (config.json has a quantization_config); expected a "

@@ -1,8 +1,11 @@
 """``lowbit.save_pretrained``: canonical tensors in safetensors shards, hashes in the index, atomic swap.
 
-Shards are written to ``.OUT.tmp-<pid>`` beside the target; when complete, an existing target is renamed
-to ``.OUT.old-<pid>``, the temporary folder takes the target's name and the old one is removed. A crash
-at any point leaves the old or the new model whole; leftovers of dead processes are removed next time.
+Shards are written to ``.OUT.tmp-<token>`` beside the target (a token unique to the save, with a lock file
+naming its holder: :mod:`lowbit.loading.folder_lock`); when complete, every file is flushed to the disk, an
+existing target is renamed to ``.OUT.old-<token>``, the temporary folder takes the target's name, the old
+folder's entries that lowbit does not write move into the new one and the rest is removed
+(:mod:`lowbit.loading.output_folder`). A crash or a power loss at any point leaves the old or the new model
+whole; leftovers of saves that are provably gone are finished or removed next time.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from torch import nn
 
 from lowbit._version import __version__
 from lowbit.errors import LowbitError, SaveError
-from lowbit.loading.checkpoint import INDEX_NAME, file_sha256
+from lowbit.loading.checkpoint import INDEX_NAME, file_sha256, safe_file
+from lowbit.loading.folder_lock import Claim
+from lowbit.loading.output_folder import absolute, check_output, clean_leftovers, fsync_path, swap
 from lowbit.loading.tokenizer import TOKENIZER_FILES
 from lowbit.quantizer import Quantizer
 
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)$")
 
 
 def parse_size(size: int | str, what: str = "max_shard_size") -> int:
@@ -85,73 +89,37 @@ def write_folder(out: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], l
 
     ``tensors`` is consumed before config.json is written, so an iterator may still complete
     ``source.config`` at its end, or raise to leave nothing behind."""
-    out = Path(out)
-    check_output(out, overwrite)
-    _clean_leftovers(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    check_output(out, overwrite, tokenizer_from)
+    out = absolute(out)
+    clean_leftovers(out)
+    claim = Claim(out)
+    tmp = claim.path("tmp")
     try:
         tmp.mkdir()
-    except OSError as e:
-        raise SaveError(f"cannot write in {str(out.parent)!r} ({e.strerror}); choose a writable output folder") from None
-    try:
         _write(tensors, tmp, limit, tokenizer_from)
         _write_config(source, tmp)
-        _swap(tmp, out)
+        swap(tmp, out, claim)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(e, LowbitError) and (isinstance(e, OSError) or type(e).__name__ == "SafetensorError"):
-            # disk full, quota, I/O error
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            raise SaveError(f"writing {str(out)!r} failed ({reason}); nothing was changed there; free some space or "
-                            "choose another output folder") from None
+        if is_disk_error(e):
+            raise save_error(e, out) from None
         raise
+    finally:
+        claim.release()
     return out
 
 
-def check_output(out: str | Path, overwrite: bool = False) -> None:
-    """Fail early (before any work) when ``out`` cannot take a saved model."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SaveError(f"output {str(out)!r} is a file; expected a folder path; choose another output or remove the file")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").exists() and not overwrite:
-        raise SaveError(f"output folder {str(out)!r} is not empty and holds no model; refusing to replace it; "
-                        "choose an empty folder or pass overwrite=True (--overwrite)")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SaveError(f"cannot create the output's parent {str(parent)!r} ({e.strerror}); "
-                        "choose a writable output folder") from None
-    if not os.access(parent, os.W_OK):
-        raise SaveError(f"cannot write in {str(parent)!r} (permission denied); choose a writable output folder")
+def is_disk_error(e: BaseException) -> bool:
+    """An error of the disk (full, quota, I/O) rather than of lowbit or of the input."""
+    return not isinstance(e, LowbitError) and (isinstance(e, OSError) or type(e).__name__ == "SafetensorError")
 
 
-def _clean_leftovers(out: Path) -> None:
-    """Remove temp folders of dead saves. A save killed between its two renames left the old model as
-    ``.OUT.old-<pid>`` and no ``OUT``: put it back first."""
-    parent = out.parent if str(out.parent) else Path(".")
-    for entry in sorted(parent.iterdir(), key=lambda e: ".old-" not in e.name):
-        m = _LEFTOVER.match(entry.name)
-        if not m or m.group("name") != out.name or _alive(int(m.group("pid"))):
-            continue
-        if ".old-" in entry.name and not out.exists():
-            os.replace(entry, out)
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftover from an earlier failed call
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def save_error(e: BaseException, out: Path, what: str = "nothing was changed there") -> SaveError:
+    """One line for a disk error ``e`` met while writing ``out``; ``disk`` set on it tells callers what it was."""
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+    error = SaveError(f"writing {str(out)!r} failed ({reason}); {what}; free some space or choose another output folder")
+    error.disk = True
+    return error
 
 
 def _tensors(model: nn.Module):
@@ -194,7 +162,7 @@ def _write(tensors: Iterable[tuple[str, torch.Tensor]], tmp: Path, limit: int,
         path = tmp / f"part-{len(parts) + 1:05d}.safetensors"
         save_file(shard, str(path), metadata={"format": "pt"})
         os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0600; give shards the usual mode
-        _fsync(path)
+        fsync_path(path)
         parts.append((path, list(shard), file_sha256(path)))
         shard.clear()
 
@@ -215,12 +183,12 @@ def _write(tensors: Iterable[tuple[str, torch.Tensor]], tmp: Path, limit: int,
         hashes[final] = digest
         weight_map.update({k: final for k in names})
     index = {"metadata": {"total_size": total, "lowbit_version": __version__, "sha256": hashes}, "weight_map": weight_map}
-    (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
+    (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True, allow_nan=False))
     if tokenizer_from:
         for fname in TOKENIZER_FILES:
-            src = Path(tokenizer_from) / fname
-            if src.is_file():
-                shutil.copy2(src, tmp / fname)
+            src = safe_file(Path(tokenizer_from), fname)  # a regular file inside the folder, or an error
+            if src is not None:
+                shutil.copyfile(src, tmp / fname)
 
 
 def _write_config(source: nn.Module, tmp: Path) -> None:
@@ -235,20 +203,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _swap(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
