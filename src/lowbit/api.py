@@ -62,6 +62,7 @@ class LayerInfo:
     nbytes: int
     kernel: str
     reason: str
+    origin: str = ""  # imported layers: the source tool's format, and whether the mapping is exact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +96,14 @@ def inspect(model_or_path: nn.Module | str | Path, **load_kwargs) -> Inspection:
             format=module.fmt.describe() + (f" (shares {tied})" if tied else ""), shape=module.weight_shape,
             bits_per_weight=round(module.bits_per_weight(), 4), nbytes=0 if tied else module.packed_nbytes(),
             kernel=kernel.name if kernel else ("lookup" if isinstance(module, QuantEmbedding) else "unprepared"),
-            reason=reason))
+            reason=reason, origin=_origin(quantizer, name)))
     total = _model_bytes(model)
     return Inspection(method, layers, sum(layer.nbytes for layer in layers), total)
+
+
+def _origin(quantizer, name: str) -> str:
+    origin = getattr(quantizer, "origin", None)
+    return origin(name) if origin else ""
 
 
 def _model_bytes(model: nn.Module) -> int:

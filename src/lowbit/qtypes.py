@@ -78,6 +78,14 @@ FP4_E2M1_CODE: tuple[float, ...] = (
 )
 """OCP E2M1 by bit pattern: bit 3 sign, bits 2-1 exponent (bias 1), bit 0 mantissa; emax 2, largest 6."""
 
+BNB_FP4_CODE: tuple[float, ...] = (
+    0.0, 0.0052083334885537624, 0.6666666865348816, 1.0, 0.3333333432674408, 0.5, 0.1666666716337204, 0.25,
+    0.0, -0.0052083334885537624, -0.6666666865348816, -1.0, -0.3333333432674408, -0.5, -0.1666666716337204, -0.25,
+)
+"""bitsandbytes' "fp4" (its ``quant_map`` for quant_type="fp4", float32 values): not OCP E2M1. Bit 3 is the sign,
+the other bits index a grid normalized to a largest magnitude of 1 (code 3); codes are not sorted by value; code 8
+is +0.0 as in bitsandbytes' map."""
+
 
 class Rounding(str, enum.Enum):
     """How a value between two code-book entries picks one."""
@@ -122,12 +130,13 @@ class CodeBook(str):
 
 nf4 = CodeBook("nf4", NF4_CODE, levels=1.0, high_first=True, rounding=Rounding.TIES_LOWER)
 fp4_e2m1 = CodeBook("fp4", FP4_E2M1_CODE, levels=6.0, high_first=False, rounding=Rounding.TIES_EVEN)
+bnb_fp4 = CodeBook("bnb_fp4", BNB_FP4_CODE, levels=1.0, high_first=True, rounding=Rounding.TIES_LOWER)
 
-CODE_BOOKS = {b.name: b for b in (nf4, fp4_e2m1)}
+CODE_BOOKS = {b.name: b for b in (nf4, fp4_e2m1, bnb_fp4)}
 
 
 def code_book(name: str | CodeBook) -> CodeBook:
-    """The code book called ``name`` ("nf4", "fp4"); a CodeBook is returned as is."""
+    """The code book called ``name`` ("nf4", "fp4", "bnb_fp4"); a CodeBook is returned as is."""
     if isinstance(name, CodeBook):
         return name
     if name not in CODE_BOOKS:

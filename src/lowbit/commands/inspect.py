@@ -25,7 +25,7 @@ def run(args) -> int:
     for col in ("layer", "format", "shape", "bits/weight", "bytes", "kernel", "why"):
         table.add_column(col)
     for layer in report.layers:
-        table.add_row(layer.name, layer.format, "x".join(map(str, layer.shape)), f"{layer.bits_per_weight:.3f}",
+        table.add_row(layer.name, layer.format + (f" from {layer.origin}" if layer.origin else ""), "x".join(map(str, layer.shape)), f"{layer.bits_per_weight:.3f}",
                       f"{layer.nbytes:,}", layer.kernel, layer.reason)
     Console(width=200).print(table)
     return 0

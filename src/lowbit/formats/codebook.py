@@ -2,7 +2,8 @@
 
 Stored tensors for a weight of shape [N, K] (N outputs, K inputs), G = K / absmax_block:
 
-- ``qweight`` [N, K/2] uint8: two 4-bit codes per byte along K. ``nf4``: the first element of each pair in
+- ``qweight`` [N, K/2] uint8: two 4-bit codes per byte along K. ``nf4`` and ``bnb_fp4`` (bitsandbytes' own
+  "fp4" code book, not E2M1; read from bitsandbytes checkpoints): the first element of each pair in
   the HIGH nibble, as bitsandbytes packs it (``quantize_4bit(..., quant_type="nf4")`` gives these bytes
   for a K that is a multiple of the block, flattened to [N*K/2, 1]). ``fp4``: the first element in the LOW
   nibble (OCP / torch ``float4_e2m1fn_x2``); the codes are E2M1 bit patterns (bit 3 sign).
@@ -39,7 +40,7 @@ _TINY = 1e-38  # absmax floor before taking a reciprocal (bitsandbytes' clamp): 
 class CodebookFormat(WeightFormat, kind="codebook"):
     """What one code-book-quantized weight stores: the code book, the inputs per absmax, double quantization."""
 
-    code: CodeBook  # lowbit.qtypes.nf4 or fp4_e2m1; its name ("nf4", "fp4") is accepted too
+    code: CodeBook  # lowbit.qtypes.nf4, fp4_e2m1 or bnb_fp4; its name ("nf4", "fp4", "bnb_fp4") is accepted too
     absmax_block: int  # consecutive inputs sharing one absmax (the config's block_size)
     double_quant: bool = False
 
@@ -121,8 +122,16 @@ def nearest_codes(x: torch.Tensor, book: CodeBook) -> torch.Tensor:
     """x in code-book units (fp32; changed in place) → the nearest codes (uint8) by the book's rounding rule."""
     if book.rounding is Rounding.TIES_EVEN:
         return e2m1_codes(x)
-    return torch.bucketize(x.clamp_(-book.levels, book.levels), _midpoints(book.values, x.device),
-                           out_int32=True).to(torch.uint8)
+    values, codes = _sorted(book.values, x.device)  # books whose codes are not in value order (bnb_fp4)
+    idx = torch.bucketize(x.clamp_(-book.levels, book.levels), _midpoints(values, x.device), out_int32=True)
+    return codes[idx]
+
+
+@functools.lru_cache(maxsize=16)
+def _sorted(values: tuple[float, ...], device: torch.device) -> tuple[tuple[float, ...], torch.Tensor]:
+    """A code book's values in increasing order, and the code (uint8) of each sorted position."""
+    order = sorted(range(len(values)), key=lambda c: values[c])
+    return tuple(values[c] for c in order), torch.tensor(order, dtype=torch.uint8, device=device)
 
 
 @functools.lru_cache(maxsize=16)

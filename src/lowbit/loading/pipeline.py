@@ -12,8 +12,9 @@ from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
 from lowbit.loading.checkpoint import Checkpoint, open_checkpoint, verify_checkpoint
 from lowbit.loading.engine import prepare, resolve_device
+from lowbit.loading.foreign import open_foreign, open_reader
 from lowbit.loading.plan import Plan
-from lowbit.loading.reader import Reader, clamp_nonfinite
+from lowbit.loading.reader import clamp_nonfinite
 from lowbit.loading.resolve import resolve_quantization
 from lowbit.loading.save import attach
 from lowbit.loading.stream import load_into
@@ -25,14 +26,15 @@ def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = N
                     dtype: torch.dtype | str | None = None, device_map: str | dict | None = None,
                     max_memory: dict | None = None, verify: bool = False, progress: bool = False,
                     nonfinite: str = "error") -> nn.Module:
-    """Load a checkpoint, quantizing on the fly, or a pre-quantized lowbit folder (no config needed).
+    """Load a checkpoint, quantizing on the fly, or a pre-quantized folder (no config needed): lowbit's own, or a
+    GPTQ, AWQ, bitsandbytes or compressed-tensors one, whose layers are repacked once into lowbit formats.
 
     Never holds the whole model at full precision: each tensor is read, quantized on its target device,
     assigned and dropped. A NaN/Inf weight is an error naming the tensor; ``nonfinite="clamp"`` instead
     replaces NaN by 0 and ±Inf by ± the tensor's largest finite magnitude, with one warning naming the tensors.
     """
     clamp = clamp_nonfinite(nonfinite)
-    ckpt = open_checkpoint(path)
+    ckpt = open_foreign(open_checkpoint(path))  # another tool's checkpoint: seen as the lowbit folder it maps onto
     warn_if_no_tokenizer(ckpt.path)
     if verify:
         verify_checkpoint(ckpt.path)
@@ -41,7 +43,7 @@ def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = N
     job = prepare(ckpt, cfg, device=device, dtype=dtype, layers=layers, pre_quantized=pre_quantized)
     model, quantizer, dtype = job.model, job.quantizer, job.dtype
     placement = _placement(model, quantizer, device, dtype, device_map, max_memory)
-    with Reader(ckpt, clamp=clamp, progress=progress, desc="loading") as reader:
+    with open_reader(ckpt, clamp=clamp, progress=progress, desc="loading") as reader:
         load_into(Plan(model, ckpt, quantizer), reader, placement.device_of, dtype)
     if quantizer is None or not quantizer.tied_head:
         model.tie_weights()

@@ -39,7 +39,8 @@ def resolve_quantization(stored: dict | None, requested: QuantConfig | str | dic
     if requested.method != saved.method:
         raise ConfigError(f"the checkpoint is quantized with {saved.method!r} but quantization asks for {requested.method!r}; "
                           "load it without a quantization argument, or start from the full-precision checkpoint")
-    differing = [f for f in saved.format_fields() if getattr(saved, f) != getattr(requested, f)]
+    recorded = getattr(saved, "recorded", ())  # fields a checkpoint records about itself (imported layers' origin)
+    differing = [f for f in saved.format_fields() if getattr(saved, f) != getattr(requested, f) and f not in recorded]
     if differing:
         warnings.warn(f"quantization fields {differing} differ from the checkpoint's; the checkpoint's values are used "
                       f"({', '.join(f'{f}={getattr(saved, f)!r}' for f in differing)})", stacklevel=3)

@@ -1,0 +1,105 @@
+"""Checkpoints written by the real tools (tests/fixtures/foreign, made by make.py in its own environment) load
+through ``lowbit.from_pretrained`` without those tools: the repacked layers decode to exactly the writer's own
+dequantized weights (sha256 of every quantized Linear, and the sampled tensors element by element), and the model's
+logits agree with the writer's model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import lowbit
+from lowbit.nn import QuantLinear
+
+FOREIGN = Path(__file__).resolve().parents[1] / "fixtures" / "foreign"
+MANIFEST = json.loads((FOREIGN / "manifest.json").read_text())
+FIXTURES = sorted(MANIFEST["fixtures"])
+RUN = dict(kernel="reference", compute_dtype="float32")
+
+
+def expected(name: str) -> dict[str, torch.Tensor]:
+    with safe_open(str(FOREIGN / f"{name}.expected.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def load(name: str, **kwargs):
+    return lowbit.from_pretrained(FOREIGN / name, quantization=lowbit.config("imported", **RUN), **kwargs)
+
+
+def sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def dequantized(layer: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
+    return layer.fmt.decode(layer.canonical_tensors(), dtype)
+
+
+def test_every_writer_is_covered():
+    writers = {entry["writer"] for entry in MANIFEST["fixtures"].values()}
+    assert {"ct", "bnb"} <= writers, writers
+    for name in FIXTURES:
+        size = sum(p.stat().st_size for p in (FOREIGN / name).iterdir())
+        assert size < 100_000, (name, size)
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_dequantized_weights_equal_the_writers(name):
+    entry = MANIFEST["fixtures"][name]
+    dtype = getattr(torch, entry["dequantized_dtype"])
+    model = load(name)
+    quantizer = model.lowbit_quantizer
+    want = expected(name)
+    inexact = set(quantizer.config.notes())
+    assert set(entry["dequantized_sha256"]) == set(quantizer.mapped)
+    for module, digest in entry["dequantized_sha256"].items():
+        got = dequantized(model.get_submodule(module), dtype)
+        if f"{module}.weight" in want:
+            ref = want[f"{module}.weight"]
+            if module in inexact:  # bitsandbytes int8: one rounding apart at most
+                torch.testing.assert_close(got, ref, rtol=2 ** -7, atol=0)
+            else:
+                diff = (got.float() - ref.float()).abs()
+                assert torch.equal(got, ref), f"{module}: {int((diff > 0).sum())} weights differ, max {float(diff.max())}"
+        if module not in inexact:
+            assert sha256(got) == digest, module
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_logits_agree_with_the_writers_model(name):
+    want = expected(name)
+    model = load(name, dtype=torch.float32)
+    with torch.inference_mode():
+        got = model(input_ids=want["input_ids"]).logits.float()
+    ref = want["logits"]
+    rel = ((got - ref).norm() / ref.norm()).item()
+    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    print(f"{name}: relative logit error {rel:.2e}, argmax agreement {agree:.2f}")
+    assert rel < 2e-2 and agree >= 0.9
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_inspect_says_where_each_layer_came_from(name):
+    model = load(name)
+    entry = MANIFEST["fixtures"][name]
+    source = {"ct": "compressed-tensors", "bnb": "bitsandbytes"}.get(entry["writer"], name.split("-")[0])
+    for info in lowbit.inspect(model).layers:
+        assert info.method == "imported"
+        assert info.origin.startswith(source), info.origin
+        assert info.origin.endswith("exact") or "inexact" in info.origin
+
+
+def test_an_imported_model_saves_as_a_lowbit_folder_and_reloads(tmp_path):
+    name = "bnb-nf4-dq"
+    model = load(name)
+    ids = expected(name)["input_ids"]
+    lowbit.save_pretrained(model, tmp_path / "again")
+    qc = json.loads((tmp_path / "again" / "config.json").read_text())["quantization_config"]
+    assert (qc["quant_method"], qc["method"], qc["source"]) == ("lowbit", "imported", "bitsandbytes")
+    again = lowbit.from_pretrained(tmp_path / "again", quantization=lowbit.config("imported", **RUN))
+    with torch.inference_mode():
+        torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
