@@ -71,7 +71,7 @@ def prepare(ckpt: Checkpoint, cfg: QuantConfig | None, *, device: torch.device =
             check_serializable(quantizer)
         quantizer.validate_environment(device, dtype)
         dtype = quantizer.update_dtype(dtype) or dtype
-    model = build_skeleton(ckpt.path, ckpt.config, dtype)
+    model = build_skeleton(ckpt.path, ckpt.config, dtype, getattr(ckpt, "hf_config", None))  # GGUF: no config.json
     if quantizer is not None:
         quantizer.preprocess_model(model)
     if tie and not (quantizer is not None and quantizer.tied_head):

@@ -47,6 +47,14 @@ class ForeignCheckpoint(Checkpoint):
     real: Checkpoint | None = None
     translation: Translation | None = None
 
+    def reader(self, **kwargs) -> TranslatingReader:
+        return TranslatingReader(self, Reader(self.real, **kwargs))
+
+    def loading_config(self, requested):
+        """What ``from_pretrained`` resolves against the stored ``imported`` config: the caller's config as is (a
+        folder's layers are fixed by its tensors)."""
+        return requested
+
 
 def open_foreign(ckpt: Checkpoint) -> Checkpoint:
     """``ckpt`` itself when it is lowbit's own or unquantized, else its :class:`ForeignCheckpoint` view."""
@@ -61,38 +69,51 @@ def open_foreign(ckpt: Checkpoint) -> Checkpoint:
         elif tr.layers[owner[key][0]].keys[owner[key][1]] == next(iter(tr.layers[owner[key][0]].keys.values())):
             name = owner[key][0]
             weight_map.update({f"{name}.{attr}": shard for attr in tr.layers[name].fmt.tensor_names()})
-    cfg = ImportedConfig(source=tr.source, detail=tr.detail,
-                         layer_formats=tuple(f"{n} {layer.fmt.key()}" for n, layer in tr.layers.items()),
-                         inexact=tuple(f"{n}: {layer.note}" for n, layer in tr.layers.items() if not layer.exact))
-    config = {**ckpt.config, "quantization_config": cfg.to_dict()}
+    config = {**ckpt.config, "quantization_config": imported_config(tr).to_dict()}
     return ForeignCheckpoint(ckpt.path, config, weight_map, ckpt.index, real=ckpt, translation=tr)
 
 
-def open_reader(ckpt: Checkpoint, **kwargs) -> Reader:
+def imported_config(tr: Translation) -> ImportedConfig:
+    """The ``imported`` config that records a translation: each layer's format, the source, the inexact layers."""
+    return ImportedConfig(source=tr.source, detail=tr.detail,
+                          layer_formats=tuple(f"{n} {layer.fmt.key()}" for n, layer in tr.layers.items()),
+                          inexact=tuple(f"{n}: {layer.note}" for n, layer in tr.layers.items() if not layer.exact))
+
+
+def open_reader(ckpt: Checkpoint, **kwargs) -> Reader | TranslatingReader:
     """The engine's reader of ``ckpt``: the plain one, or for a foreign view the one that repacks layers."""
     if isinstance(ckpt, ForeignCheckpoint):
-        return TranslatingReader(ckpt, **kwargs)
+        return ckpt.reader(**kwargs)
     return Reader(ckpt, **kwargs)
 
 
-class TranslatingReader(Reader):
-    """Reads a :class:`ForeignCheckpoint` by its canonical keys: the first key of a layer reads all its foreign
-    tensors (NaN/Inf checked), repacks them, and holds the other canonical tensors until they are asked for."""
+class TranslatingReader:
+    """Reads a :class:`ForeignCheckpoint` by its canonical keys, over ``source`` (the reader of the real file;
+    ``raw(key)`` gives a layer's foreign tensor, by default ``source(key)``, NaN/Inf checked): the first canonical
+    key of a layer reads all its foreign tensors, repacks them, and holds the other canonical tensors until they are
+    asked for. Other keys are read from ``source`` under their original names."""
 
-    def __init__(self, view: ForeignCheckpoint, **kwargs) -> None:
-        super().__init__(view.real, **kwargs)
-        self.view, self.tr = view, view.translation
+    def __init__(self, view: ForeignCheckpoint, source, raw=None) -> None:
+        self.view, self.tr, self.source, self.raw = view, view.translation, source, raw or source
         self.canonical = {f"{n}.{a}": (n, a) for n, layer in self.tr.layers.items() for a in layer.fmt.tensor_names()}
         self.original = {new: old for old, new in self.tr.renamed.items()}
         self.pending: dict[str, dict[str, torch.Tensor]] = {}
+        self.bar, self.clamped = source.bar, source.clamped
+
+    def __enter__(self) -> TranslatingReader:
+        self.source.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.source.__exit__(*exc)
 
     def __call__(self, key: str) -> torch.Tensor:
         if key not in self.canonical:
-            return super().__call__(self.original.get(key, key))
+            return self.source(self.original.get(key, key))
         name, attr = self.canonical[key]
         if name not in self.pending:
             layer = self.tr.layers[name]
-            parts = layer.convert({role: super(TranslatingReader, self).__call__(k) for role, k in layer.keys.items()})
+            parts = layer.convert({role: self.raw(k) for role, k in layer.keys.items()})
             if set(parts) != set(layer.fmt.tensor_names()):
                 raise FormatError(f"{name}: the {self.tr.source} reader made {sorted(parts)}; expected "
                                   f"{layer.fmt.tensor_names()} of {layer.fmt.describe()}; this is a bug in the reader")
@@ -106,7 +127,7 @@ class TranslatingReader(Reader):
         yield from self.view.weight_map
 
     def shape(self, key: str) -> list[int]:
-        return super().shape(self.original.get(key, key))
+        return self.source.shape(self.original.get(key, key))
 
     def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
-        return super().rows(self.original.get(key, key), start, stop)
+        return self.source.rows(self.original.get(key, key), start, stop)

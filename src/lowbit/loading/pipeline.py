@@ -12,7 +12,8 @@ from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
 from lowbit.loading.checkpoint import Checkpoint, open_checkpoint, verify_checkpoint
 from lowbit.loading.engine import prepare, resolve_device
-from lowbit.loading.foreign import open_foreign, open_reader
+from lowbit.loading.foreign import ForeignCheckpoint, open_foreign, open_reader
+from lowbit.loading.gguf import is_gguf, open_gguf
 from lowbit.loading.plan import Plan
 from lowbit.loading.reader import clamp_nonfinite
 from lowbit.loading.resolve import resolve_quantization
@@ -34,8 +35,13 @@ def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = N
     replaces NaN by 0 and ±Inf by ± the tensor's largest finite magnitude, with one warning naming the tensors.
     """
     clamp = clamp_nonfinite(nonfinite)
-    ckpt = open_foreign(open_checkpoint(path))  # another tool's checkpoint: seen as the lowbit folder it maps onto
-    warn_if_no_tokenizer(ckpt.path)
+    if is_gguf(path):  # llama.cpp's file: seen as the lowbit folder it maps onto, the requested method applied
+        ckpt = open_gguf(path, quantization)
+    else:  # another tool's checkpoint folder: seen as the lowbit folder it maps onto
+        ckpt = open_foreign(open_checkpoint(path))
+        warn_if_no_tokenizer(ckpt.path)
+    if isinstance(ckpt, ForeignCheckpoint):
+        quantization = ckpt.loading_config(quantization)
     if verify:
         verify_checkpoint(ckpt.path)
     cfg, pre_quantized, layers = resolve_quantization(ckpt.quantization_config, quantization)

@@ -9,8 +9,9 @@ from torch import nn
 from lowbit.errors import CheckpointError
 
 
-def build_skeleton(path, raw_config: dict, dtype) -> nn.Module:
-    """Instantiate ``architectures[0]`` on meta. No remote code: the class must ship with transformers."""
+def build_skeleton(path, raw_config: dict, dtype, config=None) -> nn.Module:
+    """Instantiate ``architectures[0]`` on meta (from ``config``, a transformers config object, when given, else
+    from ``path``'s config.json). No remote code: the class must ship with transformers."""
     arch = raw_config["architectures"][0]
     cls = getattr(transformers, arch, None)
     if cls is None or not isinstance(cls, type) or not issubclass(cls, transformers.PreTrainedModel):
@@ -18,7 +19,7 @@ def build_skeleton(path, raw_config: dict, dtype) -> nn.Module:
                               "expected a built-in model class (lowbit never runs code from a checkpoint); "
                               "upgrade transformers or fix config.json's architectures")
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        config = config or transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:  # transformers raises ValueError/KeyError/OSError for bad configs
         raise CheckpointError(f"{path}/config.json cannot be read by transformers ({str(e).splitlines()[0]}); "
                               "fix or re-download config.json") from None
