@@ -65,7 +65,7 @@ config_from_dict = registry.config_from_dict
 register_alias = registry.register_alias
 register_method = registry.register_method
 registry.set_loader(lambda: importlib.import_module("lowbit.methods"))  # built-ins, then plugins
-install_hf()  # transformers loads lowbit folders once its quantizer table is imported (lowbit/hf/hook.py)
+install_hf()  # transformers loads lowbit folders once its quantizer table is imported (lowbit/hf/__init__.py)
 del install_hf
 
 

@@ -1,4 +1,4 @@
-"""Add lowbit's config and quantizer to transformers' tables (``hook`` calls this once transformers' quantizer
+"""Add lowbit's config and quantizer to transformers' tables (``lowbit.hf.install``'s hook calls this once transformers' quantizer
 table is imported). Idempotent: transformers' ``register_*`` raise when a name is taken, so a name already in
 the tables is left as it is."""
 
