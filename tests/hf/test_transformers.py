@@ -219,3 +219,19 @@ def test_supported_range_includes_the_installed_transformers():
     compat.check_version()  # this file runs under 5.25 and, in CI, under 5.17
     for version in ("5.17.0", "5.25.1", "5.20.0rc1"):
         compat.check_version(version)
+
+
+# ---- a real model ----------------------------------------------------------------------------------------------
+@pytest.mark.realmodel
+def test_smollm2_int4_through_transformers_equals_lowbit(tmp_path):
+    from lowbit import realmodels
+
+    if not realmodels.available("smollm2-135m"):
+        pytest.skip(realmodels.MODELS["smollm2-135m"].pip)
+    src = realmodels.model_path("smollm2-135m")
+    cfg = lowbit.config("int4", group_size=128)
+    ids = token_ids(n=32, vocab=49152, batch=2)
+    ours = lowbit.from_pretrained(src, quantization=cfg)
+    _same(ours, AutoModelForCausalLM.from_pretrained(src, quantization_config=lowbit.HfQuantConfig(cfg)), ids)
+    out = lowbit.save_pretrained(ours, tmp_path / "int4")
+    _same(ours, AutoModelForCausalLM.from_pretrained(out), ids)
