@@ -29,7 +29,8 @@ from tests.helpers import (REPO, cli_env, load_tensors, logits, make_llama, make
 FIXTURES = REPO / "tests" / "fixtures"
 FIXTURE_NAMES = ["tiny-llama-int4-g32", "tiny-llama-nf4-b32-dq", "tiny-llama-hqq-4b-g32", "tiny-llama-fp8",
                  "tiny-llama-gptq-4b-g32-act-order"]
-DATA_FREE = [m for m in lowbit.methods() if not get(m).quantizer_cls.requires_calibration]
+LOAD_ONLY = {"imported"}  # layers read from another tool's checkpoint (methods/imported.py): it never quantizes
+DATA_FREE = [m for m in lowbit.methods() if not get(m).quantizer_cls.requires_calibration and m not in LOAD_ONLY]
 CALIBRATED = [m for m in lowbit.methods() if get(m).quantizer_cls.requires_calibration]
 IDS = token_ids(vocab=64, batch=2)
 pytestmark = pytest.mark.filterwarnings("ignore:group_size=")  # the fallback's warning, from both loaders
@@ -110,6 +111,12 @@ def test_auto_model_gives_the_same_hidden_states():
 def test_device_map(device_map):
     folder = FIXTURES / "tiny-llama-int4-g32"
     _same(lowbit.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder, device_map=device_map))
+
+
+def test_device_map_auto_while_quantizing_on_load(tiny):
+    cfg = lowbit.config("int4", group_size=32)
+    theirs = AutoModelForCausalLM.from_pretrained(tiny, quantization_config=lowbit.HfQuantConfig(cfg), device_map="auto")
+    _same(lowbit.from_pretrained(tiny, quantization=cfg), theirs, token_ids(vocab=128))
 
 
 def test_pipeline_generates_what_lowbit_generates(tmp_path):

@@ -83,7 +83,7 @@ class LowbitHfQuantizer(HfQuantizer):
                                   "then load the folder with transformers")
             for name in self.lowbit.formats:  # the Linear stays until its weight arrives (LowbitQuantize)
                 self.pending[name] = model.get_submodule(name)
-                _set_module(model, name, originals[name])
+                model.set_submodule(name, originals[name])
         return model
 
     def param_needs_quantization(self, model: nn.Module, param_name: str, **kwargs: Any) -> bool:
@@ -132,11 +132,6 @@ def _compute_device(model: nn.Module) -> torch.device:
     return gpus[0] if gpus else torch.device("cpu")
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 @functools.cache
 def _quantize_op_class() -> type:
     class LowbitQuantize(conversion_op_base()):
@@ -155,7 +150,7 @@ def _quantize_op_class() -> type:
             del weight, value, input_dict
             if getattr(linear, "bias", None) is not None and linear.bias.device.type != "meta":
                 shell.bias = linear.bias  # loaded before the weight
-            _set_module(model, name, shell)
+            model.set_submodule(name, shell)
             if missing_keys is not None:
                 missing_keys.discard(full_layer_name)
             release_freed_memory()
