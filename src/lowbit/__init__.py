@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from lowbit.hf.config import HfQuantConfig
     from lowbit.nn import fuse_projections
     from lowbit.quantizer import Quantizer
+    from lowbit.textgen import Generation, generate
 
 # public name -> (module, attribute in it; None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -57,6 +58,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Nf4Config": ("lowbit.methods.nf4", "Nf4Config"), "RtnConfig": ("lowbit.methods.rtn", "RtnConfig"),
     "SmoothQuantConfig": ("lowbit.methods.smoothquant", "SmoothQuantConfig"),
     "Quantizer": ("lowbit.quantizer", "Quantizer"),
+    "generate": ("lowbit.textgen", "generate"), "Generation": ("lowbit.textgen", "Generation"),
     "HfQuantConfig": ("lowbit.hf.config", "HfQuantConfig"),  # imports transformers' quantization configs
 }
 
@@ -94,8 +96,8 @@ def Int4Config(**fields) -> RtnConfig:  # noqa: N802
 
 
 __all__ = [
-    "AwqConfig", "ComputeDtype", "Fp4Config", "Fp8Config", "GptqConfig", "HfQuantConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
+    "AwqConfig", "ComputeDtype", "Fp4Config", "Fp8Config", "Generation", "GptqConfig", "HfQuantConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
     "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig", "SmoothQuantConfig",
-    "config", "config_from_dict", "errors", "from_pretrained", "fuse_projections", "inspect", "methods", "quantize_", "quantize_calibrated", "quantize_folder",
+    "config", "config_from_dict", "errors", "from_pretrained", "fuse_projections", "generate", "inspect", "methods", "quantize_", "quantize_calibrated", "quantize_folder",
     "register_alias", "register_method", "save_pretrained", "verify",
 ]

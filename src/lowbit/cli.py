@@ -36,6 +36,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("eval", "lowbit.commands.evaluate", "perplexity over non-overlapping windows of a text file"),
     Command("report", "lowbit.commands.report",
             "per layer: weight SQNR, output error, bits/weight; perplexity fp32 vs quantized"),
+    Command("generate", "lowbit.commands.generate", "greedy continuation of a prompt; first-token time and tok/s"),
     Command("demo", "lowbit.commands.demo", "quantize a real model to int8 and int4 and show size, quality and speed"),
 )
 

@@ -9,7 +9,7 @@ from lowbit.kernels.cpu import features, native
 
 GEMV4 = {"int4-g16-asym", "int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-asym", "int4-g128-sym",
          "int4-g128-bf16-scales", "int4-g256-asym", "int4-channel-asym", "nf4-b64", "nf4-b64-dq", "fp4-b32", "mxfp4"}
-GEMV8 = {"int8-channel-sym", "int8-g128-asym"}
+GEMV8 = {"int8-channel-sym", "int8-g128-asym", "fp8-channel", "fp8-block128"}
 
 needs_native = pytest.mark.skipif(native.unavailable() is not None,
                                   reason=f"lowbit's C kernels cannot be built here: {native.unavailable()}")

@@ -23,8 +23,8 @@ def method_name(value: str) -> str:
     return value
 
 
-def add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True, type=method_name, metavar="NAME",
+def add_method_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--method", required=required, type=method_name, metavar="NAME",
                    help=f"quantization method or alias: {', '.join(catalogue.BUILTIN_NAMES)} (`lowbit methods`)")
     p.add_argument("--bits", type=int, help="bits per weight (methods that take it)")
     p.add_argument("--group-size", type=int, help="inputs per scale group; 0 for one scale per output channel")

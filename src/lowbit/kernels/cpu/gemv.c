@@ -1,7 +1,8 @@
 /* Small-M products with weights kept in 4-bit or 8-bit codes, fp32 activations, fp32 accumulation.
  *
  * Every weight is  w[n, k] = table[code] * s[n, g] + o[n, g]  (g = k / group): 4-bit codes go through a 16-entry
- * table (integer grids, NF4, FP4 and MXFP4 alike), 8-bit codes are signed integers. So, per output,
+ * table (integer grids, NF4, FP4 and MXFP4 alike), 8-bit codes are signed integers or fp8 e4m3 (as their bits: the
+ * caller multiplies the scales by 2^120, see fp8_bits). So, per output,
  *     y[m, n] = sum_g  s[n, g] * dot(x[m, group g], table[codes of group g])  +  o[n, g] * sum(x[m, group g]).
  * Built twice from this one file, for AVX2+FMA and for AVX-512 (F, BW, VL); rows are split over OpenMP threads.
  */
@@ -31,8 +32,13 @@ typedef __m512 vec;
 static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
 /* 16 codes (16 bytes) → 16 values */
 static inline vec lut16(__m128i codes, vec table) { return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(codes), table); }
-static inline vec int8x16(const int8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+/* e4m3 byte s.eeee.mmm, sign-extended to 32 bits, shifted left 20: bits 27..20 hold it and 31..28 the sign; keeping
+ * bit 31 and bits 26..20 gives the fp32 whose value is the e4m3 value * 2^-120 (subnormals included) */
+#define FP8_MASK 0x87F00000
+static inline vec int8x16(const int8_t *p, int fp8) {
+    __m512i i = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
+    if (fp8) return _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(i, 20), _mm512_set1_epi32(FP8_MASK)));
+    return _mm512_cvtepi32_ps(i);
 }
 #define STEP8 16
 #else
@@ -53,8 +59,11 @@ static inline vec lut8(__m256i idx, __m256 lo, __m256 hi) {
     __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
     return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
-static inline vec int8x8(const int8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+#define FP8_MASK 0x87F00000
+static inline vec int8x8(const int8_t *p, int fp8) {
+    __m256i i = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    if (fp8) return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(i, 20), _mm256_set1_epi32(FP8_MASK)));
+    return _mm256_cvtepi32_ps(i);
 }
 #define STEP8 8
 #endif
@@ -111,9 +120,14 @@ void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, con
     free(xs);
 }
 
-/* codes: [n, k] int8; s, o: [n, k/group] (o may be NULL; group == k: one scale per row) */
+static inline float fp8_bits(int8_t c) {
+    union { int32_t i; float f; } u = {.i = ((int32_t)c << 20) & (int32_t)FP8_MASK};
+    return u.f;
+}
+
+/* codes: [n, k] int8, or e4m3 bytes when fp8; s, o: [n, k/group] (o may be NULL; group == k: one scale per row) */
 void lowbit_gemv8(const float *x, int m, int k, const int8_t *codes, int n, const float *s, const float *o,
-                  int group, float *y, int threads) {
+                  int group, float *y, int threads, int fp8) {
     int groups = k / group;
     float *xs = o ? malloc(sizeof(float) * (size_t)m * groups) : NULL;
     if (o) group_sums(x, m, k, group, xs);
@@ -130,15 +144,15 @@ void lowbit_gemv8(const float *x, int m, int k, const int8_t *codes, int n, cons
                 int k0 = g * group, j = 0;
                 for (; j + 2 * STEP8 <= group; j += 2 * STEP8) {
 #ifdef __AVX512F__
-                    acc0 = vfma(int8x16(c + k0 + j), vload(xr + k0 + j), acc0);
-                    acc1 = vfma(int8x16(c + k0 + j + 16), vload(xr + k0 + j + 16), acc1);
+                    acc0 = vfma(int8x16(c + k0 + j, fp8), vload(xr + k0 + j), acc0);
+                    acc1 = vfma(int8x16(c + k0 + j + 16, fp8), vload(xr + k0 + j + 16), acc1);
 #else
-                    acc0 = vfma(int8x8(c + k0 + j), vload(xr + k0 + j), acc0);
-                    acc1 = vfma(int8x8(c + k0 + j + 8), vload(xr + k0 + j + 8), acc1);
+                    acc0 = vfma(int8x8(c + k0 + j, fp8), vload(xr + k0 + j), acc0);
+                    acc1 = vfma(int8x8(c + k0 + j + 8, fp8), vload(xr + k0 + j + 8), acc1);
 #endif
                 }
                 float tail = 0.f;
-                for (; j < group; j++) tail += (float)c[k0 + j] * xr[k0 + j];
+                for (; j < group; j++) tail += (fp8 ? fp8_bits(c[k0 + j]) : (float)c[k0 + j]) * xr[k0 + j];
                 total = vfma(vadd(acc0, acc1), vset1(srow[g]), total);
                 extra += tail * srow[g];
                 if (orow) extra += orow[g] * xs[r * groups + g];

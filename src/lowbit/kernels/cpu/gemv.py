@@ -1,5 +1,8 @@
 """``cpu_gemv4`` and ``cpu_gemv8``: lowbit's own small-M CPU kernels (``gemv.c``, AVX2 or AVX-512, fp32 activations).
 
+``cpu_gemv8`` also runs fp8 e4m3 weights (per channel or in square scale tiles): the C kernel turns each byte into an
+fp32 with two integer instructions (see ``FP8_BITS``).
+
 Every layer they run is brought, at ``prepare``, to one form: ``w = table[code] * s + o`` per group, with 4-bit
 codes low nibble first (a 16-value table per format: integer grids of every zero kind, NF4, FP4, MXFP4) or signed 8-bit codes.
 Symmetric int4 codes are flipped to unsigned (``c + 8``, offset ``-8 s``), asymmetric int8 codes to signed
@@ -18,10 +21,12 @@ from lowbit.formats import IntFormat, MxFormat
 from lowbit.formats.codebook import code_values
 from lowbit.formats.mx import e8m0_to_float
 from lowbit.kernels.base import Kernel, fake_linear, flat
+from lowbit.kernels.request import Activations
 from lowbit.kernels.cpu import native
 from lowbit.qtypes import ZeroKind, fp4_e2m1
 
 DENSE_MIN_M = 8  # rows of activations from which dequantize + dense matmul is faster (benchmarks/cpu_linear.py)
+FP8_BITS = 2.0**120  # an e4m3 byte shifted into fp32's exponent and mantissa is its value times 2^-120
 PARALLEL_MIN = 1 << 17  # weights from which the rows are split over torch's threads (a fork/join costs µs)
 
 torch.library.define("lowbit::gemv4_cpu", "(Tensor x, Tensor codes, Tensor? table, Tensor scales, Tensor? offsets, "
@@ -70,15 +75,18 @@ def gemv4_cpu(x, codes, table, scales, offsets, group, bias):
 
 @torch.library.impl("lowbit::gemv8_cpu", "CPU")
 def gemv8_cpu(x, codes, scales, offsets, group, bias):
-    """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K]."""
+    """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K], or e4m3 whose scales carry
+    the factor ``FP8_BITS`` (the C kernel reads e4m3 bits as fp32 values 2^-120 times too small)."""
     x2, lead = flat(x)
     x2 = x2.float().contiguous()
     (m, k), n = x2.shape, codes.shape[0]
+    fp8 = codes.dtype == torch.float8_e4m3fn
     if m >= DENSE_MIN_M:
-        return _finish(x2 @ _dequantize(codes.float(), scales, offsets).T, bias, lead, x.dtype)
+        values = codes.float() / FP8_BITS if fp8 else codes.float()
+        return _finish(x2 @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
     y = torch.empty(m, n)
     native.library().lowbit_gemv8(x2.data_ptr(), m, k, codes.data_ptr(), n, scales.data_ptr(), _ptr(offsets), group,
-                                  y.data_ptr(), _threads(n, k))
+                                  y.data_ptr(), _threads(n, k), int(fp8))
     return _finish(y, bias, lead, x.dtype)
 
 
@@ -169,9 +177,24 @@ class CpuGemv8Kernel(_NativeKernel):
     bits = 8
 
     def handles(self, request):
-        return request.kind == "int" and request.bits == 8
+        return (request.kind == "int" and request.bits == 8) or request.kind == "fp8"
+
+    def can_implement(self, request):
+        if request.activations is not Activations.NONE:
+            return False, "the format quantizes activations at run time (the reference kernel runs it)"
+        if request.scale_tile and request.k % request.scale_tile:
+            return False, f"K={request.k} is not a multiple of the {request.scale_tile}-input scale tiles"
+        return super().can_implement(request)
+
+    def group(self, request) -> int:
+        return request.scale_tile or super().group(request)
 
     def prepare(self, tensors, request):
+        if request.kind == "fp8":
+            scales = tensors["scales"].float()
+            if request.scale_tile:
+                scales = scales.repeat_interleave(request.scale_tile, dim=0)[:request.n]
+            return {"codes": tensors["qweight"], "scales": (scales.reshape(request.n, -1) * FP8_BITS).contiguous()}
         scales = tensors["scales"].float().reshape(request.n, -1)
         if request.zero is ZeroKind.NONE:
             return {"codes": tensors["qweight"], "scales": scales.contiguous()}
@@ -179,7 +202,7 @@ class CpuGemv8Kernel(_NativeKernel):
         return {"codes": codes, "scales": scales, "offsets": (128.0 - tensors["zeros"].float()) * scales}
 
     def canonical_from_prepared(self, prepared, request):
-        if request.zero is ZeroKind.NONE:
+        if request.kind == "fp8" or request.zero is ZeroKind.NONE:
             return {"qweight": prepared["codes"]}
         return {"qweight": prepared["codes"].view(torch.uint8) ^ 0x80}
 

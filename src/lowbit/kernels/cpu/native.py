@@ -26,7 +26,7 @@ FLAGS = {"avx2": ["-march=haswell"], "avx512": ["-march=x86-64-v4"]}  # haswell:
 COMMON = ["-O3", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _SIGNATURES = {"lowbit_gemv4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _P, _I],
-               "lowbit_gemv8": [_P, _I, _I, _P, _I, _P, _P, _I, _P, _I]}
+               "lowbit_gemv8": [_P, _I, _I, _P, _I, _P, _P, _I, _P, _I, _I]}
 
 
 def compiler() -> str | None:

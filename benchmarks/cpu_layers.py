@@ -1,0 +1,150 @@
+"""Every lowbit format's M=1 layer against its own original fp32 ``nn.Linear``, on this CPU, with the kernel that
+lowbit chooses by itself (the CPU tuner, measuring on the spot into a fresh cache), both on this CPU's full
+instruction set and with the AVX2 code paths forced (``ATEN_CPU_CAPABILITY=avx2 LOWBIT_CPU_ISA=avx2``: what a CPU
+without AVX-512/bf16 units runs). Target: every format's layer at least as fast as its fp32 original (ratio ≥ 1).
+
+Each (format, shape) times the original ``nn.Linear`` module and the ``QuantLinear`` alternately over ``--rounds``, both
+"cold" (the last-level cache flushed before each call, as in decoding a model larger than the cache) and "hot" (the
+same layer called again and again); the ratios are original / quantized from the same rounds. One subprocess per
+instruction set (``ATEN_CPU_CAPABILITY`` is read when torch loads).
+
+    PYTHONPATH=src python benchmarks/cpu_layers.py [--threads 1] [--rounds 5] [--isa native avx2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHAPES = ((576, 1536), (1536, 576), (640, 2048), (2048, 2048))  # (K, N): SmolLM2 MLP down/up, Gemma MLP up, 2k square
+FORMATS = {  # label → (method, config fields)
+    "int8": ("int8", {}),
+    "int8 g128 asym": ("rtn", {"bits": 8, "group_size": 128, "symmetric": False}),
+    "int4 g64 asym": ("int4", {"group_size": 64}),
+    "int4 g128 asym": ("int4", {"group_size": 128}),
+    "int4 g64 sym": ("int4", {"group_size": 64, "symmetric": True}),
+    "hqq 4-bit g64 (float zero)": ("hqq", {"bits": 4, "group_size": 64, "iters": 2}),
+    "nf4 b64": ("nf4", {}),
+    "nf4 b64 double quant": ("nf4", {"double_quant": True}),
+    "fp4 b64": ("fp4", {}),
+    "mxfp4": ("mxfp4", {}),
+    "fp8 e4m3": ("fp8", {}),
+    "int3 g64": ("int3", {"group_size": 64}),
+    "int2 g64": ("int2", {"group_size": 64}),
+}
+
+
+def worker(args) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    sys.path.insert(0, str(HERE))
+    import lowbit
+    from common import describe_device
+    from lowbit.kernels.cpu import features, tune
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    flush = tune._flush_buffer()
+    rows = []
+    for k, n in SHAPES:
+        w = torch.randn(n, k) / k**0.5
+        x = torch.randn(1, k)
+        for label, (method, fields) in FORMATS.items():
+            holder = nn.Sequential(nn.Linear(k, n, bias=False))
+            with torch.no_grad():
+                holder[0].weight.copy_(w)
+            t0 = time.perf_counter()
+            lowbit.quantize_(holder, lowbit.config(method, **fields))
+            q = holder[0]
+            setup = time.perf_counter() - t0
+            orig = nn.Linear(k, n, bias=False)
+            with torch.no_grad():
+                orig.weight.copy_(w)
+            fns = {"orig": lambda: orig(x), "quant": lambda: q(x)}
+            times = {(name, mode): [] for name in fns for mode in ("cold", "hot")}
+            with torch.inference_mode():
+                for fn in fns.values():
+                    fn()
+                for _ in range(args.rounds):
+                    for name, fn in fns.items():
+                        for mode in ("cold", "hot"):
+                            samples = []
+                            for _ in range(args.calls):
+                                if mode == "cold":
+                                    flush.add_(1.0)
+                                t = time.perf_counter()
+                                fn()
+                                samples.append(time.perf_counter() - t)
+                            times[name, mode].append(statistics.median(samples) * 1e6)
+                ref = F.linear(x, q.fmt.decode(q.canonical_tensors()))
+                rel = float((q(x) - ref).norm() / ref.norm())
+            row = {"format": label, "K": k, "N": n, "kernel": q.kernel.name,
+                   "compute": str(q.compute_dtype).removeprefix("torch."), "isa": features.isa(),
+                   "setup_s": round(setup, 2), "rel_err_vs_its_dequantized_weight": rel, "reason": q.kernel_reason}
+            for mode in ("cold", "hot"):
+                o, qq = min(times["orig", mode]), min(times["quant", mode])
+                row[f"orig_{mode}_us"], row[f"quant_{mode}_us"] = round(o, 1), round(qq, 1)
+                row[f"ratio_{mode}"] = round(o / qq, 3)
+            rows.append(row)
+            print(f"  [{features.isa()}] {k}->{n} {label:28s} {row['kernel']:10s} {row['compute']:8s} cold "
+                  f"x{row['ratio_cold']:.2f}  hot x{row['ratio_hot']:.2f}", file=sys.stderr, flush=True)
+    print(json.dumps({"device": describe_device(), "rows": rows}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=7, help="calls per variant, mode and round (median kept)")
+    parser.add_argument("--isa", nargs="+", default=["native", "avx2"])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    sys.path.insert(0, str(HERE))
+    from common import loadavg, write_results
+
+    rows, device, start = [], None, time.perf_counter()
+    for isa in args.isa:
+        env = dict(os.environ, LOWBIT_CPU_TUNE="1", LOWBIT_CACHE=tempfile.mkdtemp(prefix="lowbit-bench-"))
+        env.pop("LOWBIT_KERNEL", None)
+        if isa == "avx2":
+            env.update(ATEN_CPU_CAPABILITY="avx2", LOWBIT_CPU_ISA="avx2")
+        load = loadavg()
+        done = subprocess.run([sys.executable, __file__, "--worker", "--threads", str(args.threads), "--rounds",
+                               str(args.rounds), "--calls", str(args.calls)], env=env, stdout=subprocess.PIPE,
+                              text=True, check=True)
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        device = out["device"]
+        for row in out["rows"]:
+            row.update(mode=isa, loadavg_start=load)
+        rows += out["rows"]
+    summary = {}
+    for isa in args.isa:
+        mine = [r for r in rows if r["mode"] == isa]
+        for mode in ("cold", "hot"):
+            worst = min(mine, key=lambda r: r[f"ratio_{mode}"])
+            summary[f"{isa}_{mode}"] = {"min_ratio": worst[f"ratio_{mode}"], "at": f"{worst['format']} "
+                                        f"{worst['K']}->{worst['N']}", "all_at_least_1": all(
+                                            r[f"ratio_{mode}"] >= 1.0 for r in mine)}
+    print(json.dumps(summary, indent=1))
+    if not args.no_write:
+        path = write_results("cpu_layers", rows, device, extra={"threads": args.threads, "rounds": args.rounds,
+                                                                "summary": summary,
+                                                                "elapsed_s": round(time.perf_counter() - start)})
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

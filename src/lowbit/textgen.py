@@ -1,0 +1,110 @@
+"""``lowbit.generate``: a prompt in, its greedy continuation out, with the time to the first token and the decode
+speed measured apart (what ``lowbit generate`` prints).
+
+The model is loaded (and quantized on load, if asked) by ``from_pretrained``, its sibling projections fused
+(q/k/v and gate/up as one quantized layer each, from ``archs.py``), and decoded by transformers' ``generate`` with a
+static KV cache (preallocated once; no cache growth per token). The first token's time includes the prompt and,
+on the CPU, the one-time work of the first use: building lowbit's C kernels and measuring the kernel choice
+(cached per CPU afterwards, ``kernels/cpu/tune.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from lowbit.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Generation:
+    text: str  # the continuation only
+    prompt_tokens: int
+    new_tokens: int
+    load_s: float
+    first_token_s: float  # prompt + first token, one-time set-up included
+    decode_tok_s: float  # tokens 2..n
+    threads: int
+    kernels: dict[str, int]  # kernel/compute dtype → number of quantized layers running it
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _Clock:
+    """A transformers streamer that only notes when each piece arrives (the prompt first, then one token each)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, quantization=None,
+             device: str = "cpu", threads: int | None = None, fuse: bool = True, static_cache: bool = True,
+             compile: bool = False) -> Generation:
+    """Greedy continuation of ``prompt`` by ``model`` (a folder path, or a loaded causal LM with ``tokenizer``).
+
+    ``quantization``: a config to quantize a full-precision folder on load. ``fuse``: q/k/v and gate/up as one layer
+    each. ``static_cache``: transformers' preallocated KV cache. ``compile``: each transformer block through
+    ``torch.compile`` (implies the static cache; the first call then includes the compilation, minutes on a small
+    CPU, and on the 2-core machine of benchmarks/cpu_decode.py it gave no decode gain).
+    """
+    from transformers import AutoTokenizer
+
+    from lowbit.loading.pipeline import from_pretrained
+    from lowbit.nn import QuantLinear, fuse_projections
+
+    if max_new_tokens < 2:
+        raise ConfigError(f"max_new_tokens={max_new_tokens}; expected at least 2 (the first token is timed apart)")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    if isinstance(model, (str, Path)):
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        model = from_pretrained(model, quantization, device=device)
+    elif tokenizer is None:
+        raise ConfigError("a loaded model needs tokenizer=...; pass the tokenizer, or the model's folder instead")
+    load_s = time.perf_counter() - t0
+    model.eval()
+    if fuse:
+        fuse_projections(model)
+    if compile:
+        _compile_blocks(model)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+    clock = _Clock()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                             cache_implementation="static" if static_cache or compile else None, streamer=clock, pad_token_id=tokenizer.eos_token_id)
+    new = out[0, ids.shape[1]:]
+    tokens = clock.times[1:]  # the first put is the prompt
+    decode_s = tokens[-1] - tokens[0]
+    kernels = Counter(f"{m.kernel.name}/{str(m.compute_dtype).removeprefix('torch.')}" for m in model.modules()
+                      if isinstance(m, QuantLinear) and m.kernel is not None)
+    return Generation(text=tokenizer.decode(new, skip_special_tokens=True), prompt_tokens=ids.shape[1],
+                      new_tokens=len(new), load_s=round(load_s, 2), first_token_s=round(tokens[0] - start, 3),
+                      decode_tok_s=round((len(tokens) - 1) / decode_s, 2) if decode_s > 0 else float("inf"),
+                      threads=torch.get_num_threads(), kernels=dict(kernels))
+
+
+def _compile_blocks(model) -> None:
+    """``torch.compile`` each transformer block in place (one graph per block; dynamo's recompile limit raised so it
+    does not quietly fall back to eager after the first few blocks)."""
+    from lowbit.archs import find_blocks
+
+    _, blocks = find_blocks(model)
+    limit = 2 * len(blocks) + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+    for block in blocks:
+        if not getattr(block, "_compiled_call_impl", None):
+            block.compile(dynamic=False)
