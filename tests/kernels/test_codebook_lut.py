@@ -41,9 +41,9 @@ OPS = {"prmt.b32": prmt, "lop3.b32": lop3, "and.b32": lambda a, b: a & b, "or.b3
 def run_ptx(asm: str, operands: dict[int, int]) -> list[int]:
     """Run ``asm`` with ``$k`` inputs from ``operands``; return the outputs ``$0..$3``."""
     regs = {f"${k}": v for k, v in operands.items()}
-    for line in asm.splitlines():
-        line = line.strip().rstrip(";")
-        if line in ("{", "}") or line.startswith(".reg"):
+    for line in re.split(r"[;{}]", asm):  # one statement between semicolons (the asm is one line)
+        line = line.strip()
+        if not line or line.startswith(".reg"):
             continue
         op, args = line.split(None, 1)
         dst, *src = [a.strip() for a in args.split(",")]

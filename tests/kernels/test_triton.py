@@ -3,6 +3,7 @@
 The GPU tests skip on machines without CUDA (CI); benchmarks/gpu_run.sh runs them on the GPU machine.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -357,6 +358,40 @@ def test_compile_fullgraph_and_cuda_graph():
 
 
 @needs_cuda
+@pytest.mark.parametrize("name", ["int4-g128-asym", "int8", "nf4-b64"])
+def test_inductor_runs_the_kernels_inside_its_graph(name):
+    """Under torch.compile (inductor, one graph) the Triton kernels are in inductor's own code, not an opaque op
+    call, and give the eager result; the layer's tensors are static inputs, so CUDA graphs read them in place."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    ql = layer(FORMATS[name], 512, 1024, "cuda", torch.bfloat16)
+    assert all(hasattr(t, "_dynamo_static_input_type") for t in ql._prepared.values())
+    with torch.inference_mode():
+        for m in (1, 5):
+            x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+            eager = ql(x)
+            got, code = run_and_get_code(torch.compile(ql, fullgraph=True), x)
+            assert torch.equal(got, eager)
+            src = "\n".join(code)
+            assert ("gemv_kernel" in src or "gemm_kernel" in src) and "lowbit.triton_linear" not in src, src[-2000:]
+
+
+@needs_cuda
+def test_eager_fast_path_equals_the_op():
+    """A plain eager call skips the op's dispatch (launcher.linear); it computes what the op computes, for every
+    M bucket and for unaligned inputs."""
+    ql = layer(FORMATS["int4-g128-asym"], 512, 1024, "cuda", torch.bfloat16)
+    w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
+    tf = ql.kernel.triton_format(ql.request)
+    for m in (1, 2, 16, 64, 300):
+        x = torch.randn(m + 1, 1024, device="cuda", dtype=torch.bfloat16)
+        for xv in (x[:m], x.view(-1)[1:1 + m * 1024].view(m, 1024)):  # aligned, then 2 bytes off
+            for _ in range(2):  # the second call runs the compiled kernel directly
+                assert torch.equal(ql(xv), torch.ops.lowbit.triton_linear(xv, w, s, z, ql.bias, *tf.op_args()))
+
+
+@needs_cuda
 def test_auto_compute_dtype_follows_the_layer_to_the_gpu_and_back(monkeypatch):
     """Quantized on a CPU without bf16 units (fp32 layers), then moved: on the GPU the Triton kernel runs in bf16
     (the model's dtype once it is half), and back on the CPU in fp32 again."""
@@ -418,3 +453,17 @@ def test_fused_projections_under_compile_and_cuda_graph():
     for got in (fused, compiled, out.float()):
         assert ((got - plain).norm() / plain.norm()).item() < 1e-2
     assert torch.equal(fused, out.float())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.parametrize("kernel", ["gemv_kernel", "gemm_kernel"])
+def test_kernel_source_has_no_backslash_for_inductor(kernel):
+    """Inductor copies a user kernel's source with the globals it reads into a string literal of its own code,
+    where a backslash (an escaped newline in an asm string, say) would be read as an escape: there is none."""
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+
+    from lowbit.kernels.triton import kernels
+
+    source = user_defined_triton_kernel_transitive_closure_source_code(getattr(kernels, kernel))
+    assert "\\" not in source
+    compile(source, kernel, "exec")

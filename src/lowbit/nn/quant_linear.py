@@ -125,5 +125,6 @@ class QuantLinear(QuantHolder):
             return group.output(x, index)
         if self.kernel is None:
             self.prepare()
-        y = self.kernel.run(x.to(self.compute_dtype), self._buffers, self._prepared, self.request, self.bias)
-        return y.to(x.dtype)
+        xc = x if x.dtype == self.compute_dtype else x.to(self.compute_dtype)  # a no-op .to() still dispatches
+        y = self.kernel.run(xc, self._buffers, self._prepared, self.request, self.bias)
+        return y if y.dtype == x.dtype else y.to(x.dtype)

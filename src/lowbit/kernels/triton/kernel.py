@@ -63,7 +63,15 @@ class TritonKernel(Kernel):
 
     def prepare(self, tensors, request):
         load_ops()  # the op exists before the first forward (which torch.compile may trace)
-        return self.layout(tensors, request)
+        prepared = self.layout(tensors, request)
+        if env.triton_available() and request.device.type == "cuda":
+            # fixed addresses, as parameters and buffers have: CUDA graphs that torch.compile records read the
+            # weights in place (a tensor it does not know as static would be copied into the graph every replay)
+            from torch._dynamo import mark_static_address
+
+            for tensor in prepared.values():
+                mark_static_address(tensor)
+        return prepared
 
     def layout(self, tensors, request) -> dict[str, torch.Tensor]:
         """The kernel-private tensors (non-persistent, never saved)."""
@@ -75,7 +83,24 @@ class TritonKernel(Kernel):
 
     def run(self, x, tensors, prepared, request, bias):
         w, s, z = self.tensors(tensors, prepared)
+        if not torch.compiler.is_compiling() and type(x) is torch.Tensor and not (
+                x.requires_grad and torch.is_grad_enabled()):
+            # a plain eager call: straight to the launcher (the op's dispatch costs more than the launch)
+            return load_ops().eager(x, w, s, z, bias, _cached_format(self, request))
         return torch.ops.lowbit.triton_linear(x, w, s, z, bias, *_op_args(self, request))
+
+
+_FORMATS: dict[int, tuple] = {}
+
+
+def _cached_format(kernel: TritonKernel, request) -> TritonFormat:
+    """``_triton_format`` found by the request's identity, without hashing its fields on every call."""
+    hit = _FORMATS.get(id(request))
+    if hit is None or hit[0] is not request or hit[1] is not kernel:
+        if len(_FORMATS) > 4096:
+            _FORMATS.clear()
+        hit = _FORMATS[id(request)] = (request, kernel, _triton_format(kernel, request))
+    return hit[2]
 
 
 @functools.lru_cache(maxsize=1024)

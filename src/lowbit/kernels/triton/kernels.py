@@ -64,20 +64,20 @@ def _pair_asm(half: str, magic: int, scaled: bool) -> str:
     lines = ["{", ".reg .b32 %pa, %pb;", "shr.u32 %pa, $1, $3;", "shr.u32 %pb, $2, $4;",
              "prmt.b32 $0, %pa, %pb, 0x5410;", f"lop3.b32 $0, $0, 0x000F000F, {magic << 16 | magic:#010x}, 0xEA;",
              f"sub.rn.{half}x2 $0, $0, $5;"] + ([f"mul.rn.{half}x2 $0, $0, $6;"] if scaled else [])
-    return "\n".join(lines + ["}"])
+    return " ".join(lines + ["}"])
 
 
 PAIR_ASM = tl.constexpr(tuple(_pair_asm(half, magic, scaled) for half, magic in (("bf16", 0x4300), ("f16", 0x6400))
                               for scaled in (True, False)))  # PAIR_ASM[2 * (PACKED - 1) + LATE]
 
 
+# One chunk of BN rows as fp32 weights (``PACKED``: x's dtype; ``LATE``: unscaled): [BN, 8, 16] (input
+# ``c*128 + i*16 + j``), or [BN, 128] straight away for the byte formats and, with ``FLAT``, for the 4-bit ones
+# too (each word loaded once per code it holds: no reshape, so no trip through shared memory for ``tl.dot``).
 @triton.jit
 def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
              FMT: tl.constexpr, GS: tl.constexpr, HAS_Z: tl.constexpr, ZERO: tl.constexpr, FLAT: tl.constexpr,
              PACKED: tl.constexpr = 0, LATE: tl.constexpr = 0):
-    """One chunk of BN rows as fp32 weights (``PACKED``: x's dtype; ``LATE``: unscaled): [BN, 8, 16] (input
-    ``c*128 + i*16 + j``), or [BN, 128] straight away for the byte formats and, with ``FLAT``, for the 4-bit ones
-    too (each word loaded once per code it holds: no reshape, so no trip through shared memory for ``tl.dot``)."""
     if FLAT or FMT == INT8 or FMT == FP8:
         k = tl.arange(0, 128)[None, :]  # [1, 128]: input c*128 + k is nibble k // 16 of word k % 16
         shift = 4 * (k // 16)
@@ -96,7 +96,7 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
         w_at = _word_rows(rows, K)[:, None, None]
     if GS >= 128:
         group = (c * 128) // GS  # one scale per row for the whole chunk
-    if FMT == INT4 and PACKED and not FLAT:  # two weights a register, decoded (and scaled) in x's dtype
+    if FMT == INT4 and PACKED and not FLAT:  # two weights a register, decoded (and scaled) in x dtype
         words = tl.broadcast_to(tl.load(w_ptr + w_at + c * 256 + word), (rows.shape[0], 8, 16))
         if HAS_Z:
             z = tl.load(z_ptr + at * stride_sn + group * stride_sg).to(tl.float32)
@@ -105,7 +105,7 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
         x_dtype = tl.bfloat16 if PACKED == 1 else tl.float16
         sh = tl.broadcast_to(4 * i, words.shape)
         off = tl.broadcast_to(((128.0 if PACKED == 1 else 1024.0) + z).to(x_dtype), words.shape)
-        if LATE:  # q - z: the caller scales the chunk's products
+        if LATE:  # q - z: the caller scales the chunk products
             w = tl.inline_asm_elementwise(PAIR_ASM[2 * (PACKED - 1) + 1], "=r" + ",r" * 5, [words, sh, off],
                                           dtype=x_dtype, is_pure=True, pack=2)
         else:
@@ -122,7 +122,7 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
             else:
                 z = ZERO
             f = ((q << 13) | 0x44800000).to(tl.float32, bitcast=True)  # 1024 + q
-            if s_ptr.dtype.element_ty == tl.float32:  # (q - z) * s, one rounding as the reference's
+            if s_ptr.dtype.element_ty == tl.float32:  # (q - z) * s, one rounding as the reference
                 w = (f - (1024.0 + z)) * s
             else:  # 16-bit scales: (1024 + z) * s is exact in fp32, so one FMA gives the same
                 w = f * s + (-(1024.0 + z) * s)
@@ -142,23 +142,23 @@ def _weights(w_ptr, s_ptr, z_ptr, lut_ptr, rows, c, K, stride_sn, stride_sg,
     return w
 
 
+# The code book's values for codes ``q``, loaded (the interpreter's path: no PTX there).
 @triton.jit
 def _table(lut_ptr, q):
-    """The code book's values for codes ``q``, loaded (the interpreter's path: no PTX there)."""
     return tl.load(lut_ptr + q).to(tl.float32, bitcast=True)
 
 
+# Where each row's words start in the blocked layout (layout.py): blocks of 16 rows, each holding its chunks
+# in order, a chunk being 16 rows x 16 words; chunk c of a row is 256 c words further on.
 @triton.jit
 def _word_rows(rows, K):
-    """Where each row's words start in the blocked layout (layout.py): blocks of 16 rows, each holding its chunks
-    in order, a chunk being 16 rows x 16 words; chunk c of a row is 256 c words further on."""
     kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: every offset is a multiple of 16 words (64 bytes)
     return tl.multiple_of((rows // 16) * (16 * kw) + (rows % 16) * 16, 16)
 
 
+# Nibble ``i`` of every int32 word as the float ``1 + q/16``: q moved to bits 19..22 of 1.0's mantissa.
 @triton.jit
 def _nibble(words, i: tl.constexpr):
-    """Nibble ``i`` of every int32 word as the float ``1 + q/16``: q moved to bits 19..22 of 1.0's mantissa."""
     if 4 * i <= 19:
         t = words << (19 - 4 * i)
     else:
@@ -171,9 +171,9 @@ def _nibble(words, i: tl.constexpr):
     return bits.to(tl.float32, bitcast=True)
 
 
+# The scales (or zeros) of chunk ``c`` for rows ``at``: [BN], or [BN, NSUB] when a chunk has NSUB groups.
 @triton.jit
 def _groups(at, c, stride_sg, GS: tl.constexpr, NSUB: tl.constexpr):
-    """The scales (or zeros) of chunk ``c`` for rows ``at``: [BN], or [BN, NSUB] when a chunk has NSUB groups."""
     if NSUB == 1:
         v = tl.load(at + (c * 128) // GS * stride_sg)
     else:
@@ -181,9 +181,9 @@ def _groups(at, c, stride_sg, GS: tl.constexpr, NSUB: tl.constexpr):
     return v
 
 
+# Group ``g`` of :func:`_groups`' result, as fp32 [BN].
 @triton.jit
 def _group(v, g: tl.constexpr, NSUB: tl.constexpr):
-    """Group ``g`` of :func:`_groups`' result, as fp32 [BN]."""
     if NSUB == 1:
         out = v.to(tl.float32)
     else:
@@ -191,25 +191,25 @@ def _group(v, g: tl.constexpr, NSUB: tl.constexpr):
     return out
 
 
+# Table word ``r`` of lut.py's ``table_words`` (stored after the 16 decoded values).
 @triton.jit
 def _book(lut_ptr, r):
-    """Table word ``r`` of lut.py's ``table_words`` (stored after the 16 decoded values)."""
     return tl.load(lut_ptr + 16 + r)
 
 
+# Codes 4 half .. 4 half + 3 of each int32 word as four fp32 tensors, decoded in registers (lut.py).
 @triton.jit
 def _book4(words, half: tl.constexpr, lut_ptr):
-    """Codes 4 half .. 4 half + 3 of each int32 word as four fp32 tensors, decoded in registers (lut.py)."""
     return tl.inline_asm_elementwise(
         WORD_ASM_LO if half == 0 else WORD_ASM_HI, "=r,=r,=r,=r" + ",r" * 9,
         [words, _book(lut_ptr, 0), _book(lut_ptr, 1), _book(lut_ptr, 2), _book(lut_ptr, 3), _book(lut_ptr, 4),
          _book(lut_ptr, 5), _book(lut_ptr, 6), _book(lut_ptr, 7)], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
 
 
+# Store a finished fp32 tile [BM, BN] (+ bias); with split-K, the last program of the tile does it.
 @triton.jit
 def _finish(acc, offs_m, rows, lock_id, M, N, out_ptr, stride_om, b_ptr, ws_ptr, lock_ptr,
             HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
-    """Store a finished fp32 tile [BM, BN] (+ bias); with split-K, the last program of the tile does it."""
     mask = (offs_m < M)[:, None] & (rows < N)[None, :]
     out = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + rows[None, :]
     if SPLIT == 1:
@@ -218,13 +218,15 @@ def _finish(acc, offs_m, rows, lock_id, M, N, out_ptr, stride_om, b_ptr, ws_ptr,
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tile = offs_m.to(tl.int64)[:, None] * N + rows[None, :]
-        tl.store(ws_ptr + tl.program_id(2) * M.to(tl.int64) * N + tile, acc, mask=mask)
-        tl.debug_barrier()  # every thread's partials are written before the counter moves
+        plane = (tl.program_id(2) * 0).to(tl.int64) + M  # M in int64 (M may be a constant where analysed)
+        plane = plane * N  # one split part of the workspace
+        tl.store(ws_ptr + tl.program_id(2) * plane + tile, acc, mask=mask)
+        tl.debug_barrier()  # every thread partials are written before the counter moves
         arrived = tl.atomic_add(lock_ptr + lock_id, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT - 1:
             total = tl.zeros_like(acc)
             for p in tl.static_range(SPLIT):  # a fixed order: the same sums every run
-                total += tl.load(ws_ptr + p * M.to(tl.int64) * N + tile, mask=mask, other=0.0,
+                total += tl.load(ws_ptr + p * plane + tile, mask=mask, other=0.0,
                                  cache_modifier=".cg")
             if HAS_BIAS:
                 total = total + tl.load(b_ptr + tl.minimum(rows, N - 1)).to(tl.float32)[None, :]
@@ -251,12 +253,12 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
         SUB: tl.constexpr = GS if GS < 128 else 128  # inputs that share one scale within a chunk
         SPAN: tl.constexpr = SUB // 16  # slabs per scale
         NSUB: tl.constexpr = 128 // SUB
-        # With PF, the next chunk's scales and zeros are loaded ahead too ([BN], or [BN, NSUB] for several groups).
+        # With PF, the next chunk scales and zeros are loaded ahead too ([BN], or [BN, NSUB] for several groups).
         w_at = w_ptr + _word_rows(safe_rows, K)[:, None] + j[None, :]
         s_at = s_ptr + safe_rows * stride_sn
         z_at = z_ptr + safe_rows * stride_sn
         # PD = 1: chunk it + 1 is requested (into registers) while chunk it is computed. PD = 0: every load in
-        # the loop, kept in flight by Triton's software pipelining (num_stages - 1 chunks ahead in shared memory)
+        # the loop, kept in flight by Triton software pipelining (num_stages - 1 chunks ahead in shared memory)
         last = chunks_per_split - 1
         if PD == 1:
             w_next = tl.load(w_at + c0 * 256)
@@ -280,7 +282,7 @@ def gemv_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                     z_next = _groups(z_at, cn, stride_sg, GS, NSUB)
             for g in tl.static_range(NSUB):
                 part = tl.zeros((BN, ACC_W), dtype=tl.float32)
-                xsum = tl.zeros((ACC_W,), dtype=tl.float32)  # per lane: x summed over this group's slabs
+                xsum = tl.zeros((ACC_W,), dtype=tl.float32)  # per lane: x summed over this group slabs
                 for t in tl.static_range(SPAN):
                     xv = tl.load(x_row + c * 128 + (g * SPAN + t) * 16 + j).to(tl.float32)
                     if FMT == INT4:
@@ -374,7 +376,7 @@ def gemm_kernel(x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, b_ptr, out_ptr, ws_
                 w = _weights(w_ptr, s_ptr, z_ptr, lut_ptr, safe_rows, c + u, K, stride_sn, stride_sg,
                              FMT, GS, HAS_Z, ZERO, FLAT, PACKED, LATE)
                 wt = tl.reshape(w, (BN, 128)).to(xt.dtype)  # a no-op for [BN, 128]
-            if LATE:  # this chunk's products of q - z, times the rows' scales of its group
+            if LATE:  # this chunk products of q - z, times the row scales of its group
                 sc = tl.load(s_ptr + safe_rows * stride_sn + ((c + u) * 128 // GS) * stride_sg).to(tl.float32)
                 if SWAP:
                     acc += tl.dot(wt, tl.trans(xt)) * sc[:, None]

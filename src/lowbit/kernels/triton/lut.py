@@ -89,12 +89,12 @@ _SELECT = ["shr.u32 %lp, %ls, 1;",
 
 # One call per int32 word $4 holding 8 codes (code i in bits 4i..4i+3), the table words in $5..$12: outputs
 # $0..$3 are the fp32 values of codes 0-3 (WORD_ASM[0]) or 4-7 (WORD_ASM[1]).
-WORD_ASM = tuple("\n".join(_HEAD + [f"shr.u32 %ls, $4, {16 * half};"] + _SELECT
+WORD_ASM = tuple(" ".join(_HEAD + [f"shr.u32 %ls, $4, {16 * half};"] + _SELECT
                            + _decode4([f"${5 + r}" for r in range(8)]) + ["}"]) for half in (0, 1))
 
 # pack=4: four codes $4..$7 (one per int32, 0..15) → fp32 values $0..$3; each table word comes as four copies
 # of one register (operands $8 + 4r .. $11 + 4r), of which the first is used.
-CODE_ASM = "\n".join(_HEAD + ["shl.b32 %lp, $5, 4;", "or.b32 %ls, $4, %lp;",
+CODE_ASM = " ".join(_HEAD + ["shl.b32 %lp, $5, 4;", "or.b32 %ls, $4, %lp;",
                                "shl.b32 %lp, $6, 8;", "or.b32 %ls, %ls, %lp;",
                                "shl.b32 %lp, $7, 12;", "or.b32 %ls, %ls, %lp;"] + _SELECT
                       + _decode4([f"${8 + 4 * r}" for r in range(8)]) + ["}"])

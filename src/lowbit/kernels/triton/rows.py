@@ -6,11 +6,11 @@ import triton
 import triton.language as tl
 
 
+# One row of x per program → e4m3 codes and a float32 scale, as ``formats.fp8.quantize_rows`` computes them
+# on CUDA (amax / 448, which torch computes as amax * fp32(1/448), 1 for an all-zero row; x / scale rounded to
+# nearest, clamped to ±448), in one launch.
 @triton.jit
 def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, BLOCK: tl.constexpr):
-    """One row of x per program → e4m3 codes and a float32 scale, as ``formats.fp8.quantize_rows`` computes them
-    on CUDA (amax / 448, which torch computes as amax * fp32(1/448), 1 for an all-zero row; x / scale rounded to
-    nearest, clamped to ±448), in one launch."""
     m = tl.program_id(0)
     row = x_ptr + m.to(tl.int64) * stride_xm
     out = q_ptr + m.to(tl.int64) * K
