@@ -102,14 +102,11 @@ def compile_layers(model, batches: int) -> None:
     the quantized linears. Dynamo compiles the layer code once per layer and batch size (the cache's
     ``layer_idx`` is a static int), the same graph for every layer (inductor's cache serves layers 2-32); the
     recompile limit is raised to that count, past which dynamo would quietly run the remaining layers eagerly."""
+    from lowbit.generation import compile_blocks
+
     torch._dynamo.reset()  # each variant starts with a fresh cache of compiled graphs
     torch._dynamo.utils.counters.clear()  # and a fresh count of them
-    limit = len(model.model.layers) * batches + 8
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
-                                                           4 * limit)
-    for layer in model.model.layers:
-        layer.compile(dynamic=False)
+    compile_blocks(model, batches)
 
 
 def compiled_graphs() -> int:

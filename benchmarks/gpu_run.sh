@@ -22,7 +22,7 @@ status=0
 for s in "${sections[@]}"; do
   start=$(date +%s)
   case $s in
-    tests)  python3 -m pytest tests/kernels/test_triton.py -q -x -n 8 -p no:cacheprovider > "$OUT/tests.log" 2>&1 ;;
+    tests)  python3 -m pytest tests/kernels/test_triton.py tests/test_generation.py -q -x -n 8 -p no:cacheprovider > "$OUT/tests.log" 2>&1 ;;
     linear) python3 benchmarks/gpu_linear.py --out "$OUT" > "$OUT/linear.log" 2>&1
             cp "$OUT"/tuned_*.json src/lowbit/kernels/triton/ 2>/dev/null ;;  # later sections use the fresh configs
     decode) python3 benchmarks/decode.py --out "$OUT" ${DECODE_ARGS:-} > "$OUT/decode.log" 2>&1 ;;

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from lowbit.methods.smoothquant import SmoothQuantConfig
     from lowbit.hf.config import HfQuantConfig
     from lowbit.nn import fuse_projections
+    from lowbit.generation import Decoder, compile_for_decode
     from lowbit.quantizer import Quantizer
     from lowbit.textgen import Generation, generate
 
@@ -52,6 +53,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "from_pretrained": ("lowbit.loading.pipeline", "from_pretrained"),
     "save_pretrained": ("lowbit.loading.save", "save_pretrained"),
     "fuse_projections": ("lowbit.nn", "fuse_projections"),
+    "compile_for_decode": ("lowbit.generation", "compile_for_decode"), "Decoder": ("lowbit.generation", "Decoder"),
     "AwqConfig": ("lowbit.methods.awq", "AwqConfig"), "Fp8Config": ("lowbit.methods.fp8", "Fp8Config"),
     "GptqConfig": ("lowbit.methods.gptq", "GptqConfig"), "HqqConfig": ("lowbit.methods.hqq", "HqqConfig"),
     "Mxfp4Config": ("lowbit.methods.mxfp4", "Mxfp4Config"), "Fp4Config": ("lowbit.methods.nf4", "Fp4Config"),
@@ -96,8 +98,8 @@ def Int4Config(**fields) -> RtnConfig:  # noqa: N802
 
 
 __all__ = [
-    "AwqConfig", "ComputeDtype", "Fp4Config", "Fp8Config", "Generation", "GptqConfig", "HfQuantConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
+    "AwqConfig", "ComputeDtype", "Decoder", "Fp4Config", "Fp8Config", "Generation", "GptqConfig", "HfQuantConfig", "HqqConfig", "Inspection", "Int4Config", "Int8Config", "LayerInfo",
     "Mxfp4Config", "Nf4Config", "QuantConfig", "Quantizer", "RtnConfig", "SmoothQuantConfig",
-    "config", "config_from_dict", "errors", "from_pretrained", "fuse_projections", "generate", "inspect", "methods", "quantize_", "quantize_calibrated", "quantize_folder",
+    "compile_for_decode", "config", "config_from_dict", "errors", "from_pretrained", "fuse_projections", "generate", "inspect", "methods", "quantize_", "quantize_calibrated", "quantize_folder",
     "register_alias", "register_method", "save_pretrained", "verify",
 ]

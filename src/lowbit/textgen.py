@@ -60,6 +60,7 @@ def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, qu
     """
     from transformers import AutoTokenizer
 
+    from lowbit.generation import compile_blocks
     from lowbit.loading.pipeline import from_pretrained
     from lowbit.nn import QuantLinear, fuse_projections
 
@@ -78,7 +79,7 @@ def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, qu
     if fuse:
         fuse_projections(model)
     if compile:
-        _compile_blocks(model)
+        compile_blocks(model)
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
     clock = _Clock()
     start = time.perf_counter()
@@ -94,17 +95,3 @@ def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, qu
                       new_tokens=len(new), load_s=round(load_s, 2), first_token_s=round(tokens[0] - start, 3),
                       decode_tok_s=round((len(tokens) - 1) / decode_s, 2) if decode_s > 0 else float("inf"),
                       threads=torch.get_num_threads(), kernels=dict(kernels))
-
-
-def _compile_blocks(model) -> None:
-    """``torch.compile`` each transformer block in place (one graph per block; dynamo's recompile limit raised so it
-    does not quietly fall back to eager after the first few blocks)."""
-    from lowbit.archs import find_blocks
-
-    _, blocks = find_blocks(model)
-    limit = 2 * len(blocks) + 8
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
-    for block in blocks:
-        if not getattr(block, "_compiled_call_impl", None):
-            block.compile(dynamic=False)

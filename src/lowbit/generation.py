@@ -1,0 +1,131 @@
+"""Fast greedy decoding on CUDA: ``lowbit.compile_for_decode(model)``, then ``.generate(input_ids, n)``.
+
+transformers' ``generate`` runs a Python loop around every token (logits processors, stopping checks that wait for
+the GPU). The fast path does what the decode benchmark does instead:
+
+1. ``fuse_projections``: q/k/v and gate/up of each block run as one quantized launch each;
+2. each transformer block compiled by ``torch.compile`` (norms, RoPE, residual adds and cache writes fused around
+   the quantized linears; one graph per block and batch size, the same code for every block);
+3. a ``StaticCache`` and one CUDA graph per decode step (forward, argmax, the token and position fed back),
+   recorded once per batch size and cache length and replayed for every token; the prompt runs eagerly.
+
+Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is changed in place
+(fused projections, compiled blocks); ``model.generate`` keeps working.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowbit.archs import find_blocks
+from lowbit.errors import LowbitError
+from lowbit.nn import fuse_projections
+
+WARM_STEPS = 3  # eager steps before a step is recorded (the first of them compile the blocks)
+CACHE_STEP = 256  # cache lengths are rounded up to this, so nearby lengths share a recorded graph
+
+
+def compile_blocks(model: nn.Module, batch_sizes: int = 2) -> None:
+    """``torch.compile`` each transformer block in place (``dynamic=False``), with dynamo's recompile limits raised
+    to one graph per block and batch size (past the limit dynamo would quietly run the remaining blocks eagerly)."""
+    _, blocks = find_blocks(model)
+    limit = len(blocks) * batch_sizes + 8
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
+                                                           4 * limit)
+    for block in blocks:
+        if not getattr(block, "_compiled_call_impl", None):  # compiled once, even when called again
+            block.compile(dynamic=False)
+
+
+class _Step:
+    """One batch size and cache length: the static cache, the step's input and output tensors, its CUDA graph."""
+
+    def __init__(self, model: nn.Module, batch: int, length: int) -> None:
+        from transformers import StaticCache
+
+        device = model.get_input_embeddings().weight.device
+        self.model = model
+        self.cache = StaticCache(config=model.config, max_cache_len=length)
+        self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.out = torch.zeros(batch, length + 1, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def step(self) -> None:
+        logits = self.model(input_ids=self.tok, past_key_values=self.cache, cache_position=self.pos,
+                            use_cache=True).logits
+        nxt = logits[:, -1:].argmax(-1)
+        self.out.index_copy_(1, self.pos + 1, nxt)
+        self.tok.copy_(nxt)
+        self.pos.add_(1)
+
+    def run(self, steps: int) -> None:
+        if self.graph is None:
+            warm = min(steps, WARM_STEPS)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warm):
+                    self.step()
+            torch.cuda.current_stream().wait_stream(side)
+            steps -= warm
+            if steps == 0:
+                return
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.step()  # recorded, not run
+        for _ in range(steps):
+            self.graph.replay()
+
+
+class Decoder:
+    """A causal LM made ready for fast greedy decoding; see the module's docstring."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._steps: dict[tuple[int, int], _Step] = {}
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """[batch, prompt + max_new_tokens]: the prompt and its greedy continuation."""
+        if input_ids.dim() != 2 or input_ids.device.type != "cuda":
+            raise LowbitError(f"input_ids has shape {list(input_ids.shape)} on {input_ids.device}; expected "
+                              "[batch, prompt] token ids on the model's CUDA device")
+        if max_new_tokens < 1:
+            raise LowbitError(f"max_new_tokens={max_new_tokens}; expected at least 1")
+        batch, prompt = input_ids.shape
+        length = -(-(prompt + max_new_tokens) // CACHE_STEP) * CACHE_STEP
+        state = self._steps.get((batch, length))
+        if state is None:
+            state = self._steps[batch, length] = _Step(self.model, batch, length)
+        state.cache.reset()
+        with torch.compiler.set_stance("force_eager"):  # the prompt runs once: not worth a compile
+            logits = self.model(input_ids=input_ids, past_key_values=state.cache, use_cache=True,
+                                cache_position=torch.arange(prompt, device=input_ids.device)).logits
+        state.out[:, :prompt] = input_ids
+        state.out[:, prompt:prompt + 1] = logits[:, -1:].argmax(-1)
+        state.tok.copy_(state.out[:, prompt:prompt + 1])
+        state.pos.fill_(prompt)
+        state.run(max_new_tokens - 1)
+        return state.out[:, :prompt + max_new_tokens].clone()
+
+
+def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool = True) -> Decoder:
+    """Make ``model`` (a transformers causal LM on CUDA, quantized or not) ready for fast greedy decoding.
+
+    ``fuse``: run q/k/v and gate/up as one quantized launch each (``fuse_projections``); ``compile``: compile each
+    block with ``torch.compile``. Returns a :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)``
+    gives the same tokens as ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the
+    compiled blocks.
+    """
+    device = model.get_input_embeddings().weight.device
+    if device.type != "cuda":
+        raise LowbitError(f"compile_for_decode needs the model on a CUDA device (its embeddings are on {device}); "
+                          "move it with model.to('cuda') first")
+    if fuse:
+        fuse_projections(model)
+    if compile:
+        compile_blocks(model)
+    return Decoder(model)

@@ -1,0 +1,44 @@
+"""``lowbit.compile_for_decode``: the fast greedy decode path (fused projections, compiled blocks, one CUDA graph a
+step). Its speed is measured by benchmarks/generate.py; here, that its tokens are the greedy ones."""
+
+import pytest
+import torch
+
+import lowbit
+from lowbit.errors import LowbitError
+
+CUDA = torch.cuda.is_available()
+
+
+def tiny_llama(device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).to(device, torch.bfloat16).eval()
+
+
+def test_needs_a_cuda_model():
+    with pytest.raises(LowbitError, match="needs the model on a CUDA device"):
+        lowbit.compile_for_decode(tiny_llama("cpu"))
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device: the fast path records CUDA graphs (gpu_run.sh runs it)")
+@pytest.mark.parametrize("compile", [False, True], ids=["eager-blocks", "compiled-blocks"])
+def test_tokens_are_the_greedy_continuation(compile):
+    """Every generated token is the argmax of the model's own logits over the sequence so far (teacher-forced,
+    plain eager model), up to a rounding margin for near ties; twice the same call gives the same tokens."""
+    model = tiny_llama("cuda")
+    lowbit.quantize_(model, lowbit.config("int4", group_size=128))
+    ids = torch.randint(0, 128, (2, 7), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    decoder = lowbit.compile_for_decode(model, compile=compile)
+    out = decoder.generate(ids, 40)
+    again = decoder.generate(ids, 40)
+    assert out.shape == (2, 47) and torch.equal(out[:, :7], ids)
+    assert torch.equal(out, again)
+    with torch.inference_mode():
+        logits = model(out).logits.float()[:, 6:-1]  # the logits that chose tokens 7..46
+    chosen = logits.gather(-1, out[:, 7:, None])[..., 0]
+    margin = 0.02 * logits.std()
+    assert bool((chosen >= logits.max(-1).values - margin).all()), (chosen - logits.max(-1).values).min()
