@@ -75,14 +75,19 @@ def test_quantize_inspect_verify(llama, tmp_path):
     # 64 x 64 int4 g32 asym: 64*64/2 code bytes + 64*2 fp16 scales + 64*2 uint8 zeros = 2048 + 256 + 128
     assert q["nbytes"] == 2432 and q["bits_per_weight"] == pytest.approx(2432 * 8 / 4096)
     assert q["format"] == "int4 g32 asym" and q["shape"] == [64, 64] and q["kernel"] and q["reason"]
+    from lowbit.kernels.cpu.features import cpu_has_bf16
+
+    assert q["compute_dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")  # auto on this CPU
     d = layers["model.layers.1.mlp.down_proj"]  # 64 x 128
     assert d["nbytes"] == 64 * 64 + 64 * 4 * 2 + 64 * 4
     assert report["quantized_bytes"] == sum(layer["nbytes"] for layer in report["layers"])
     assert report["total_bytes"] > report["quantized_bytes"]
 
-    table = ok(helpers.run_cli(["inspect", out]))
-    for name in expected:
-        assert name in table
+    table = ok(helpers.run_cli(["inspect", out]))  # grouped: one row per projection, blocks {0-1}
+    assert "model.layers.{0-1}.…" in table and "14 layers in 7 groups" in table
+    for m in helpers.LLAMA_LINEARS:
+        row = next(line for line in table.splitlines() if line.split() and line.split()[0] == m)
+        assert row.split()[1] == "2" and "[1]" in row, row
     assert "int4 g32 asym" in table and "rtn" in table
 
     verified = ok(helpers.run_cli(["verify", out]))

@@ -60,6 +60,7 @@ class LayerInfo:
     shape: tuple[int, int]
     bits_per_weight: float
     nbytes: int
+    compute_dtype: str  # what the kernel computes in (float32, bfloat16, ...); an embedding's output dtype
     kernel: str
     reason: str
     origin: str = ""  # imported layers: the source tool's format, and whether the mapping is exact
@@ -95,6 +96,7 @@ def inspect(model_or_path: nn.Module | str | Path, **load_kwargs) -> Inspection:
             name=name, kind="embedding" if isinstance(module, QuantEmbedding) else "linear", method=method or "?",
             format=module.fmt.describe() + (f" (shares {tied})" if tied else ""), shape=module.weight_shape,
             bits_per_weight=round(module.bits_per_weight(), 4), nbytes=0 if tied else module.packed_nbytes(),
+            compute_dtype=str(getattr(module, "compute_dtype", getattr(module, "out_dtype", ""))).removeprefix("torch."),
             kernel=kernel.name if kernel else ("lookup" if isinstance(module, QuantEmbedding) else "unprepared"),
             reason=reason, origin=_origin(quantizer, name)))
     total = _model_bytes(model)
