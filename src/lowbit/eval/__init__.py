@@ -8,8 +8,8 @@ from lowbit.eval.report import (
     capture_inputs,
     layer_report,
     measure_layers,
-    plot_report,
 )
+from lowbit.eval.plot import plot_report
 
 __all__ = ["LayerQuality", "LayerReport", "PerplexityResult", "calibration_ids", "capture_inputs", "layer_report",
            "load_text", "measure_layers", "perplexity", "plot_report"]

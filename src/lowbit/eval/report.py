@@ -27,7 +27,7 @@ from lowbit.eval.perplexity import PerplexityResult, perplexity
 from lowbit.nn import QuantLinear
 
 __all__ = ["LayerQuality", "LayerReport", "calibration_ids", "capture_inputs", "layer_report",
-           "measure_layers", "plot_report", "require_matplotlib"]
+           "measure_layers", "require_matplotlib"]
 
 PLOT_PIP = "pip install 'lowbit[plot]'"
 
@@ -264,27 +264,3 @@ def layer_report(path: str | Path, quantization: QuantConfig | str, *, tokenizer
     return LayerReport(model=str(path), config=cfg.to_dict(), layers=tuple(layers),
                        calib_tokens=calib_ids.numel(), rows=min(max_rows, calib_ids.numel()), fp32=fp32,
                        quantized=quantized, note=note)
-
-
-def plot_report(report: LayerReport, out: str | Path) -> Path:
-    """Bar charts per layer: relative output error (top, log scale) and weight SQNR in dB (bottom), as a PNG."""
-    require_matplotlib()
-    from matplotlib.figure import Figure
-
-    n = len(report.layers)
-    fig = Figure(figsize=(max(8.0, min(0.12 * n, 24.0)), 7.0), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    xs = range(n)
-    top.bar(xs, [x.output_error for x in report.layers], color="tab:red")
-    top.set_yscale("log")
-    top.set_ylabel("rel. output error")
-    top.set_title(report.summary().split("; worst")[0], fontsize=9)
-    bottom.bar(xs, [min(x.sqnr_db, 100.0) for x in report.layers], color="tab:blue")
-    bottom.set_ylabel("weight SQNR (dB)")
-    names = [x.name.removeprefix("model.") for x in report.layers]
-    blocks = [name.rsplit(".", 2)[0] for name in names]  # "layers.12"
-    ticks = [i for i in xs if n <= 60 or i == 0 or blocks[i] != blocks[i - 1]]  # one tick per block when many
-    bottom.set_xticks(ticks, [names[i] if n <= 60 else blocks[i] for i in ticks], rotation=90, fontsize=7)
-    out = Path(out)
-    fig.savefig(out, dpi=120)
-    return out
