@@ -69,10 +69,12 @@ def quant_linear(weight: torch.Tensor, cfg) -> nn.Module:
 def build_layers(k: int, n: int) -> dict[str, object]:
     w = torch.randn(n, k) * (1.0 / k**0.5)
     layers: dict[str, object] = {"w32": w, "w16": w.to(torch.bfloat16)}
-    for name, cfg in (("int8", lowbit.config("int8")),
-                      ("int8_f32", lowbit.config("int8", compute_dtype="float32")),
-                      ("int4", lowbit.config("int4", group_size=GROUP)),
-                      ("int4_f32", lowbit.config("int4", group_size=GROUP, compute_dtype="float32"))):
+    # the built-ins by name (the CPU tuner would otherwise choose among all kernels: benchmarks/cpu_layers.py)
+    for name, cfg in (("int8", lowbit.config("int8", kernel="cpu_int8", compute_dtype="bfloat16")),
+                      ("int8_f32", lowbit.config("int8", kernel="cpu_int8", compute_dtype="float32")),
+                      ("int4", lowbit.config("int4", group_size=GROUP, kernel="cpu_int4", compute_dtype="bfloat16")),
+                      ("int4_f32", lowbit.config("int4", group_size=GROUP, kernel="cpu_int4",
+                                                 compute_dtype="float32"))):
         layers[name] = quant_linear(w, cfg)
     return layers
 
