@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from lowbit import methods
     from lowbit.api import Inspection, LayerInfo, inspect, quantize_
     from lowbit.calibration.runner import quantize_calibrated
+    from lowbit.exports import export
     from lowbit.loading.checkpoint import verify_checkpoint as verify
     from lowbit.loading.convert import quantize_folder
     from lowbit.loading.pipeline import from_pretrained
@@ -49,6 +50,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Inspection": ("lowbit.api", "Inspection"), "LayerInfo": ("lowbit.api", "LayerInfo"),
     "inspect": ("lowbit.api", "inspect"), "quantize_": ("lowbit.api", "quantize_"),
     "verify": ("lowbit.loading.checkpoint", "verify_checkpoint"),
+    "export": ("lowbit.exports", "export"),
     "quantize_folder": ("lowbit.loading.convert", "quantize_folder"),
     "from_pretrained": ("lowbit.loading.pipeline", "from_pretrained"),
     "save_pretrained": ("lowbit.loading.save", "save_pretrained"),

@@ -33,6 +33,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("quantize", "lowbit.commands.quantize", "quantize a checkpoint folder and save it"),
     Command("inspect", "lowbit.commands.inspect", "per layer: method, bits, bytes, kernel and why"),
     Command("verify", "lowbit.commands.verify", "check every shard against the sha256 in the index"),
+    Command("export", "lowbit.commands.export", "write a lowbit model as compressed-tensors (what vLLM serves)"),
     Command("eval", "lowbit.commands.evaluate", "perplexity over non-overlapping windows of a text file"),
     Command("report", "lowbit.commands.report",
             "per layer: weight SQNR, output error, bits/weight; perplexity fp32 vs quantized"),

@@ -1,0 +1,18 @@
+"""``lowbit export SRC OUT [--format compressed-tensors]``: a lowbit model in another tool's layout."""
+
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("src", help="a lowbit-quantized folder")
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("--format", default="compressed-tensors", help="compressed-tensors (default; what vLLM serves)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def run(args) -> int:
+    import lowbit
+
+    out = lowbit.export(args.src, args.out, format=args.format, overwrite=args.overwrite)
+    print(f"wrote {out} ({args.format})")
+    return 0
