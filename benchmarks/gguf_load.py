@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 WORKER = r"""
 import json, resource, sys, time
 import torch, transformers, lowbit
-from lowbit.data import text
+from lowbit.data import text_path
 from lowbit.eval.perplexity import perplexity
 path, method, mode, max_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 torch.set_num_threads(2)
@@ -55,7 +55,7 @@ for t in sd.values():
     largest = max(largest, t.numel() * t.element_size())
 p = __import__("pathlib").Path(path)
 tok = transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-ppl = perplexity(model, tok, text("wiki.eval.txt"), ctx=512, max_tokens=max_tokens)
+ppl = perplexity(model, tok, text_path("wiki.eval.txt").read_text(encoding="utf-8"), ctx=512, max_tokens=max_tokens)
 print(json.dumps({"peak_rss_mb": (peak - base) / 1024, "load_s": load_s, "quantized_mb": total / 2**20,
                   "largest_tensor_mb": largest / 2**20, "ppl": ppl.ppl, "tokens": ppl.tokens}))
 """
