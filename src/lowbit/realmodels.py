@@ -21,7 +21,7 @@ from lowbit.errors import CheckpointError, DependencyError, RegistryError
 from lowbit.loading.tokenizer import TOKENIZER_FILES
 from lowbit.utils import cache_dir
 
-__all__ = ["MODELS", "ModelInfo", "available", "cache_dir", "model_path"]
+__all__ = ["MODELS", "ModelInfo", "available", "cache_dir", "cached", "model_path"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,13 @@ def _package_dir(module: str) -> Path | None:
 
 def _complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def cached(name: str) -> Path | None:
+    """The exported folder of ``name`` when it is complete in the cache, else None. Exports nothing."""
+    _info(name)
+    folder = cache_dir() / "models" / name
+    return folder if _complete(folder) else None
 
 
 def available(name: str) -> bool:
@@ -141,7 +148,7 @@ def _say(msg: str) -> None:
 
 
 def _export_gguf(name: str, out: Path) -> None:
-    _say(f"lowbit: exporting {name} to fp32 safetensors in {out.parent} (once, under a minute) ...")
+    _say(f"lowbit: exporting {name} to fp32 safetensors in {out.parent} (once; one to two minutes on 2 CPU cores) ...")
     start = time.perf_counter()
     pkg = _package_dir(MODELS[name].module)
     if name == "gemma-3-270m":
