@@ -23,8 +23,8 @@ from lowbit.errors import ConfigError, DependencyError, RegistryError
 from lowbit.hf import compat
 from lowbit.nn import QuantLinear
 from lowbit.registry import get
-from tests.helpers import (REPO, cli_env, load_tensors, logits, make_llama, make_llama_with_tokenizer,
-                           make_odd_llama, token_ids)
+from tests.helpers import (REPO, cli_env, load_tensors, logits, make_bert, make_gemma3, make_llama,
+                           make_llama_with_tokenizer, make_odd_llama, token_ids)
 
 FIXTURES = REPO / "tests" / "fixtures"
 FIXTURE_NAMES = ["tiny-llama-int4-g32", "tiny-llama-nf4-b32-dq", "tiny-llama-hqq-4b-g32", "tiny-llama-fp8",
@@ -97,6 +97,31 @@ def test_lowbit_folder_loads_with_the_same_logits(name):
     ours, theirs = lowbit.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
     _same(ours, theirs)
     assert lowbit.inspect(theirs).layers  # the model is lowbit's: inspect and save_pretrained know it
+
+
+def test_loading_fields_passed_with_a_folder_apply_as_in_lowbit():
+    folder = FIXTURES / "tiny-llama-int4-g32"
+    cfg = lowbit.config("int4", group_size=32, quantize_embeddings=True, kernel="reference", compute_dtype="float32")
+    with pytest.warns(UserWarning, match="loading attributes"):  # transformers says it keeps the folder's config
+        theirs = AutoModelForCausalLM.from_pretrained(folder, quantization_config=lowbit.HfQuantConfig(cfg))
+    assert set(_kernels(theirs).values()) == {"reference"}
+    _same(lowbit.from_pretrained(folder, quantization=cfg), theirs)
+    with pytest.raises(ConfigError, match="quantized with 'rtn' but quantization_config asks for 'nf4'"):
+        AutoModelForCausalLM.from_pretrained(folder, quantization_config=lowbit.HfQuantConfig("nf4"))
+
+
+def test_other_architectures(tmp_path):
+    gemma = make_gemma3(tmp_path / "gemma")
+    ids = token_ids(vocab=128)
+    ours = lowbit.from_pretrained(gemma, quantization=lowbit.config("nf4"))
+    _same(ours, AutoModelForCausalLM.from_pretrained(gemma, quantization_config=lowbit.HfQuantConfig("nf4")), ids)
+    _same(ours, AutoModelForCausalLM.from_pretrained(lowbit.save_pretrained(ours, tmp_path / "gemma-nf4")), ids)
+    bert = make_bert(tmp_path / "bert")
+    ours = lowbit.from_pretrained(bert, quantization=lowbit.config("int8"))
+    theirs = AutoModel.from_pretrained(bert, quantization_config=lowbit.HfQuantConfig("int8"))
+    assert _kernels(ours) == _kernels(theirs)
+    with torch.inference_mode():
+        assert torch.equal(ours(input_ids=ids).last_hidden_state, theirs(input_ids=ids).last_hidden_state)
 
 
 def test_auto_model_gives_the_same_hidden_states():

@@ -46,6 +46,25 @@ class HfQuantConfig(QuantizationConfigMixin):
         config.layers = layers
         return (config, kwargs) if return_unused_kwargs else config
 
+    # A folder's config meets the one passed to from_pretrained: transformers keeps the folder's and sets the
+    # passed one's loading attributes on it (register.py lists this class among those that have them). As in
+    # lowbit.from_pretrained, those are the loading-only fields (kernel, compute_dtype); another method is an error.
+    def get_loading_attributes(self) -> dict[str, Any]:
+        return {"loading": (self.lowbit.method, {f: getattr(self.lowbit, f) for f in self.lowbit.loading_fields()})}
+
+    @property
+    def loading(self) -> dict[str, Any]:
+        return {f: getattr(self.lowbit, f) for f in self.lowbit.loading_fields()}
+
+    @loading.setter
+    def loading(self, value: tuple[str, dict[str, Any]]) -> None:
+        method, fields = value
+        if method != self.lowbit.method:
+            raise ConfigError(f"the checkpoint is quantized with {self.lowbit.method!r} but quantization_config asks for "
+                              f"{method!r}; load it without a quantization_config, or start from the full-precision "
+                              "checkpoint")
+        self.lowbit = self.lowbit.replace(**fields)
+
     def to_dict(self) -> dict[str, Any]:
         out = self.lowbit.to_dict()
         if self.layers:

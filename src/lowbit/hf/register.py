@@ -23,3 +23,5 @@ def register() -> None:
         auto.register_quantization_config(QUANT_METHOD)(HfQuantConfig)
     if QUANT_METHOD not in auto.AUTO_QUANTIZER_MAPPING:
         auto.register_quantizer(QUANT_METHOD)(LowbitHfQuantizer)
+    if HfQuantConfig not in auto.LOADING_ATTRIBUTES_CONFIG_TYPES:  # kernel= / compute_dtype= when loading a folder
+        auto.LOADING_ATTRIBUTES_CONFIG_TYPES = (*auto.LOADING_ATTRIBUTES_CONFIG_TYPES, HfQuantConfig)
