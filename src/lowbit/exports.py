@@ -1,10 +1,10 @@
 """``lowbit.export(src, out, format=...)``: a lowbit model written in another tool's layout, for the servers that
 read it (vLLM above all). Each layer maps exactly or the export is refused, naming the layer, the reason and the
-nearest lowbit format that would map. Targets: ``compressed-tensors`` (``lowbit.foreign.export_ct``)."""
+nearest lowbit format that would map. Targets: ``compressed-tensors`` (``lowbit.foreign.export_ct``, the default)
+and ``gptq`` (``lowbit.foreign.export_gptq``: symmetric integer layers only)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError, FormatError
-from lowbit.foreign import export_ct
+from lowbit.foreign import export_ct, export_gptq
 from lowbit.loading.pipeline import from_pretrained
 from lowbit.loading.save import parse_size, write_folder
 from lowbit.nn import QuantEmbedding, QuantLinear
 
-TARGETS = ("compressed-tensors",)
-LATER = {"gptq": "GPTQ", "awq": "AWQ", "bnb": "bitsandbytes", "bitsandbytes": "bitsandbytes", "gguf": "GGUF"}
+TARGETS = {"compressed-tensors": export_ct, "gptq": export_gptq}
+LATER = {"awq": "AWQ", "bnb": "bitsandbytes", "bitsandbytes": "bitsandbytes", "gguf": "GGUF"}
 
 
 def export(src: str | Path | nn.Module, out: str | Path, format: str = "compressed-tensors", *,
@@ -27,7 +27,8 @@ def export(src: str | Path | nn.Module, out: str | Path, format: str = "compress
     if format not in TARGETS:
         if format in LATER:
             raise ConfigError(f"export format {format!r}: lowbit does not write {LATER[format]} checkpoints yet; "
-                              "expected 'compressed-tensors', which vLLM serves for the same integer and fp8 layers")
+                              "expected 'compressed-tensors', which vLLM serves for the same integer and fp8 layers, "
+                              "or 'gptq' for symmetric integer models")
         raise ConfigError(f"export format {format!r} is unknown; expected one of {list(TARGETS)}")
     model = src if isinstance(src, nn.Module) else from_pretrained(src)
     if getattr(model, "lowbit_quantizer", None) is None:
@@ -37,43 +38,28 @@ def export(src: str | Path | nn.Module, out: str | Path, format: str = "compress
     tables = [n for n, m in model.named_modules() if isinstance(m, QuantEmbedding) or
               (isinstance(m, QuantLinear) and getattr(m, "tied_to", None))]
     if tables:
-        raise FormatError(f"{tables[0]} is an int8 embedding table, which compressed-tensors cannot hold; expected "
+        raise FormatError(f"{tables[0]} is an int8 embedding table, which {format} cannot hold; expected "
                           "full-precision embeddings: quantize with quantize_embeddings=False and "
                           "quantize_lm_head=False")
-    refused = [(n, export_ct.refusal(m.fmt)) for n, m in layers.items() if export_ct.refusal(m.fmt)]
+    target = TARGETS[format]
+    refused = [(n, target.refusal(m.fmt)) for n, m in layers.items() if target.refusal(m.fmt)]
     if refused:
         more = f" (and {len(refused) - 1} more layers)" if len(refused) > 1 else ""
-        raise FormatError(f"cannot export {refused[0][0]} as compressed-tensors{more}: {refused[0][1]}")
-    config = ct_config(model, layers)
+        raise FormatError(f"cannot export {refused[0][0]} as {format}{more}: {refused[0][1]}")
+    ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear)]
+    config = target.config(layers, ignore)
     old = model.config.quantization_config
     model.config.quantization_config = config
     try:
-        return write_folder(out, _tensors(model, layers), parse_size(max_shard_size), model,
+        return write_folder(out, _tensors(model, layers, target), parse_size(max_shard_size), model,
                             getattr(model, "lowbit_source", None), overwrite=overwrite)
     finally:
         model.config.quantization_config = old
 
 
-def ct_config(model: nn.Module, layers: dict[str, QuantLinear]) -> dict:
-    """compressed-tensors' quantization_config: one config group per distinct format, targeting its layers."""
-    groups: dict[str, list[str]] = {}
-    for name, layer in layers.items():
-        groups.setdefault(layer.fmt.key(), []).append(name)
-    config_groups = {}
-    for i, names in enumerate(groups.values()):
-        config_groups[f"group_{i}"] = {"targets": [f"re:^{re.escape(n)}$" for n in names],
-                                       **export_ct.scheme(layers[names[0]].fmt)}
-    formats = sorted({g["format"] for g in config_groups.values()})
-    ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear)]
-    return {"quant_method": "compressed-tensors", "format": formats[0] if len(formats) == 1 else "mixed-precision",
-            "quantization_status": "compressed", "config_groups": config_groups, "ignore": ignore,
-            "kv_cache_scheme": None, "sparsity_config": {}, "transform_config": {},
-            "global_compression_ratio": None, "version": export_ct.CT_VERSION}
-
-
-def _tensors(model: nn.Module, layers: dict[str, QuantLinear]) -> Iterator[tuple[str, torch.Tensor]]:
-    """The exported state: each quantized layer's compressed-tensors tensors, the rest as the model holds it (a
-    tied tensor once)."""
+def _tensors(model: nn.Module, layers: dict[str, QuantLinear], target) -> Iterator[tuple[str, torch.Tensor]]:
+    """The exported state: each quantized layer's tensors in the target's layout, the rest as the model holds it
+    (a tied tensor once)."""
     seen: set[int] = set()
     done: set[str] = set()
     for key, tensor in model.state_dict().items():
@@ -82,7 +68,7 @@ def _tensors(model: nn.Module, layers: dict[str, QuantLinear]) -> Iterator[tuple
             if module not in done:
                 done.add(module)
                 layer = layers[module]
-                for suffix, t in export_ct.tensors(layer.fmt, layer.canonical_tensors()).items():
+                for suffix, t in target.tensors(layer.fmt, layer.canonical_tensors()).items():
                     yield f"{module}.{suffix}", t.detach().to("cpu").contiguous()
                 if layer.bias is not None:
                     yield f"{module}.bias", layer.bias.detach().to("cpu").contiguous()

@@ -96,7 +96,31 @@ def test_formats_without_an_exact_form_are_refused(fields, words, source, tmp_pa
 def test_other_targets_are_refused_naming_compressed_tensors(source, tmp_path):
     model = quantized(source, dict(method="int4", group_size=32))
     with pytest.raises(LowbitError, match="compressed-tensors"):
+        lowbit.export(model, tmp_path / "awq", format="awq")
+
+
+@pytest.mark.parametrize("fields", [dict(method="int4", group_size=32, symmetric=True),
+                                    dict(method="int3", group_size=32, symmetric=True),
+                                    dict(method="rtn", bits=8, group_size=64, symmetric=True)])
+def test_gptq_export_of_a_symmetric_model_reads_back_exactly(fields, source, tmp_path):
+    """Read back by lowbit's GPTQ reader, which the real GPTQModel fixtures check bit for bit."""
+    model = quantized(source, {**fields, "kernel": "reference", "compute_dtype": "float32"})
+    out = lowbit.export(model, tmp_path / "gptq", format="gptq")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (qc["quant_method"], qc["sym"], qc["checkpoint_format"]) == ("gptq", True, "gptq")
+    again = lowbit.from_pretrained(out, quantization=lowbit.config("imported", kernel="reference",
+                                                                   compute_dtype="float32"))
+    for name, layer in model.named_modules():
+        if isinstance(layer, QuantLinear):
+            back = again.get_submodule(name)
+            assert torch.equal(back.fmt.decode(back.canonical_tensors()), layer.fmt.decode(layer.canonical_tensors()))
+
+
+def test_asymmetric_gptq_export_is_refused_offering_compressed_tensors(source, tmp_path):
+    model = quantized(source, dict(method="int4", group_size=32))
+    with pytest.raises(LowbitError) as info:
         lowbit.export(model, tmp_path / "gptq", format="gptq")
+    assert "asymmetric" in str(info.value) and "vLLM" in str(info.value) and "compressed-tensors" in str(info.value)
 
 
 def test_cli_export(source, tmp_path):

@@ -60,6 +60,22 @@ def scheme(fmt: WeightFormat) -> dict:
                         "block_structure": [fmt.tile, fmt.tile] if fmt.tile else None}}
 
 
+def config(layers: dict, ignore: list[str]) -> dict:
+    """compressed-tensors' quantization_config: one config group per distinct format, targeting its layers."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for name, layer in layers.items():
+        groups.setdefault(layer.fmt.key(), []).append(name)
+    config_groups = {f"group_{i}": {"targets": [f"re:^{re.escape(n)}$" for n in names], **scheme(layers[names[0]].fmt)}
+                     for i, names in enumerate(groups.values())}
+    formats = sorted({g["format"] for g in config_groups.values()})
+    return {"quant_method": "compressed-tensors", "format": formats[0] if len(formats) == 1 else "mixed-precision",
+            "quantization_status": "compressed", "config_groups": config_groups, "ignore": ignore,
+            "kv_cache_scheme": None, "sparsity_config": {}, "transform_config": {},
+            "global_compression_ratio": None, "version": CT_VERSION}
+
+
 def to_int32(packed: torch.Tensor) -> torch.Tensor:
     """Bytes [R, B] → int32 words [R, ⌈B/4⌉] (zero padded), little-endian as compressed-tensors packs them."""
     pad = -packed.shape[-1] % 4
