@@ -119,3 +119,9 @@ def test_bitsandbytes_nan_weight_scale_is_an_error(tmp_path):
     tensors[key][3] = float("nan")
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     refused(folder, key, "NaN")
+
+
+def test_a_method_requested_over_a_foreign_checkpoint_names_its_source():
+    with pytest.raises(LowbitError) as info:
+        lowbit.from_pretrained(FOREIGN / "bnb-nf4", quantization="int4")
+    assert "already quantized (bitsandbytes" in str(info.value) and "'rtn'" in str(info.value)

@@ -41,7 +41,7 @@ def dequantized(layer: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
 
 def test_every_writer_is_covered():
     writers = {entry["writer"] for entry in MANIFEST["fixtures"].values()}
-    assert {"ct", "bnb"} <= writers, writers
+    assert {"ct", "bnb", "gptqmodel"} <= writers, writers
     for name in FIXTURES:
         size = sum(p.stat().st_size for p in (FOREIGN / name).iterdir())
         assert size < 100_000, (name, size)

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import torch
 from safetensors import safe_open
 
-from lowbit.errors import FormatError
+from lowbit.errors import ConfigError, FormatError
 from lowbit.foreign import Translation, is_foreign, translate
 from lowbit.loading.checkpoint import Checkpoint, read_header, reading
 from lowbit.loading.reader import Reader
 from lowbit.methods.imported import ImportedConfig
+from lowbit.registry import build_config
 
 
 class HeaderPeek:
@@ -51,8 +52,16 @@ class ForeignCheckpoint(Checkpoint):
         return TranslatingReader(self, Reader(self.real, **kwargs))
 
     def loading_config(self, requested):
-        """What ``from_pretrained`` resolves against the stored ``imported`` config: the caller's config as is (a
-        folder's layers are fixed by its tensors)."""
+        """What ``from_pretrained`` resolves against the stored ``imported`` config: a folder's layers are fixed by
+        its tensors, so the caller may only say how to run them (``lowbit.config("imported", kernel=...)``)."""
+        if isinstance(requested, str):
+            requested = build_config(requested)
+        if requested is not None and requested.method != "imported":
+            tr = self.translation
+            raise ConfigError(f"{self.path} is already quantized ({tr.source}: {tr.detail}), but quantization asks for "
+                              f"{requested.method!r}; load it without a quantization argument (or with "
+                              "lowbit.config('imported', kernel=..., compute_dtype=...)), or start from the "
+                              "full-precision checkpoint")
         return requested
 
 
