@@ -1,7 +1,14 @@
-"""``lowbit demo``: a real model quantized to int8 and int4 on the CPU, with size, quality and speed."""
+"""``lowbit demo``: a real model quantized to int8 and int4 on the CPU, with size, quality and speed.
+
+Each row is printed as soon as it is measured; loading (with quantization), perplexity and generation show tqdm
+bars with an ETA. The fp32 row's size is its checkpoint's; the quantized rows are saved to a temporary folder and
+measured there. The header names the CPU and whether it has bf16 units (AVX512-BF16 or AMX), on which lowbit's
+CPU kernels gain the most.
+"""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -11,9 +18,11 @@ import torch
 import lowbit
 from lowbit import realmodels
 from lowbit.data import text_path
+from lowbit.kernels.cpu.features import cpu_has_bf16
 from lowbit.loading.tokenizer import load_tokenizer
 
 PROMPT = "Asphalt is a sticky, black and highly viscous"
+_WIDTHS = (38, 16, 8, 14, 14, 8)  # model, size, smaller, quality, speed, seconds
 
 
 def sample_text() -> str:
@@ -22,13 +31,35 @@ def sample_text() -> str:
 
 def _variants():
     return [("fp32 (original)", None),
-            ("int8 per-channel", lowbit.config("int8", quantize_embeddings=True, quantize_lm_head=True)),
-            ("int4 g128", lowbit.config("int4", group_size=128, quantize_embeddings=True, quantize_lm_head=True))]
+            ("int8 per-channel (+ int8 embedding)", lowbit.config("int8", quantize_embeddings=True,
+                                                                   quantize_lm_head=True)),
+            ("int4 g128 (+ int8 embedding)", lowbit.config("int4", group_size=128, quantize_embeddings=True,
+                                                            quantize_lm_head=True))]
+
+
+def _files_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
 def _size_on_disk(model, tmp: Path, label: str) -> int:
-    out = lowbit.save_pretrained(model, tmp / label.split()[0])
-    return sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    return _files_size(lowbit.save_pretrained(model, tmp / label.split()[0]))
+
+
+class _TokenBar:
+    """A ``generate`` streamer that advances a tqdm bar per new token (the first ``put`` is the prompt)."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar, self.prompt_seen = tqdm(total=total, desc="generating", unit="token", leave=False), False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.bar.update(1)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        self.bar.close()
 
 
 def _generate(model, tok, n: int) -> tuple[float, str]:
@@ -36,7 +67,7 @@ def _generate(model, tok, n: int) -> tuple[float, str]:
     with torch.inference_mode():
         model.generate(**ids, max_new_tokens=2, do_sample=False)  # warm-up
         start = time.perf_counter()
-        out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=_TokenBar(n))
         elapsed = time.perf_counter() - start
     new = out[0, ids["input_ids"].shape[1]:]
     return len(new) / elapsed, tok.decode(new, skip_special_tokens=True).strip().replace("\n", " ")
@@ -53,49 +84,59 @@ def _embed(model, tok, sentences):
     return emb, len(sentences) / elapsed
 
 
-def run_demo(name: str | None = None, max_tokens: int = 2048, gen_tokens: int = 32) -> int:
-    from rich.console import Console
-    from rich.table import Table
+def _line(cells) -> str:
+    return "  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, _WIDTHS)))
 
+
+def cpu_line() -> str:
+    name = "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    units = ("with bf16 units (AVX512-BF16/AMX): quantized layers compute in bf16" if cpu_has_bf16() else
+             "without bf16 units (no AVX512-BF16/AMX): layers compute in fp32, quantized speed-ups are smaller")
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, {units}"
+
+
+def run_demo(name: str | None = None, max_tokens: int = 2048, gen_tokens: int = 32) -> int:
     from lowbit.eval import perplexity
 
-    console = Console()
+    start = time.perf_counter()
     name = name or ("gemma-3-270m" if realmodels.available("gemma-3-270m") else "minilm")
-    console.print(f"[bold]lowbit demo[/bold]: {realmodels.MODELS[name].description}")
+    print(f"lowbit demo: {realmodels.MODELS[name].description}", flush=True)
+    print(f"on {cpu_line()}", flush=True)
     path = realmodels.model_path(name)
     tok = load_tokenizer(path)
     causal = name != "minilm"
     text = sample_text()
     sentences = [line for line in text.splitlines() if len(line) > 60][:32]
-    table = Table(title=f"{name} on {torch.get_num_threads()} CPU threads" + (
-        f"; perplexity on {max_tokens} tokens of bundled Wikipedia text (lower is better)" if causal else
-        f"; embedding cosine vs fp32 on {len(sentences)} sentences (higher is better)"))
-    cols = ["model", "weights on disk", "smaller", "perplexity" if causal else "cosine vs fp32",
-            "generate tok/s" if causal else "sentences/s"]
-    for col in cols:
-        table.add_column(col)
-    base_size, ref, continuations = None, None, []
+    quality = (f"perplexity on {max_tokens} tokens of bundled Wikipedia text (lower is better)" if causal else
+               f"embedding cosine vs fp32 on {len(sentences)} sentences (higher is better)")
+    print(quality, flush=True)
+    header = _line(["model", "weights on disk", "smaller", "perplexity" if causal else "cosine vs fp32",
+                    "generate tok/s" if causal else "sentences/s", "seconds"])
+    print(header + "\n" + "-" * len(header), flush=True)
+    base_size, ref, continuations = _files_size(path), None, []
     with tempfile.TemporaryDirectory() as tmp:
         for label, cfg in _variants():
-            with console.status(f"{label}: loading and quantizing"):
-                model = lowbit.from_pretrained(path, quantization=cfg)
-                size = _size_on_disk(model, Path(tmp), label)
-            base_size = base_size or size
+            t0 = time.perf_counter()
+            model = lowbit.from_pretrained(path, quantization=cfg, progress=True)
+            size = base_size if cfg is None else _size_on_disk(model, Path(tmp), label)
             row = [label, f"{size / 1e6:.0f} MB", f"{base_size / size:.2f}x"]
-            with console.status(f"{label}: measuring"):
-                if causal:
-                    ppl = perplexity(model, tok, text, ctx=512, max_tokens=max_tokens)
-                    speed, words = _generate(model, tok, gen_tokens)
-                    row += [f"{ppl.ppl:.2f}", f"{speed:.1f}"]
-                    continuations.append(f"[bold]{label}[/bold]: {PROMPT} [italic]{words}[/italic]")
-                else:
-                    emb, speed = _embed(model, tok, sentences)
-                    ref = emb if ref is None else ref
-                    row += [f"{(emb * ref).sum(-1).mean().item():.4f}", f"{speed:.1f}"]
-            table.add_row(*row)
+            if causal:
+                ppl = perplexity(model, tok, text, ctx=512, max_tokens=max_tokens, progress=True)
+                speed, words = _generate(model, tok, gen_tokens)
+                row += [f"{ppl.ppl:.2f}", f"{speed:.1f}"]
+                continuations.append(f"{label}: {PROMPT} >> {words}")
+            else:
+                emb, speed = _embed(model, tok, sentences)
+                ref = emb if ref is None else ref
+                row += [f"{(emb * ref).sum(-1).mean().item():.4f}", f"{speed:.1f}"]
+            print(_line([*row, f"{time.perf_counter() - t0:.0f}"]), flush=True)
             del model
-    console.print(table)
     for line in continuations:
-        console.print(line)
-    console.print("int8/int4 rows also store the embedding table as int8. Try: lowbit quantize SRC OUT --method int4")
+        print(line)
+    print(f"demo done in {time.perf_counter() - start:.0f} s. Try: lowbit quantize SRC OUT --method int4", flush=True)
     return 0
