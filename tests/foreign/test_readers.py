@@ -103,3 +103,20 @@ def test_an_imported_model_saves_as_a_lowbit_folder_and_reloads(tmp_path):
     again = lowbit.from_pretrained(tmp_path / "again", quantization=lowbit.config("imported", **RUN))
     with torch.inference_mode():
         torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["gptq-4b-g32-sym", "awq-4b-g32-gemm", "bnb-nf4", "ct-int4-asym-g32",
+                                  "ct-int8-sym-channel"])
+def test_lowbit_kernels_run_imported_layers(name):
+    """Repacked once into lowbit formats, foreign layers run on lowbit's own kernels (the default choice), with the
+    reference kernel's logits to bf16 precision."""
+    want = expected(name)
+    ref, fast = load(name, dtype=torch.float32), lowbit.from_pretrained(FOREIGN / name, dtype=torch.float32)
+    kernels = {m.kernel.name for m in fast.modules() if isinstance(m, QuantLinear)}
+    with torch.inference_mode():
+        got, base = (m(input_ids=want["input_ids"]).logits.float() for m in (fast, ref))
+    rel = ((got - base).norm() / base.norm()).item()
+    print(f"{name}: kernels {sorted(kernels)}, relative logit difference to the reference kernel {rel:.1e}")
+    assert rel < 2e-2
+    if "4b" in name or "int4" in name:  # int4 g32: torch's packed int4 CPU kernel (or a faster one) takes them
+        assert kernels != {"reference"}, kernels
