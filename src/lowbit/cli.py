@@ -38,6 +38,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("report", "lowbit.commands.report",
             "per layer: weight SQNR, output error, bits/weight; perplexity fp32 vs quantized"),
     Command("generate", "lowbit.commands.generate", "greedy continuation of a prompt; first-token time and tok/s"),
+    Command("merge", "lowbit.commands.merge",
+            "merge a LoRA adapter into its quantized base and quantize the result (needs peft)"),
     Command("demo", "lowbit.commands.demo", "quantize a real model to int8 and int4 and show size, quality and speed"),
     Command("models", "lowbit.commands.models", "the real models of the demo and tests: installed, cached where; --fetch"),
 )
