@@ -21,6 +21,7 @@ from lowbit.formats import WeightFormat
 from lowbit.kernels import AUTO
 from lowbit.nn import QuantEmbedding, QuantLinear
 from lowbit.nn.quant_embedding import EMBEDDING_FORMAT
+from lowbit.nn.training import format_trains
 from lowbit.utils import release_freed_memory
 
 
@@ -57,7 +58,12 @@ class Quantizer:
 
     @property
     def is_trainable(self) -> bool:
-        return False
+        """Whether the layers it makes pass gradients (LoRA trains on them): every format it gives has a backward
+        (``lowbit.nn.training``); before ``preprocess_model``, the format it gives a 4096 x 4096 probe Linear."""
+        formats = list(self.formats.values())
+        if not formats:
+            formats = [self.weight_format("probe", nn.Linear(4096, 4096, bias=False, device="meta"))]
+        return all(format_trains(f) for f in formats)
 
     # ---- environment, dtype, placement ----------------------------------------------------------
     def validate_environment(self, device: torch.device, dtype: torch.dtype | None) -> None:

@@ -120,7 +120,7 @@ def test_required_packages_names_pip_command():
 
 def test_lifecycle_defaults():
     q = RtnQuantizer(RtnConfig())
-    assert q.is_serializable and not q.is_trainable
+    assert q.is_serializable and q.is_trainable  # int4 weight-only: LoRA trains on it (tests/training)
     assert q.update_dtype(torch.bfloat16) is torch.bfloat16
     assert q.update_device_map({"": "cpu"}) == {"": "cpu"} and q.adjust_max_memory(None) is None
     assert q.kept_dtype("lm_head", torch.bfloat16) is torch.bfloat16
