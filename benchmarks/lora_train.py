@@ -93,13 +93,16 @@ def random_folder(src: Path, seed: int) -> Path:
     """A folder with src's config.json and seeded random weights (N(0, 0.02), norms at 1)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    out = Path(tempfile.mkdtemp(prefix="lora-random-"))
+    out = Path(tempfile.gettempdir()) / f"lora-random-{src.name}-{seed}"  # made once, shared by the rows
+    if (out / "model.safetensors").is_file():
+        return out
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src), dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.zeros_like(p) if "norm" in name else torch.randn_like(p) * 0.02)
-    model.save_pretrained(out)
+    model.save_pretrained(out.with_name(out.name + ".tmp"))
+    out.with_name(out.name + ".tmp").rename(out)
     return out
 
 

@@ -14,7 +14,8 @@ import torch
 from kernel_conformance import FORMATS, in_interpreter, storable, stored
 
 from lowbit.errors import TrainingError
-from lowbit.kernels import get_kernel, kernel_request
+from lowbit.kernels import get_kernel, kernel_request, kernels
+from lowbit.kernels.triton import TritonKernel
 from lowbit.nn import QuantLinear
 from lowbit.nn.training import format_trains
 

@@ -67,8 +67,8 @@ def test_all_linear_targets_every_quantized_linear_and_trains(dense):
 
 
 def test_plain_peft_get_peft_model_after_register_with_a_list_of_targets(dense):
-    model = load(dense)  # the int4 layers run on cpu_int4, whose qweight lives in the kernel layout
-    assert model.model.layers[0].self_attn.q_proj.kernel.name == "cpu_int4"
+    model = load(dense, kernel="cpu_int4")  # whose qweight lives in the kernel layout (PEFT reads qweight.device)
+    assert model.model.layers[0].self_attn.q_proj._buffers["qweight"] is None
     config = training.register(LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     pm = peft.get_peft_model(model, config)
     wrapped = [n for n, m in pm.named_modules() if isinstance(m, QuantLoraLinear)]
