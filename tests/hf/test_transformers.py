@@ -138,6 +138,14 @@ def test_device_map(device_map):
     _same(lowbit.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder, device_map=device_map))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dtype(dtype):
+    folder = FIXTURES / "tiny-llama-int4-g32"
+    theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    assert theirs.dtype == dtype
+    _same(lowbit.from_pretrained(folder, dtype=dtype), theirs)
+
+
 def test_device_map_auto_while_quantizing_on_load(tiny):
     cfg = lowbit.config("int4", group_size=32)
     theirs = AutoModelForCausalLM.from_pretrained(tiny, quantization_config=lowbit.HfQuantConfig(cfg), device_map="auto")
