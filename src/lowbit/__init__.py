@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from lowbit.api import Inspection, LayerInfo, inspect, quantize_
     from lowbit.calibration.runner import quantize_calibrated
     from lowbit.exports import export
-    from lowbit.loading.checkpoint import verify_checkpoint as verify
+    from lowbit.loading.verify import verify_folder as verify
     from lowbit.loading.convert import quantize_folder
     from lowbit.loading.pipeline import from_pretrained
     from lowbit.loading.save import save_pretrained
@@ -49,7 +49,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "quantize_calibrated": ("lowbit.calibration.runner", "quantize_calibrated"),
     "Inspection": ("lowbit.api", "Inspection"), "LayerInfo": ("lowbit.api", "LayerInfo"),
     "inspect": ("lowbit.api", "inspect"), "quantize_": ("lowbit.api", "quantize_"),
-    "verify": ("lowbit.loading.checkpoint", "verify_checkpoint"),
+    "verify": ("lowbit.loading.verify", "verify_folder"),
     "export": ("lowbit.exports", "export"),
     "quantize_folder": ("lowbit.loading.convert", "quantize_folder"),
     "from_pretrained": ("lowbit.loading.pipeline", "from_pretrained"),

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.formatwarning = lambda msg, cat, *a, **k: f"lowbit: warning: {msg}\n"
             return importlib.import_module(args._module).run(args)
     except LowbitError as e:
-        print(f"lowbit: error: {e}", file=sys.stderr)
+        print(f"lowbit: error: {''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lowbit: interrupted", file=sys.stderr)

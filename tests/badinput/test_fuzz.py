@@ -223,3 +223,68 @@ def test_flipped_data_bytes_are_caught_by_verify(saved, tmp_path):
             with deadline(SECONDS_PER_CASE):
                 lowbit.from_pretrained(work, verify=True)
         shutil.rmtree(work)
+
+
+# ---- value-level mutations: a stored value outside its format, the hash recomputed ------------------------------
+
+VALUE_CONFIGS = {"int4": dict(group_size=32), "int4-sym": dict(group_size=32, symmetric=True), "nf4": {},
+                 "nf4-dq": dict(double_quant=True), "fp8": {}, "mxfp4": {}, "hqq": dict(group_size=32)}
+FLOAT_BAD = [float("nan"), float("inf"), float("-inf"), -1.0, -1e-3, 0.0]
+
+
+def _bad_value(kind: str, attr: str, tensor: torch.Tensor, rng: random.Random):
+    """A value the format never stores for ``attr`` of a ``kind`` layer, and where to write it (flat index)."""
+    at = rng.randrange(tensor.numel())
+    if attr == "zeros" and kind == "int4":
+        return at, rng.randrange(16, 256)  # uint8 zero-points beyond the 4-bit grid
+    if attr == "zeros":  # hqq float zero-points
+        return at, rng.choice([float("nan"), float("inf"), float("-inf")])
+    if attr == "qweight" and kind == "int4-sym":
+        return at, rng.choice([0x08, 0x80, 0x88])  # a nibble holding -8
+    if attr == "qweight" and kind == "fp8":
+        return at, rng.choice([0x7F, 0xFF])  # e4m3fn NaN
+    if attr == "scales" and kind == "mxfp4":
+        return at, rng.randrange(253, 256)  # E8M0 beyond any float32 weight; 255 is NaN
+    if attr == "scales" and tensor.dtype == torch.float16:
+        return at, rng.choice([*FLOAT_BAD, 65504.0])
+    if attr.startswith("absmax"):  # 0 is a real absmax (an all-zero block); below 0 or not finite is not
+        return at, rng.choice([float("nan"), float("inf"), -1.0, -1e-3])
+    return at, rng.choice(FLOAT_BAD)
+
+
+VALUE_TARGETS = {"int4": ["zeros", "scales"], "int4-sym": ["qweight", "scales"], "nf4": ["absmax"],
+                 "nf4-dq": ["absmax_scale", "absmax_offset"], "fp8": ["qweight", "scales"], "mxfp4": ["scales"],
+                 "hqq": ["zeros", "scales"]}
+
+
+@pytest.fixture(scope="module")
+def value_folders(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("values")
+    src = helpers.make_llama(base / "src")
+    return {kind: lowbit.quantize_folder(src, base / kind, lowbit.config(kind.split("-")[0], **cfg),
+                                         max_shard_size="60KB")
+            for kind, cfg in VALUE_CONFIGS.items()}
+
+
+@pytest.mark.parametrize("kind", list(VALUE_CONFIGS))
+def test_value_mutations_with_a_recomputed_hash_raise_one_line(value_folders, tmp_path, kind):
+    """verify passes (the hash was recomputed), so only the load-time value checks can refuse the folder."""
+    folder = value_folders[kind]
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    layers = sorted({k.rsplit(".", 1)[0] for k in index["weight_map"] if k.endswith(".qweight")})
+    for case in range(max(4, CASES // 10)):
+        rng = random.Random(f"value-{kind}-{case}")
+        work = tmp_path / f"c{case}"
+        shutil.copytree(folder, work)
+        key = f"{rng.choice(layers)}.{rng.choice(VALUE_TARGETS[kind])}"
+        shard = work / index["weight_map"][key]
+        tensor = helpers.load_tensors(shard)[key].clone()
+        at, value = _bad_value(kind, key.rsplit(".", 1)[1], tensor, rng)
+        flat = tensor.view(torch.uint8).view(-1) if isinstance(value, int) and tensor.dtype == torch.float8_e4m3fn \
+            else tensor.view(-1)
+        flat[at] = value
+        helpers.set_tensor(work, key, tensor)
+        what = f"case {case}: {key}[{at}] = {value!r}"
+        lowbit.verify(work)  # the hashes match
+        assert check(work, {}, what, verify=True) == "error", what
+        shutil.rmtree(work)

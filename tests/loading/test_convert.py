@@ -251,7 +251,7 @@ def test_nonfinite_is_an_error_or_clamped_like_loading(ckpts, tmp_path):
     w[0, 0], w[1, 1] = float("nan"), float("inf")
     helpers.save_tensors(src / "model.safetensors", weights)
     cfg = lowbit.config("int4", group_size=32)
-    with pytest.raises(CheckpointError, match=r"q_proj.weight has 2 NaN/Inf"):
+    with pytest.raises(CheckpointError, match=r"q_proj.weight.? has 2 NaN/Inf"):
         lowbit.quantize_folder(src, tmp_path / "out", cfg)
     _no_leftovers(tmp_path, "out")
     with pytest.warns(UserWarning, match="replaced NaN/Inf values in 1 tensor"):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
-from lowbit.errors import ConfigError
+from lowbit.errors import CheckpointError, ConfigError
 
 
 def add_arguments(e) -> None:
@@ -28,8 +29,14 @@ def run(args) -> int:
         raise ConfigError(f"{args.path} holds a {type(model).__name__}, which predicts no next token; "
                           "expected a causal language model (…ForCausalLM) for perplexity")
     result = perplexity(model, load_tokenizer(args.path), text, ctx=args.ctx, max_tokens=args.max_tokens, progress=True)
-    if args.json:
-        print(json.dumps(dataclasses.asdict(result)))
+    fields = dataclasses.asdict(result)
+    finite = all(math.isfinite(v) for v in fields.values() if isinstance(v, float))
+    if args.json:  # strict JSON: a non-finite number is null, never the literal NaN
+        print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in fields.items()},
+                         allow_nan=False))
     else:
         print(result)
+    if not finite:
+        raise CheckpointError(f"{args.path} gives perplexity {result.ppl}; expected a finite value: the model's logits "
+                              "hold NaN/Inf; check the weights (lowbit verify, re-quantize from the source)")
     return 0

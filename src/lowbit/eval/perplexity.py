@@ -50,6 +50,22 @@ class PerplexityResult:
                 f"({self.windows} windows of {self.ctx} tokens, {bos})")
 
 
+def _check_fits(model: Any, ids: list[int], prefix: list[int], ctx: int, longest: int) -> None:
+    """Windows within the model's positions and token ids within its vocabulary, else one line (not an index error
+    deep inside the model)."""
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and longest > positions:
+        raise ConfigError(f"ctx={ctx} gives windows of {longest} tokens, beyond the model's "
+                          f"max_position_embeddings={positions}; expected ctx <= {positions - len(prefix)}; pass a smaller ctx")
+    table = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(table, "num_embeddings", None)
+    top = max([*ids, *prefix], default=-1)
+    if isinstance(vocab, int) and top >= vocab:
+        raise ConfigError(f"the tokenizer gives token id {top}, beyond the model's vocabulary of {vocab}; expected "
+                          "the tokenizer saved with this model; use the model's own tokenizer files")
+
+
 def _device(model: Any) -> Any:
     device = getattr(model, "device", None)
     if device is None:
@@ -83,6 +99,7 @@ def perplexity(model: Any, tokenizer: Any, text: str, ctx: int = 512, max_tokens
     if not spans:
         raise ConfigError(f"the text gives {n_text} text tokens (max_tokens={max_tokens}), too few to score "
                           "any; expected at least 2 in a window; pass a longer text or a larger max_tokens")
+    _check_fits(model, ids[:n_text], prefix, ctx, max(b - a for a, b in spans) + len(prefix))
     device = _device(model)
     p = len(prefix)
     iterator = spans

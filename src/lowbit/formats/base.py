@@ -55,7 +55,7 @@ class WeightFormat:
         are split into the same blocks of rows as ``w``. Without them each format chooses its round-to-nearest grid.
         """
         n, k = w.shape
-        self.check(k)
+        self.check_inputs(k)
         rows = self.block_rows(k)
         parts = [self.encode_rows(w[r:r + rows], **{name: t[r:r + rows] for name, t in grid.items()})
                  for r in range(0, n, rows)]
@@ -81,8 +81,13 @@ class WeightFormat:
         override it: double-quantized statistics, a g_idx)."""
         return tensors
 
-    def check(self, k: int) -> None:
+    def check_inputs(self, k: int) -> None:
         """Raise FormatError if a weight with ``k`` inputs cannot be stored in this format."""
+
+    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Raise FormatError if a stored value is outside what the format allows (a zero-point off the grid, a
+        scale that is not finite and positive, a code the format never writes), whatever wrote it. Loading calls
+        it once per pre-quantized layer, so it must stay cheap: a few reductions over the tensors, no decode."""
 
     # ---- decoding ---------------------------------------------------------------------------------------------
     def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -129,6 +134,27 @@ def format_from_key(key: str) -> WeightFormat:
     except (ValueError, KeyError, TypeError, AttributeError):
         raise FormatError(f"format key {key!r} is not one WeightFormat.key() writes; expected a JSON object with a "
                           f"kind among {format_kinds()} and its fields; build keys with fmt.key()") from None
+
+
+def check_scales(name: str, scales: torch.Tensor, what: str = "scale") -> None:
+    """``scales`` all finite, positive and below their dtype's largest value (which marks a saturated cast)."""
+    if not scales.numel():
+        return
+    lo, hi = torch.aminmax(scales.float())
+    top = torch.finfo(scales.dtype).max
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)) and float(lo) > 0 and float(hi) < top):
+        raise FormatError(f"{name} holds {what}s from {float(lo):g} to {float(hi):g}; expected finite positive values "
+                          f"below {scales.dtype}'s largest {top:g}; the checkpoint is damaged: re-quantize it")
+
+
+def check_range(name: str, values: torch.Tensor, lo: float, hi: float, what: str) -> None:
+    """``values`` all within [lo, hi] (and finite)."""
+    if not values.numel():
+        return
+    vmin, vmax = (float(v) for v in torch.aminmax(values))
+    if not (lo <= vmin and vmax <= hi):  # NaN fails both comparisons
+        raise FormatError(f"{name} holds {what} from {vmin:g} to {vmax:g}; expected {lo:g}..{hi:g}; "
+                          "the checkpoint is damaged: re-quantize it")
 
 
 def format_kinds() -> list[str]:

@@ -28,7 +28,7 @@ import math
 import torch
 
 from lowbit.errors import FormatError
-from lowbit.formats.base import WeightFormat
+from lowbit.formats.base import WeightFormat, check_range
 from lowbit.qtypes import CODE_BOOKS, CodeBook, Rounding, code_book, fp4_e2m1
 
 DQ_BLOCK = 256  # double quantization: absmax values per second-level scale (bitsandbytes' choice)
@@ -55,7 +55,7 @@ class CodebookFormat(WeightFormat, kind="codebook"):
         stats = "absmax 8-bit double-quant" if self.double_quant else "absmax fp32"
         return f"{self.code} b{self.absmax_block} {stats}"
 
-    def check(self, k: int) -> None:
+    def check_inputs(self, k: int) -> None:
         if k % 2:
             raise FormatError(f"a weight with {k} inputs cannot be stored as {self.describe()}: two 4-bit codes share "
                               "a byte, so it needs an even number of inputs; leave the layer unquantized "
@@ -66,7 +66,7 @@ class CodebookFormat(WeightFormat, kind="codebook"):
                               "unquantized (modules_to_not_convert)")
 
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        self.check(k)
+        self.check_inputs(k)
         g = k // self.absmax_block
         out = {"qweight": ((n, k // 2), torch.uint8)}
         if not self.double_quant:
@@ -76,6 +76,16 @@ class CodebookFormat(WeightFormat, kind="codebook"):
         out["absmax_scale"] = ((math.ceil(n * g / DQ_BLOCK),), torch.float32)
         out["absmax_offset"] = ((1,), torch.float32)
         return out
+
+    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+        """absmax values (or the double-quantized statistics) finite and not negative. Every 4-bit code and every
+        8-bit absmax code names a value of its book, so the codes need no check."""
+        top = torch.finfo(torch.float32).max
+        if not self.double_quant:
+            check_range("absmax", tensors["absmax"], 0, top, "absmax values")
+            return
+        check_range("absmax_scale", tensors["absmax_scale"], 0, top, "second-level scales")
+        check_range("absmax_offset", tensors["absmax_offset"], 0, top, "absmax offsets")
 
     def absmax(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The fp32 absmax [N, G], undoing double quantization if used."""

@@ -22,7 +22,7 @@ import dataclasses
 import torch
 
 from lowbit.errors import FormatError
-from lowbit.formats.base import WeightFormat
+from lowbit.formats.base import WeightFormat, check_scales
 
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 ACTIVATIONS = ("none", "dynamic")
@@ -64,6 +64,14 @@ class Fp8Format(WeightFormat, kind="fp8"):
 
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return {"qweight": ((n, k), torch.float8_e4m3fn), "scales": (self.scale_shape(n, k), torch.float32)}
+
+    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Scales finite and positive; no code is e4m3fn's NaN (0x7f, 0xff), which encoding never writes."""
+        check_scales("scales", tensors["scales"])
+        nan = int(((tensors["qweight"].view(torch.uint8) & 0x7F) == 0x7F).sum())
+        if nan:
+            raise FormatError(f"qweight holds {nan} e4m3fn NaN code(s) (0x7f/0xff); expected finite codes; "
+                              "the checkpoint is damaged: re-quantize it")
 
     def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         q = tensors["qweight"]

@@ -31,7 +31,7 @@ import dataclasses
 import torch
 
 from lowbit.errors import FormatError
-from lowbit.formats.base import WeightFormat
+from lowbit.formats.base import WeightFormat, check_range, check_scales
 from lowbit.qtypes import BY_BITS, QType, ZeroKind, for_bits
 
 BITS = tuple(sorted(BY_BITS))
@@ -144,8 +144,17 @@ class IntFormat(WeightFormat, kind="int"):
         are raised to the dtype's smallest normal number, since subnormals would round the scale by up to 50% and
         put the group's extremes off the grid."""
         info = torch.finfo(self.scale_dtype)
-        scales = torch.where(scales > 0, scales.clamp(info.tiny, info.max), torch.ones_like(scales))
+        self.check_fits(scales)
+        scales = torch.where(scales > 0, scales.clamp(min=info.tiny), torch.ones_like(scales))
         return scales.to(self.scale_dtype)
+
+    def check_fits(self, scales: torch.Tensor) -> None:
+        """Scales (float32) that ``scale_dtype`` cannot hold are an error, never a silent clamp to its largest."""
+        top = torch.finfo(self.scale_dtype).max
+        if scales.numel() and not bool(scales.abs().amax() < top):  # NaN fails too
+            raise FormatError(f"the weights need scales up to {float(scales.abs().amax()):g}, beyond "
+                              f"{str(self.scale_dtype)[6:]}'s largest {top:g}; expected weights within its range; "
+                              "keep the layer unquantized (modules_to_not_convert) or fix the weights")
 
     def round_codes(self, q: torch.Tensor, zeros: torch.Tensor | None) -> torch.Tensor:
         """``q = w / s`` (float32, changed in place) → codes as floats, clamped to :attr:`code_range`.
@@ -170,12 +179,29 @@ class IntFormat(WeightFormat, kind="int"):
     def pack(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None = None,
              g_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Codes [N, K], scales and zero-points [N, G] (and a g_idx [K]) → the stored tensors, in storage dtypes."""
+        self.check_fits(scales.float())
+        if self.float_zero:
+            self.check_fits(zeros.float())
         out = {"qweight": pack_bits(codes, self.bits), "scales": scales.to(self.scale_dtype)}
         if not self.symmetric:
             out["zeros"] = zeros.to(self.scale_dtype if self.float_zero else torch.uint8)
         if g_idx is not None:
             out["g_idx"] = g_idx.to(torch.int32)
         return out
+
+    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Scales finite, positive, unsaturated; integer zero-points within 0..2**bits - 1, float ones finite;
+        symmetric codes within ±(2**(bits-1) - 1) (the lowest code is never written); g_idx within the groups."""
+        check_scales("scales", tensors["scales"])
+        if self.zero_kind is ZeroKind.INTEGER:
+            check_range("zeros", tensors["zeros"], 0, self.qtype.qmax, "zero-points")
+        elif self.zero_kind is ZeroKind.FLOAT:
+            top = torch.finfo(self.scale_dtype).max
+            check_range("zeros", tensors["zeros"], -top, top, "zero-points")
+        if self.symmetric:
+            check_range("qweight", lowest_codes(tensors["qweight"], self.bits), *self.code_range, "codes")
+        if self.g_idx:
+            check_range("g_idx", tensors["g_idx"], 0, tensors["scales"].shape[-1] - 1, "groups")
 
     # ---- decoding ---------------------------------------------------------------------------------------------
     def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -243,6 +269,15 @@ def unpack_bits(packed: torch.Tensor, bits: int, signed: bool = False) -> torch.
         half = 1 << (bits - 1)
         codes = (codes.to(torch.int16) ^ half).sub_(half).to(torch.int8)
     return codes
+
+
+def lowest_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """The smallest signed code of each packed byte (of each 3-byte run at 3 bits): a cheap view for range checks."""
+    if bits == 8:
+        return packed.amin(-1) if packed.numel() else packed
+    if bits == 4:  # a nibble n holds -8..7: the smaller of the two per byte
+        return torch.minimum(((packed & 0xF) ^ 8).to(torch.int8) - 8, ((packed >> 4) ^ 8).to(torch.int8) - 8)
+    return unpack_bits(packed, bits, signed=True)
 
 
 def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:

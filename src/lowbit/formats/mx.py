@@ -18,13 +18,14 @@ import dataclasses
 import torch
 
 from lowbit.errors import FormatError
-from lowbit.formats.base import WeightFormat
+from lowbit.formats.base import WeightFormat, check_range
 from lowbit.formats.codebook import code_values, e2m1_codes, pack_nibbles, unpack_nibbles
 from lowbit.qtypes import fp4_e2m1
 
 MX_BLOCK = 32
 E8M0_BIAS = 127
 E2M1_EMAX = 2
+E8M0_LARGEST = 252  # the exponent of a block whose amax is float32's largest: 253 and 254 are never written, 255 is NaN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +46,14 @@ class MxFormat(WeightFormat, kind="mx"):
     def describe(self) -> str:
         return f"mxfp4 b{self.exponent_block} e8m0"
 
-    def check(self, k: int) -> None:
+    def check_inputs(self, k: int) -> None:
         if k % self.exponent_block:
             raise FormatError(f"a weight with {k} inputs cannot be stored as {self.describe()}: MX blocks need a "
                               f"multiple of {self.exponent_block} inputs; leave this layer unquantized "
                               "(modules_to_not_convert)")
 
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        self.check(k)
+        self.check_inputs(k)
         return {"qweight": ((n, k // 2), torch.uint8), "scales": ((n, k // self.exponent_block), torch.uint8)}
 
     def encode_rows(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -62,6 +63,10 @@ class MxFormat(WeightFormat, kind="mx"):
         biased = shared_exponent(x.abs().amax(dim=-1))
         codes = e2m1_codes(x / e8m0_to_float(biased)[..., None])  # dividing by a power of two is exact
         return {"qweight": pack_nibbles(codes.view(n, k), fp4_e2m1.high_first), "scales": biased}
+
+    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+        """E8M0 scale bytes within 0..252: 255 is NaN, and 253-254 scale beyond any float32 weight."""
+        check_range("scales", tensors["scales"], 0, E8M0_LARGEST, "E8M0 exponents (255 is NaN)")
 
     def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         packed, biased = tensors["qweight"], tensors["scales"]

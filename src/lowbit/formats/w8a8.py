@@ -21,7 +21,7 @@ import dataclasses
 
 import torch
 
-from lowbit.formats.base import WeightFormat
+from lowbit.formats.base import WeightFormat, check_range, check_scales
 
 QMAX = 127
 EXACT_RUN = 1024  # 1024 * 127 * 127 < 2**24: a float32 dot product of int8 codes over this many inputs is exact
@@ -41,6 +41,11 @@ class W8A8Format(WeightFormat, kind="w8a8"):
         """Rows [n, K] → {"qweight" [n, K] int8, "scales" [n, 1] float32}."""
         scale = absmax_scale(w.abs().amax(-1, keepdim=True))
         return {"qweight": to_int8(w, scale), "scales": scale}
+
+    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Scales finite and positive; codes within ±127 (-128 is never written)."""
+        check_scales("scales", tensors["scales"])
+        check_range("qweight", tensors["qweight"], -QMAX, QMAX, "codes")
 
     def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (tensors["qweight"].float() * tensors["scales"].float()).to(dtype)

@@ -39,6 +39,7 @@ class Checkpoint:
     config: dict
     weight_map: dict[str, str]  # tensor name → shard file name
     index: dict | None  # the index file's content, if any
+    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # tensor name → shape, from the headers
 
     @property
     def shards(self) -> list[str]:
@@ -131,6 +132,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{str(folder)!r} has no config.json; expected a Hugging Face model folder; "
                               "point at the folder that holds config.json")
     config = read_json(folder / "config.json", "model config")
+    qc = config.get("quantization_config")
+    if qc is not None and not isinstance(qc, dict):
+        raise CheckpointError(f"{str(folder / 'config.json')!r} has quantization_config={_short(qc)}; expected an object "
+                              "such as {\"quant_method\": \"lowbit\", ...} or none; fix config.json")
     archs = config.get("architectures")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
         raise CheckpointError(f"{folder / 'config.json'} has architectures={archs!r}; expected a list naming the model "
@@ -140,7 +145,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if safe_file(folder, INDEX_NAME) is not None:
         index = read_json(folder / INDEX_NAME, "shard index")
         weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{folder / INDEX_NAME} has no valid weight_map; expected tensor → shard file names; "
                                   "re-save the checkpoint")
         for shard in sorted(set(weight_map.values())):
@@ -167,7 +172,13 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         if name not in headers[shard]:
             raise CheckpointError(f"tensor {name!r} is listed in {INDEX_NAME} for {shard} but the shard does not hold it; "
                                   "re-download the checkpoint")
-    return Checkpoint(folder, config, weight_map, index)
+    shapes = {name: headers[shard][name]["shape"] for name, shard in weight_map.items()}
+    return Checkpoint(folder, config, weight_map, index, shapes)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_shard_name(folder: Path, shard: str) -> None:
@@ -247,17 +258,25 @@ def file_sha256(path: Path) -> str:
 
 
 def verify_checkpoint(path: str | Path) -> dict[str, str]:
-    """Check every shard against the sha256 recorded in the index; returns shard → hash."""
+    """Check that the index lists every shard in the folder and every shard against the sha256 the index records;
+    returns shard → hash."""
     ckpt = open_checkpoint(path)
-    hashes = (ckpt.index or {}).get("metadata", {}).get("sha256")
+    meta = (ckpt.index or {}).get("metadata")
+    hashes = meta.get("sha256") if isinstance(meta, dict) else None
     if not isinstance(hashes, dict) or not hashes:
-        raise CheckpointError(f"{ckpt.path} records no shard hashes; expected a folder saved by lowbit.save_pretrained; "
-                              "re-save it with lowbit to add them")
+        raise CheckpointError(f"{str(ckpt.path)!r} records no shard hashes; expected a folder saved by "
+                              "lowbit.save_pretrained; re-save it with lowbit to add them")
+    unlisted = sorted(p.name for p in ckpt.path.glob("*.safetensors") if p.name not in ckpt.shards)
+    if unlisted:
+        raise CheckpointError(f"shard {unlisted[0]!r} is in {str(ckpt.path)!r} but not in {INDEX_NAME}'s weight_map "
+                              f"({len(unlisted)} such); expected the index to list every shard; re-save the model")
     for shard in ckpt.shards:
-        if shard not in hashes:
-            raise CheckpointError(f"shard {shard} has no recorded hash in {INDEX_NAME}; re-save the model with lowbit")
+        digest = hashes.get(shard)
+        if not isinstance(digest, str):
+            raise CheckpointError(f"shard {shard!r} has recorded hash {digest!r} in {INDEX_NAME}; expected a sha256 hex "
+                                  "string; re-save the model with lowbit")
         actual = file_sha256(ckpt.path / shard)
-        if actual != hashes[shard]:
-            raise CheckpointError(f"{ckpt.path / shard} has sha256 {actual[:12]}…, expected {hashes[shard][:12]}… from the "
-                                  "index: the file was changed or damaged; re-save or re-download it")
+        if actual != digest:
+            raise CheckpointError(f"{str(ckpt.path / shard)!r} has sha256 {actual[:12]}…, expected {digest[:12]!r}… "
+                                  "from the index: the file was changed or damaged; re-save or re-download it")
     return {s: hashes[s] for s in ckpt.shards}

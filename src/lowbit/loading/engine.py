@@ -22,6 +22,7 @@ from torch import nn
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
 from lowbit.loading.checkpoint import Checkpoint
+from lowbit.loading.config_bounds import check_config_bounds
 from lowbit.loading.resolve import resolve_dtype
 from lowbit.loading.save import check_serializable
 from lowbit.loading.skeleton import build_skeleton
@@ -37,6 +38,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ConfigError(f"device={device!r} is not a device; expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "meta":
+        raise ConfigError("device='meta' holds no values, so a model cannot be loaded or quantized there; expected "
+                          "'cpu', 'cuda' or 'cuda:N'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={str(device)!r} but this torch has no usable CUDA ({torch.__version__}); "
                           "use device='cpu' or install a CUDA build of torch")
@@ -71,6 +75,7 @@ def prepare(ckpt: Checkpoint, cfg: QuantConfig | None, *, device: torch.device =
             check_serializable(quantizer)
         quantizer.validate_environment(device, dtype)
         dtype = quantizer.update_dtype(dtype) or dtype
+    check_config_bounds(ckpt)  # before transformers builds a skeleton of whatever size config.json asks
     model = build_skeleton(ckpt.path, ckpt.config, dtype, getattr(ckpt, "hf_config", None))  # GGUF: no config.json
     if quantizer is not None:
         quantizer.preprocess_model(model)

@@ -32,7 +32,24 @@ def quantize_weight(quantizer: Quantizer, layer: QuantHolder, name: str, key: st
                     tensor: torch.Tensor) -> dict[str, torch.Tensor]:
     """The stored tensors of layer ``name`` from its full-precision weight (checkpoint ``key``), shape checked."""
     check_weight_shape(layer, key, tensor)
-    return quantizer.quantize_tensor(name, tensor)
+    try:
+        return quantizer.quantize_tensor(name, tensor)
+    except FormatError as e:
+        raise FormatError(f"{name}: {e}") from None
+
+
+def check_stored(model: nn.Module) -> None:
+    """Every pre-quantized layer's stored values within what its format allows (``WeightFormat.check``), once per
+    layer after loading: a damaged or hand-edited folder is an error naming the layer, not wrong logits."""
+    for name, module in model.named_modules():
+        if isinstance(module, QuantHolder) and not getattr(module, "tied_to", None):
+            tensors = module.canonical_tensors()
+            if any(t is None or t.device.type == "meta" for t in tensors.values()):
+                continue  # not loaded: reported as missing
+            try:
+                module.fmt.check(tensors)
+            except FormatError as e:
+                raise FormatError(f"{name}.{e}") from None
 
 
 def load_into(plan: Plan, reader: Reader, device_of: Callable[[str], torch.device], dtype: torch.dtype) -> None:
@@ -61,6 +78,8 @@ def load_into(plan: Plan, reader: Reader, device_of: Callable[[str], torch.devic
     warn_clamped(reader.clamped, stacklevel=4)
     if unexpected:
         raise unexpected_error(plan.ckpt, plan.model, unexpected)
+    if quantizer is not None and quantizer.pre_quantized:
+        check_stored(plan.model)
     check_tied_head(plan, reader)
 
 

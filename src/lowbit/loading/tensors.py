@@ -53,7 +53,7 @@ def route(module: nn.Module | None, attr: str, key: str, quantizer: Quantizer | 
 
 def check_weight_shape(module: QuantHolder, key: str, tensor: torch.Tensor) -> None:
     if tuple(tensor.shape) != module.weight_shape:
-        raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(module.weight_shape)} "
+        raise CheckpointError(f"{key!r} has shape {list(tensor.shape)}; expected {list(module.weight_shape)} "
                               "from config.json; the checkpoint does not match its config")
 
 
@@ -77,10 +77,10 @@ def converted(old: torch.Tensor | None, tensor: torch.Tensor, dtype: torch.dtype
     """Checkpoint tensor ``key`` checked against the model's ``old`` one and cast to what loading keeps:
     floating tensors to ``dtype`` (or ``old``'s dtype where that is not floating)."""
     if old is not None and tuple(old.shape) != tuple(tensor.shape):
-        raise CheckpointError(f"{key} has shape {list(tensor.shape)}; expected {list(old.shape)} from config.json; "
+        raise CheckpointError(f"{key!r} has shape {list(tensor.shape)}; expected {list(old.shape)} from config.json; "
                               "the checkpoint does not match its config")
     if old is not None and old.is_floating_point() != tensor.is_floating_point():
-        raise CheckpointError(f"{key} is stored as {tensor.dtype}; expected a {'floating-point' if old.is_floating_point() else 'integer'} "
+        raise CheckpointError(f"{key!r} is stored as {tensor.dtype}; expected a {'floating-point' if old.is_floating_point() else 'integer'} "
                               "tensor like the model's; the checkpoint is damaged or does not match config.json")
     if tensor.is_floating_point():
         tensor = tensor.to(dtype if old is None or old.is_floating_point() else old.dtype)
@@ -88,10 +88,16 @@ def converted(old: torch.Tensor | None, tensor: torch.Tensor, dtype: torch.dtype
 
 
 NONFINITE = ("error", "clamp")
-_CHECKED = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# float8 types have no isfinite: their NaN/Inf are bit patterns (byte & mask == value)
+_FLOAT8_NONFINITE = {torch.float8_e4m3fn: (0x7F, 0x7F), torch.float8_e5m2: (0x7C, 0x7C),
+                     torch.float8_e4m3fnuz: (0xFF, 0x80), torch.float8_e5m2fnuz: (0xFF, 0x80)}
+if hasattr(torch, "float8_e8m0fnu"):
+    _FLOAT8_NONFINITE[torch.float8_e8m0fnu] = (0xFF, 0xFF)
 
 
 def _clamp_nonfinite(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dtype in _FLOAT8_NONFINITE:
+        return _clamp_nonfinite(tensor.float()).to(tensor.dtype)
     finite = torch.isfinite(tensor)
     top = float(tensor[finite].abs().max()) if finite.any() else 0.0
     return torch.nan_to_num(tensor, nan=0.0, posinf=top, neginf=-top)
@@ -101,7 +107,7 @@ def check_finite(key: str, tensor: torch.Tensor, clamp: bool, clamped: dict[str,
     """``tensor``, or an error naming ``key`` if it holds NaN/Inf; with ``clamp``, a clamped copy, counted in ``clamped``."""
     bad = _count_nonfinite(tensor)
     if bad and not clamp:
-        raise CheckpointError(f"{key} has {bad} NaN/Inf value(s); expected finite values; the checkpoint is "
+        raise CheckpointError(f"{key!r} has {bad} NaN/Inf value(s); expected finite values; the checkpoint is "
                               "damaged or diverged: fix the weights, or load with nonfinite='clamp' "
                               "(--clamp-nonfinite) to replace them")
     if bad:
@@ -113,16 +119,22 @@ def check_finite(key: str, tensor: torch.Tensor, clamp: bool, clamped: dict[str,
 def warn_clamped(clamped: dict[str, int], stacklevel: int) -> None:
     if clamped:
         warnings.warn(f"replaced NaN/Inf values in {len(clamped)} tensor(s) (NaN → 0, ±Inf → ± the tensor's "
-                      f"largest finite magnitude): {', '.join(f'{k} ({n})' for k, n in clamped.items())}",
+                      f"largest finite magnitude): {', '.join(f'{k!r} ({n})' for k, n in clamped.items())}",
                       stacklevel=stacklevel)
 
 
 def _count_nonfinite(tensor: torch.Tensor) -> int:
-    if tensor.dtype not in _CHECKED or not tensor.numel() or torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
+    """NaN/Inf values of any floating dtype, float8 included."""
+    if not tensor.is_floating_point() or not tensor.numel():
+        return 0
+    if tensor.dtype in _FLOAT8_NONFINITE:
+        mask, value = _FLOAT8_NONFINITE[tensor.dtype]
+        return int(((tensor.view(torch.uint8) & mask) == value).sum())
+    if torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
         return 0
     return int((~torch.isfinite(tensor)).sum())
 
 
 def name_list(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
+    shown = ", ".join(repr(n) for n in names[:limit])  # repr: a name never breaks the line or the terminal
     return shown + (f" … (+{len(names) - limit} more)" if len(names) > limit else "")

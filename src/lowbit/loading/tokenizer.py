@@ -17,8 +17,9 @@ def load_tokenizer(path: str | Path):
 
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path} has no usable tokenizer ({str(e).splitlines()[0][:120]}); expected tokenizer.json "
+    except Exception as e:  # noqa: BLE001  (tokenizers raises its own types for malformed files)
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"{str(path)!r} has no usable tokenizer ({reason!r}); expected tokenizer.json "
                               "or tokenizer_config.json beside the model; copy the tokenizer files there") from None
 
 

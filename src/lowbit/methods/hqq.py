@@ -13,6 +13,7 @@ fp16 scales and fp16 float zero-points, ``w = (q - z) * s``. 4-bit layers run on
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import torch
@@ -48,7 +49,7 @@ class HqqConfig(IntGroupConfig):
             raise ConfigError(f"hqq.iters={self.iters} is out of range; expected 0..1000 (the library uses 20)")
         if not 0 < self.lp_norm <= 1:
             raise ConfigError(f"hqq.lp_norm={self.lp_norm} is out of range; expected 0 < p <= 1 (the library uses 0.7)")
-        if self.beta <= 0 or self.kappa < 1:
+        if not (math.isfinite(self.beta) and math.isfinite(self.kappa) and self.beta > 0 and self.kappa >= 1):
             raise ConfigError(f"hqq.beta={self.beta}, kappa={self.kappa} are out of range; expected beta > 0 and "
                               "kappa >= 1 (the library uses 10 and 1.01)")
 

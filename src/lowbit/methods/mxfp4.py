@@ -30,7 +30,7 @@ class Mxfp4Quantizer(Quantizer):
 
     def weight_format(self, name: str, module: nn.Linear) -> MxFormat:
         fmt = MxFormat()
-        fmt.check(module.in_features)
+        fmt.check_inputs(module.in_features)
         return fmt
 
 
