@@ -6,9 +6,11 @@ ordinary HF folders, like the ones users load. Every builder is seeded: the same
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -137,6 +139,21 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         out = model(input_ids=ids)
     return (out.logits if hasattr(out, "logits") else out.last_hidden_state).detach().clone()
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail with TimeoutError (a hang) if the block runs longer than ``seconds`` (SIGALRM: main thread, POSIX)."""
+    def fail(*_):
+        raise TimeoutError(f"over {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 # ---- folder snapshots ------------------------------------------------------------------------------------------

@@ -11,9 +11,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import struct
-from contextlib import contextmanager
 from pathlib import Path
 
 import helpers
@@ -41,24 +39,10 @@ def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@contextmanager
-def deadline(seconds: int):
-    def fail(*_):
-        raise TimeoutError(f"a load took over {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def check(folder: Path, original: dict[str, torch.Tensor], what: str, verify: bool = False) -> str:
     """'error' or 'same'; anything else fails the test naming the mutation."""
     try:
-        with deadline(SECONDS_PER_CASE):
+        with helpers.deadline(SECONDS_PER_CASE):
             model = lowbit.from_pretrained(folder, verify=verify)
     except LowbitError as e:
         assert str(e).strip() and "\n" not in str(e), (what, str(e))
@@ -220,7 +204,7 @@ def test_flipped_data_bytes_are_caught_by_verify(saved, tmp_path):
         raw[at] ^= 1 << rng.randrange(8)
         path.write_bytes(bytes(raw))
         with pytest.raises(CheckpointError, match=path.name):
-            with deadline(SECONDS_PER_CASE):
+            with helpers.deadline(SECONDS_PER_CASE):
                 lowbit.from_pretrained(work, verify=True)
         shutil.rmtree(work)
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import helpers
@@ -37,23 +35,9 @@ def _copy(src: Path, dst: Path) -> Path:
     return Path(shutil.copytree(src, dst, symlinks=True))
 
 
-@contextmanager
-def deadline(seconds: int):
-    def fail(*_):
-        raise TimeoutError(f"over {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def one_line(exc, call, *names, watch: Path | None = None, seconds: int = 30) -> str:
     before = helpers.snapshot(watch) if watch else None
-    with deadline(seconds), pytest.raises(exc) as info:
+    with helpers.deadline(seconds), pytest.raises(exc) as info:
         call()
     msg = str(info.value)
     assert msg.strip() and "\n" not in msg and "\x1b" not in msg, msg
