@@ -24,7 +24,7 @@ from lowbit.realmodels import model_path
 def _load_seconds(folder: Path, checked: bool) -> float:
     real = stream.check_stored
     if not checked:
-        stream.check_stored = lambda model: None
+        stream.check_stored = lambda model, own=True: None
     try:
         start = time.perf_counter()
         lowbit.from_pretrained(folder)

@@ -31,6 +31,8 @@ class Quantizer:
 
     config_cls: ClassVar[type[QuantConfig]] = QuantConfig
     requires_calibration: ClassVar[bool] = False
+    # stored values come from lowbit's own encoders (scales positive); layouts imported from other tools may not
+    own_values: ClassVar[bool] = True
     required_packages: ClassVar[tuple[tuple[str, str], ...]] = ()  # (import name, pip requirement)
 
     def __init__(self, config: QuantConfig, *, pre_quantized: bool = False, skip: tuple[str, ...] = (),

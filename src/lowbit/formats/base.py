@@ -84,10 +84,11 @@ class WeightFormat:
     def check_inputs(self, k: int) -> None:
         """Raise FormatError if a weight with ``k`` inputs cannot be stored in this format."""
 
-    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+    def check(self, tensors: dict[str, torch.Tensor], own: bool = True) -> None:
         """Raise FormatError if a stored value is outside what the format allows (a zero-point off the grid, a
-        scale that is not finite and positive, a code the format never writes), whatever wrote it. Loading calls
-        it once per pre-quantized layer, so it must stay cheap: a few reductions over the tensors, no decode."""
+        scale that is not finite, a code the format never writes), whatever wrote it; ``own``: the tensors claim to
+        come from lowbit's own encoders, which also means positive scales (imported layouts may store negative
+        ones). Loading calls it once per pre-quantized layer, so it must stay cheap: a few reductions, no decode."""
 
     # ---- decoding ---------------------------------------------------------------------------------------------
     def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -136,15 +137,19 @@ def format_from_key(key: str) -> WeightFormat:
                           f"kind among {format_kinds()} and its fields; build keys with fmt.key()") from None
 
 
-def check_scales(name: str, scales: torch.Tensor, what: str = "scale") -> None:
-    """``scales`` all finite, positive and below their dtype's largest value (which marks a saturated cast)."""
+def check_scales(name: str, scales: torch.Tensor, positive: bool = True) -> None:
+    """``scales`` all finite, non-zero (positive with ``positive``) and of a magnitude below their dtype's largest
+    value (which marks a saturated cast)."""
     if not scales.numel():
         return
     lo, hi = torch.aminmax(scales.float())
+    smallest = float(scales.float().abs().amin())
     top = torch.finfo(scales.dtype).max
-    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)) and float(lo) > 0 and float(hi) < top):
-        raise FormatError(f"{name} holds {what}s from {float(lo):g} to {float(hi):g}; expected finite positive values "
-                          f"below {scales.dtype}'s largest {top:g}; the checkpoint is damaged: re-quantize it")
+    ok = bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)) and -top < float(lo) and float(hi) < top
+    if not (ok and smallest > 0 and (float(lo) > 0 or not positive)):
+        sign = "positive" if positive else "non-zero"
+        raise FormatError(f"{name} holds scales from {float(lo):g} to {float(hi):g}; expected finite {sign} values of "
+                          f"magnitude below {scales.dtype}'s largest {top:g}; the checkpoint is damaged: re-quantize it")
 
 
 def check_range(name: str, values: torch.Tensor, lo: float, hi: float, what: str) -> None:

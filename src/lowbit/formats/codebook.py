@@ -77,7 +77,7 @@ class CodebookFormat(WeightFormat, kind="codebook"):
         out["absmax_offset"] = ((1,), torch.float32)
         return out
 
-    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+    def check(self, tensors: dict[str, torch.Tensor], own: bool = True) -> None:
         """absmax values (or the double-quantized statistics) finite and not negative. Every 4-bit code and every
         8-bit absmax code names a value of its book, so the codes need no check."""
         top = torch.finfo(torch.float32).max

@@ -65,9 +65,9 @@ class Fp8Format(WeightFormat, kind="fp8"):
     def expected_tensors(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return {"qweight": ((n, k), torch.float8_e4m3fn), "scales": (self.scale_shape(n, k), torch.float32)}
 
-    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+    def check(self, tensors: dict[str, torch.Tensor], own: bool = True) -> None:
         """Scales finite and positive; no code is e4m3fn's NaN (0x7f, 0xff), which encoding never writes."""
-        check_scales("scales", tensors["scales"])
+        check_scales("scales", tensors["scales"], positive=own)
         nan = int(((tensors["qweight"].view(torch.uint8) & 0x7F) == 0x7F).sum())
         if nan:
             raise FormatError(f"qweight holds {nan} e4m3fn NaN code(s) (0x7f/0xff); expected finite codes; "

@@ -189,10 +189,10 @@ class IntFormat(WeightFormat, kind="int"):
             out["g_idx"] = g_idx.to(torch.int32)
         return out
 
-    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+    def check(self, tensors: dict[str, torch.Tensor], own: bool = True) -> None:
         """Scales finite, positive, unsaturated; integer zero-points within 0..2**bits - 1, float ones finite;
         symmetric codes within ±(2**(bits-1) - 1) (the lowest code is never written); g_idx within the groups."""
-        check_scales("scales", tensors["scales"])
+        check_scales("scales", tensors["scales"], positive=own)
         if self.zero_kind is ZeroKind.INTEGER:
             check_range("zeros", tensors["zeros"], 0, self.qtype.qmax, "zero-points")
         elif self.zero_kind is ZeroKind.FLOAT:

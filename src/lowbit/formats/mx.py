@@ -64,7 +64,7 @@ class MxFormat(WeightFormat, kind="mx"):
         codes = e2m1_codes(x / e8m0_to_float(biased)[..., None])  # dividing by a power of two is exact
         return {"qweight": pack_nibbles(codes.view(n, k), fp4_e2m1.high_first), "scales": biased}
 
-    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+    def check(self, tensors: dict[str, torch.Tensor], own: bool = True) -> None:
         """E8M0 scale bytes within 0..252: 255 is NaN, and 253-254 scale beyond any float32 weight."""
         check_range("scales", tensors["scales"], 0, E8M0_LARGEST, "E8M0 exponents (255 is NaN)")
 

@@ -42,9 +42,9 @@ class W8A8Format(WeightFormat, kind="w8a8"):
         scale = absmax_scale(w.abs().amax(-1, keepdim=True))
         return {"qweight": to_int8(w, scale), "scales": scale}
 
-    def check(self, tensors: dict[str, torch.Tensor]) -> None:
+    def check(self, tensors: dict[str, torch.Tensor], own: bool = True) -> None:
         """Scales finite and positive; codes within ±127 (-128 is never written)."""
-        check_scales("scales", tensors["scales"])
+        check_scales("scales", tensors["scales"], positive=own)
         check_range("qweight", tensors["qweight"], -QMAX, QMAX, "codes")
 
     def decode(self, tensors: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:

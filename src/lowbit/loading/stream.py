@@ -38,7 +38,7 @@ def quantize_weight(quantizer: Quantizer, layer: QuantHolder, name: str, key: st
         raise FormatError(f"{name}: {e}") from None
 
 
-def check_stored(model: nn.Module) -> None:
+def check_stored(model: nn.Module, own: bool = True) -> None:
     """Every pre-quantized layer's stored values within what its format allows (``WeightFormat.check``), once per
     layer after loading: a damaged or hand-edited folder is an error naming the layer, not wrong logits."""
     for name, module in model.named_modules():
@@ -47,7 +47,7 @@ def check_stored(model: nn.Module) -> None:
             if any(t is None or t.device.type == "meta" for t in tensors.values()):
                 continue  # not loaded: reported as missing
             try:
-                module.fmt.check(tensors)
+                module.fmt.check(tensors, own)
             except FormatError as e:
                 raise FormatError(f"{name}.{e}") from None
 
@@ -79,7 +79,7 @@ def load_into(plan: Plan, reader: Reader, device_of: Callable[[str], torch.devic
     if unexpected:
         raise unexpected_error(plan.ckpt, plan.model, unexpected)
     if quantizer is not None and quantizer.pre_quantized:
-        check_stored(plan.model)
+        check_stored(plan.model, quantizer.own_values)
     check_tied_head(plan, reader)
 
 

@@ -53,6 +53,7 @@ class ImportedConfig(QuantConfig):
 
 class ImportedQuantizer(Quantizer):
     config_cls = ImportedConfig
+    own_values = False  # GGUF's Q4_0/Q8_0 store negative scales
 
     def __init__(self, config: ImportedConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
