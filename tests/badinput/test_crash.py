@@ -28,7 +28,7 @@ def slow(tensors, path, metadata=None):
 
 save.save_file = slow
 model = lowbit.from_pretrained(sys.argv[1], quantization=lowbit.config("int4", group_size=32))
-lowbit.save_pretrained(model, sys.argv[2], max_shard_size="20KB")
+lowbit.save_pretrained(model, sys.argv[2], max_shard_size="20KB", overwrite=True)
 """
 
 
@@ -50,12 +50,13 @@ def test_sigkill_mid_save_keeps_the_old_model_and_the_next_save_cleans_up(tmp_pa
         child.kill()
         child.wait()
     assert helpers.snapshot(out) == before  # the old model is whole
-    stale = tmp_path / f".q.tmp-{child.pid}"
-    assert stale.is_dir() and any(stale.iterdir())  # the killed save left its partial folder
+    (stale,) = tmp_path.glob(f".q.tmp-{child.pid}-*")  # the killed save left its partial folder, with its token
+    assert any(stale.iterdir()) and list(tmp_path.glob(f".q.lock-{child.pid}-*"))  # and its lock
     again = lowbit.from_pretrained(out)  # and the old model still loads
     assert again.config.quantization_config["bits"] == 8
 
-    lowbit.save_pretrained(lowbit.from_pretrained(src, quantization=lowbit.config("int4", group_size=32)), out)
-    assert not stale.exists()
+    lowbit.save_pretrained(lowbit.from_pretrained(src, quantization=lowbit.config("int4", group_size=32)), out,
+                           overwrite=True)
+    assert not stale.exists() and not list(tmp_path.glob(".q.lock-*"))  # the dead holder's folder and lock are gone
     assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 4
     assert lowbit.verify(out)
