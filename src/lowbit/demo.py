@@ -42,7 +42,7 @@ def _files_size(folder: Path) -> int:
 
 
 def _size_on_disk(model, tmp: Path, label: str) -> int:
-    return _files_size(lowbit.save_pretrained(model, tmp / label.split()[0]))
+    return _files_size(lowbit.save_pretrained(model, tmp / label.split()[0], progress=True))
 
 
 class _TokenBar:

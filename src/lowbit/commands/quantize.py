@@ -64,7 +64,8 @@ def run(args) -> int:
         model = lowbit.from_pretrained(args.src, quantization=cfg, device=args.device, dtype=args.dtype,
                                        progress=True, nonfinite=nonfinite)
         quantizer = model.lowbit_quantizer
-        out = lowbit.save_pretrained(model, args.out, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+        out = lowbit.save_pretrained(model, args.out, max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+                                     progress=True)
     else:  # disk to disk, never the whole model in memory
         from lowbit.loading.convert import convert
 

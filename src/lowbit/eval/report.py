@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lowbit.config import QuantConfig
 from lowbit.data.text import adds_bos, encode
@@ -138,7 +139,7 @@ def calibration_ids(tokenizer: Any, text: str, samples: int = 4, seq_len: int = 
 
 
 def capture_inputs(model: nn.Module, calib_ids: torch.Tensor, names: list[str], max_rows: int = 512,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
+                   seed: int = 0, progress: bool = False) -> dict[str, torch.Tensor]:
     """Run ``model`` on each row of ``calib_ids``; keep the same seeded pick of ≤ ``max_rows`` input rows per layer.
 
     Returns name → [rows, in_features] float32; layers that read the same input share one tensor.
@@ -164,7 +165,7 @@ def capture_inputs(model: nn.Module, calib_ids: torch.Tensor, names: list[str], 
     device = next(model.parameters()).device
     try:
         with torch.inference_mode():
-            for sample in calib_ids:
+            for sample in tqdm(calib_ids, desc="capturing inputs", unit="sample", disable=not progress):
                 model(input_ids=sample[None].to(device))
                 seen.clear()
                 offset += sample.numel()
@@ -183,12 +184,13 @@ def _sqnr_db(w: torch.Tensor, wq: torch.Tensor) -> float:
     return float(10 * torch.log10(w.double().pow(2).sum() / noise)) if noise > 0 else math.inf
 
 
-def measure_layers(reference: nn.Module, quantized: nn.Module, inputs: dict[str, torch.Tensor]) -> list[LayerQuality]:
+def measure_layers(reference: nn.Module, quantized: nn.Module, inputs: dict[str, torch.Tensor],
+                   progress: bool = False) -> list[LayerQuality]:
     """SQNR, relative output error on ``inputs[name]``, bits per weight of each QuantLinear in ``inputs``."""
     ref_modules, q_modules = dict(reference.named_modules()), dict(quantized.named_modules())
     out = []
     with torch.inference_mode():
-        for name, x in inputs.items():
+        for name, x in tqdm(inputs.items(), desc="measuring layers", unit="layer", disable=not progress):
             ref, q = ref_modules[name], q_modules[name]
             y = ref(x.to(ref.weight.dtype)).double()
             err = float((q(x).double() - y).norm() / y.norm()) if y.norm() > 0 else math.nan
@@ -246,10 +248,12 @@ def layer_report(path: str | Path, quantization: QuantConfig | str, *, tokenizer
     if calib_ids is None:
         calib_ids = calibration_ids(tokenizer, calib_text, samples, seq_len)
     _check_ids(config, calib_ids)
-    ref = reference if reference is not None else from_pretrained(path, device=device, dtype=torch.float32)
+    ref = reference if reference is not None else from_pretrained(path, device=device, dtype=torch.float32,
+                                                                   progress=progress)
     model = from_pretrained(path, quantization=quantization, device=device, dtype=torch.float32, progress=progress)
     names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
-    layers = measure_layers(ref, model, capture_inputs(ref, calib_ids, names, max_rows, seed))
+    inputs = capture_inputs(ref, calib_ids, names, max_rows, seed, progress=progress)
+    layers = measure_layers(ref, model, inputs, progress=progress)
     fp32 = quantized = None
     causal = hasattr(model, "can_generate") and model.can_generate()
     if not causal:

@@ -56,14 +56,18 @@ def shard_limit(max_shard_size: int | str, max_memory: int | str | None) -> int:
 
 
 def save_pretrained(model: nn.Module, out: str | Path, max_shard_size: int | str = "2GB", *, overwrite: bool = False,
-                    tokenizer_from: str | Path | None = None) -> Path:
-    """Write ``model`` (quantized or not) to ``out`` atomically; returns the folder."""
+                    tokenizer_from: str | Path | None = None, progress: bool = False) -> Path:
+    """Write ``model`` (quantized or not) to ``out`` atomically; returns the folder. ``progress``: a bar over the
+    modules written."""
+    from tqdm.auto import tqdm
+
     quantizer = getattr(model, "lowbit_quantizer", None)
     if quantizer is not None:
         check_serializable(quantizer)
     limit = parse_size(max_shard_size)
-    return write_folder(out, _tensors(model), limit, model, tokenizer_from or getattr(model, "lowbit_source", None),
-                        overwrite=overwrite)
+    with tqdm(total=sum(1 for _ in model.modules()), desc="saving", unit="module", disable=not progress) as bar:
+        return write_folder(out, _tensors(model, bar.update), limit, model,
+                            tokenizer_from or getattr(model, "lowbit_source", None), overwrite=overwrite)
 
 
 def check_serializable(quantizer: Quantizer) -> None:
@@ -122,7 +126,7 @@ def save_error(e: BaseException, out: Path, what: str = "nothing was changed the
     return error
 
 
-def _tensors(model: nn.Module):
+def _tensors(model: nn.Module, done=lambda: None):
     """(name, tensor) of the canonical state, module by module, each storage once.
 
     One module's tensors at a time: a layer whose kernel holds the only copy rebuilds its canonical
@@ -148,6 +152,7 @@ def _tensors(model: nn.Module):
             if tensor.untyped_storage().nbytes() > tensor.nbytes:  # a view (fused layers' rows): own the bytes
                 tensor = tensor.clone()
             yield name, tensor
+        done()
 
 
 def _write(tensors: Iterable[tuple[str, torch.Tensor]], tmp: Path, limit: int,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Self
 
 import torch
+from tqdm.auto import tqdm
 from safetensors import safe_open
 from torch import nn
 
@@ -185,10 +186,14 @@ def output_tensors(plan: Plan, dtype: torch.dtype, *, clamp: bool = False, progr
     of ``over`` that holds each item, else from the checkpoint. At the end the tensors not written are checked
     (NaN/Inf, a tied head equal to the embedding) and the quantization config, with per-layer fallbacks, is
     attached to ``plan.model.config`` for writing."""
-    with Reader(plan.ckpt, clamp=clamp, progress=progress, desc="quantizing") as reader:
+    # the bar counts the output's items, whichever source gives them (counting checkpoint reads would leave it
+    # frozen at the few tensors outside the finished blocks of ``over``)
+    bar = tqdm(total=len(plan.items), desc="writing" if over else "quantizing", unit="item", disable=not progress)
+    with Reader(plan.ckpt, clamp=clamp) as reader, bar:
         sources = [*over, CheckpointSource(plan, reader, dtype)]
         for item in plan.items:
             yield from next(s for s in sources if s.holds(item)).tensors(item)
+            bar.update()
             release_freed_memory()
         for key in plan.rest:
             reader(key)  # NaN/Inf in any tensor is an error, as when loading
