@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,8 @@ def from_pretrained(path: str | Path, quantization: QuantConfig | str | None = N
         from accelerate import dispatch_model
 
         dispatch_model(model, placement.device_map)
+    if placement.device_map is not None:
+        model.hf_device_map = placement.device_map  # as transformers sets it for any device_map
     model.lowbit_source = str(ckpt.path)
     model.eval()
     return model
@@ -100,16 +104,33 @@ def _placement(model, quantizer, device, dtype, device_map, max_memory) -> _Plac
         if device_map not in ("auto", "balanced", "sequential"):
             raise ConfigError(f"device_map={device_map!r} is not supported; expected 'auto', 'balanced', 'sequential' or a dict")
         no_split = getattr(model, "_no_split_modules", None) or []
+        if quantizer is None or not quantizer.tied_head:  # shared weights are placed together (and accelerate
+            model.tie_weights()                           # checks they are tied); a quantized table is tied already
         if device_map != "sequential":
             max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
         # The shells hold meta buffers of their packed shapes, so these sizes are the quantized ones.
-        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
+        with _quiet_untied_warning(quantizer is not None and bool(quantizer.tied_head)):
+            device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                               dtype=dtype)
     if not isinstance(device_map, dict):
         raise ConfigError(f"device_map={device_map!r} is not supported; expected 'auto' or a dict of module → device")
     if any(v == "disk" for v in device_map.values()):
         raise ConfigError("device_map places modules on 'disk', which lowbit does not support; raise max_memory or "
                           "use a stronger quantization")
     return _Placement(device, device_map)
+
+
+@contextlib.contextmanager
+def _quiet_untied_warning(tied_tables: bool):
+    """accelerate looks for tied *parameters*; a quantized shared table is tied through its buffers, so its
+    "weights are not tied" message would be false: filtered while the map is computed, only then."""
+    log = logging.getLogger("accelerate.utils.modeling")
+    drop = lambda record: not (tied_tables and "weights are not tied" in record.getMessage())  # noqa: E731
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def _check_complete(model: nn.Module, ckpt: Checkpoint) -> None:
