@@ -74,6 +74,16 @@ def test_slower_than_the_original_everywhere_gives_the_dense_floor(tuning, monke
     torch.testing.assert_close(q(x), x @ FMT.decode(q.canonical_tensors()).T)
 
 
+def test_a_close_runner_up_races_the_original_again(tuning, monkeypatch):
+    calls = []
+    monkeypatch.setattr(tune, "time_cold", fake_timer({"cpu_dense/float32": 100.0, "cpu_gemv4/float32": 110.0,
+                                                       "cpu_int4/bfloat16": 200.0}, calls))
+    layer().prepare("auto")
+    # first look + ROUNDS for every raced candidate, then ROUNDS more for the original and the runner-up only
+    assert calls.count("cpu_gemv4/float32") == calls.count("cpu_dense/float32") == 1 + 2 * tune.ROUNDS
+    assert calls.count("cpu_int4/bfloat16") == 1 + tune.ROUNDS
+
+
 def test_off_switch_and_a_forced_kernel_measure_nothing(tuning, monkeypatch):
     calls = []
     monkeypatch.setattr(tune, "time_cold", fake_timer({}, calls))

@@ -32,6 +32,7 @@ from lowbit.utils import cache_dir
 TUNE_ENV = "LOWBIT_CPU_TUNE"
 DENSE = "cpu_dense"
 ROUNDS, CALLS = 3, 5
+CLOSE = 1.15  # a runner-up this close to the original layer is raced again before the dense copy is chosen
 SLOW = 3.0  # a candidate this many times slower than the original layer at its first timing is not raced
 _memory: dict[tuple[Path, str], dict] = {}  # this process's choices, by (cache file, key)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,6 +107,13 @@ def measure(fmt, shape, dtypes, tensors: dict[str, torch.Tensor], timer=None) ->
         for _ in range(ROUNDS):
             for label, fn in racing.items():
                 times[label].append(timer(fn))
+        # the original won narrowly: a busy moment may have hit the runner-up, so the two race again before the
+        # layer is given a dense copy
+        best = sorted(racing, key=lambda label: min(times[label]))
+        if len(best) > 1 and best[0] == dense and min(times[best[1]]) <= CLOSE * min(times[dense]):
+            for _ in range(ROUNDS):
+                for label in best[:2]:
+                    times[label].append(timer(racing[label]))
     return {label: round(min(v), 1) for label, v in times.items()}
 
 
