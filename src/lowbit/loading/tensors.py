@@ -129,7 +129,8 @@ def _count_nonfinite(tensor: torch.Tensor) -> int:
         return 0
     if tensor.dtype in _FLOAT8_NONFINITE:
         mask, value = _FLOAT8_NONFINITE[tensor.dtype]
-        return int(((tensor.view(torch.uint8) & mask) == value).sum())
+        hit = torch.eq(tensor.view(torch.uint8) & mask, value)
+        return int(hit.sum()) if bool(hit.any()) else 0
     if torch.isfinite(torch.stack(torch.aminmax(tensor))).all():
         return 0
     return int((~torch.isfinite(tensor)).sum())
