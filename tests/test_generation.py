@@ -19,9 +19,24 @@ def tiny_llama(device):
     return LlamaForCausalLM(cfg).to(device, torch.bfloat16).eval()
 
 
-def test_needs_a_cuda_model():
-    with pytest.raises(LowbitError, match="needs the model on a CUDA device"):
-        lowbit.compile_for_decode(tiny_llama("cpu"))
+def test_needs_a_cuda_or_cpu_model():
+    with pytest.raises(LowbitError, match="needs the model on a CUDA device or the CPU"):
+        lowbit.compile_for_decode(tiny_llama("meta"))
+
+
+def test_cpu_tokens_are_transformers_greedy_ones():
+    """On the CPU (no CUDA graphs, blocks not compiled by default): the same tokens as transformers' own greedy
+    ``generate`` on the same quantized model; input on another device is one line."""
+    model = tiny_llama("cpu").float()
+    lowbit.quantize_(model, lowbit.config("int8"))
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = model.generate(ids, do_sample=False, max_new_tokens=12, min_new_tokens=12)
+    decoder = lowbit.compile_for_decode(model)
+    out = decoder.generate(ids, 12)
+    assert torch.equal(out, ref) and torch.equal(decoder.generate(ids, 12), out)
+    with pytest.raises(LowbitError, match="on the model's device"):
+        decoder.generate(ids[0], 3)
 
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA device: the fast path records CUDA graphs (gpu_run.sh runs it)")

@@ -1,4 +1,4 @@
-"""Fast greedy decoding on CUDA: ``lowbit.compile_for_decode(model)``, then ``.generate(input_ids, n)``.
+"""Fast greedy decoding on CUDA and the CPU: ``lowbit.compile_for_decode(model)``, then ``.generate(input_ids, n)``.
 
 transformers' ``generate`` runs a Python loop around every token (logits processors, stopping checks that wait for
 the GPU). The fast path does what the decode benchmark does instead:
@@ -9,8 +9,9 @@ the GPU). The fast path does what the decode benchmark does instead:
 3. a ``StaticCache`` and one CUDA graph per decode step (forward, argmax, the token and position fed back),
    recorded once per batch size and cache length and replayed for every token; the prompt runs eagerly.
 
-Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is changed in place
-(fused projections, compiled blocks); ``model.generate`` keeps working.
+On the CPU there are no CUDA graphs: each step runs as it is, blocks not compiled unless asked (see
+``compile_for_decode``). Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is
+changed in place (fused projections, compiled blocks); ``model.generate`` keeps working.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class _Step:
         self.pos.add_(1)
 
     def run(self, steps: int) -> None:
+        if self.tok.device.type != "cuda":  # the CPU: no graphs to record, each step runs (compiled blocks, if any)
+            for _ in range(steps):
+                self.step()
+            return
         if self.graph is None:
             warm = min(steps, WARM_STEPS)
             side = torch.cuda.Stream()
@@ -90,9 +95,10 @@ class Decoder:
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """[batch, prompt + max_new_tokens]: the prompt and its greedy continuation."""
-        if input_ids.dim() != 2 or input_ids.device.type != "cuda":
+        device = self.model.get_input_embeddings().weight.device
+        if input_ids.dim() != 2 or input_ids.device != device:
             raise LowbitError(f"input_ids has shape {list(input_ids.shape)} on {input_ids.device}; expected "
-                              "[batch, prompt] token ids on the model's CUDA device")
+                              f"[batch, prompt] token ids on the model's device ({device})")
         if max_new_tokens < 1:
             raise LowbitError(f"max_new_tokens={max_new_tokens}; expected at least 1")
         batch, prompt = input_ids.shape
@@ -112,20 +118,22 @@ class Decoder:
         return state.out[:, :prompt + max_new_tokens].clone()
 
 
-def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool = True) -> Decoder:
-    """Make ``model`` (a transformers causal LM on CUDA, quantized or not) ready for fast greedy decoding.
+def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None = None) -> Decoder:
+    """Make ``model`` (a transformers causal LM on CUDA or the CPU, quantized or not) ready for fast greedy decoding.
 
     ``fuse``: run q/k/v and gate/up as one quantized launch each (``fuse_projections``); ``compile``: compile each
-    block with ``torch.compile``. Returns a :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)``
-    gives the same tokens as ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the
+    block with ``torch.compile`` (default: on CUDA; not on the CPU, where it took minutes and gave no decode gain in
+    benchmarks/cpu_decode.py's measurements). On the CPU each step runs as it is, without CUDA graphs. Returns a
+    :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)`` gives the same tokens as
+    ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the
     compiled blocks.
     """
     device = model.get_input_embeddings().weight.device
-    if device.type != "cuda":
-        raise LowbitError(f"compile_for_decode needs the model on a CUDA device (its embeddings are on {device}); "
-                          "move it with model.to('cuda') first")
+    if device.type not in ("cuda", "cpu"):
+        raise LowbitError(f"compile_for_decode needs the model on a CUDA device or the CPU (its embeddings are on "
+                          f"{device}); move it with model.to('cuda') or model.to('cpu') first")
     if fuse:
         fuse_projections(model)
-    if compile:
+    if compile if compile is not None else device.type == "cuda":
         compile_blocks(model)
     return Decoder(model)

@@ -85,7 +85,8 @@ def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, qu
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                             cache_implementation="static" if static_cache or compile else None, streamer=clock, pad_token_id=tokenizer.eos_token_id)
+                             cache_implementation="static" if static_cache or compile else None, streamer=clock,
+                             pad_token_id=tokenizer.eos_token_id)
     new = out[0, ids.shape[1]:]
     tokens = clock.times[1:]  # the first put is the prompt
     decode_s = tokens[-1] - tokens[0]

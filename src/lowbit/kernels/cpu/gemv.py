@@ -4,7 +4,8 @@
 fp32 with two integer instructions (see ``FP8_BITS``).
 
 Every layer they run is brought, at ``prepare``, to one form: ``w = table[code] * s + o`` per group, with 4-bit
-codes low nibble first (a 16-value table per format: integer grids of every zero kind, NF4, FP4, MXFP4) or signed 8-bit codes.
+codes low nibble first (a 16-value table per format: integer grids of every zero kind, NF4, FP4, MXFP4) or signed
+8-bit codes.
 Symmetric int4 codes are flipped to unsigned (``c + 8``, offset ``-8 s``), asymmetric int8 codes to signed
 (``u - 128``, offset ``(128 - z) s``), code books high nibble first swapped; ``canonical_from_prepared`` undoes
 that, so a layer keeps one copy of its codes. From ``DENSE_MIN_M`` rows the op dequantizes once and runs the

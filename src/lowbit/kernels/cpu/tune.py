@@ -153,8 +153,8 @@ def best(fmt, shape, dtypes, tensors: dict[str, torch.Tensor]) -> tuple[str, tor
 
 def _store(path: Path, k: str, entry: dict) -> None:
     data = _load(path)
-    data.setdefault("cpu", {"model": cpu_info()[0], "isa": isa(), "flags": sorted(f for f in cpu_info()[1]
-                                                                                   if f.startswith(("avx", "amx", "fma")))})
+    flags = sorted(f for f in cpu_info()[1] if f.startswith(("avx", "amx", "fma")))
+    data.setdefault("cpu", {"model": cpu_info()[0], "isa": isa(), "flags": flags})
     data.setdefault("choices", {})[k] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
