@@ -28,7 +28,7 @@ def test_cpu_tokens_are_transformers_greedy_ones():
     """On the CPU (no CUDA graphs, blocks not compiled by default): the same tokens as transformers' own greedy
     ``generate`` on the same quantized model; input on another device is one line."""
     model = tiny_llama("cpu").float()
-    lowbit.quantize_(model, lowbit.config("int8"))
+    lowbit.quantize_(model, lowbit.config("int8", quantize_embeddings=True))  # an int8 QuantEmbedding too
     ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = model.generate(ids, do_sample=False, max_new_tokens=12, min_new_tokens=12)

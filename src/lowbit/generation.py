@@ -27,6 +27,12 @@ WARM_STEPS = 3  # eager steps before a step is recorded (the first of them compi
 CACHE_STEP = 256  # cache lengths are rounded up to this, so nearby lengths share a recorded graph
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's input embedding (a plain one, or lowbit's int8 ``QuantEmbedding``)."""
+    emb = model.get_input_embeddings()
+    return next(t for t in (*emb.parameters(), *emb.buffers()) if t is not None).device
+
+
 def compile_blocks(model: nn.Module, batch_sizes: int = 2) -> None:
     """``torch.compile`` each transformer block in place (``dynamic=False``), with dynamo's recompile limits raised
     to one graph per block and batch size (past the limit dynamo would quietly run the remaining blocks eagerly)."""
@@ -46,7 +52,7 @@ class _Step:
     def __init__(self, model: nn.Module, batch: int, length: int) -> None:
         from transformers import StaticCache
 
-        device = model.get_input_embeddings().weight.device
+        device = model_device(model)
         self.model = model
         self.cache = StaticCache(config=model.config, max_cache_len=length)
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -95,7 +101,7 @@ class Decoder:
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """[batch, prompt + max_new_tokens]: the prompt and its greedy continuation."""
-        device = self.model.get_input_embeddings().weight.device
+        device = model_device(self.model)
         if input_ids.dim() != 2 or input_ids.device != device:
             raise LowbitError(f"input_ids has shape {list(input_ids.shape)} on {input_ids.device}; expected "
                               f"[batch, prompt] token ids on the model's device ({device})")
@@ -128,7 +134,7 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the
     compiled blocks.
     """
-    device = model.get_input_embeddings().weight.device
+    device = model_device(model)
     if device.type not in ("cuda", "cpu"):
         raise LowbitError(f"compile_for_decode needs the model on a CUDA device or the CPU (its embeddings are on "
                           f"{device}); move it with model.to('cuda') or model.to('cpu') first")
