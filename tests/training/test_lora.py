@@ -235,3 +235,18 @@ def test_lora_gradients_equal_those_on_the_dense_dequantized_model(dense, tmp_pa
         grads.append({n: p.grad for n, p in pm.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 12
     assert all(torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6) for n in grads[0])
+
+
+def test_transformers_loaded_lowbit_models_train_and_say_so(dense):
+    """Through transformers (lowbit's HfQuantizer): is_trainable follows the format, and LoRA trains the same way."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(dense, quantization_config=lowbit.HfQuantConfig("nf4"))
+    assert model.hf_quantizer.is_trainable
+    pm = training.get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    assert len([m for m in pm.modules() if isinstance(m, QuantLoraLinear)]) == len(quantized_names(model))
+    losses = train(pm, token_ids(16, batch=2))
+    assert losses[-1] < losses[0]
+    w8a8 = AutoModelForCausalLM.from_pretrained(dense, quantization_config=lowbit.HfQuantConfig(
+        lowbit.config("fp8", activations="dynamic")))
+    assert not w8a8.hf_quantizer.is_trainable
