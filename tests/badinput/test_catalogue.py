@@ -277,7 +277,7 @@ def test_nan_weights_clamped_on_request(tmp_path, sources):
     (dict(group_size=32.0), ["group_size=32.0"]),
     (dict(bits=5), ["bits=5", "[2, 3, 4, 8]"]),
     (dict(group_size=48), ["group_size=48"]),
-    (dict(quant_method="gptq"), ["'gptq'"]),
+    (dict(quant_method="sparkle-q"), ["'sparkle-q'"]),
     (dict(layers=["x"]), ["layers", "list"]),
 ], ids=["unknown-method", "unknown-field", "bits-str", "group-float", "bits-range", "group-range", "quant-method",
         "layers-type"])
@@ -285,6 +285,13 @@ def test_bad_stored_quantization_config(tmp_path, sources, change, names):
     d = _copy(sources["int4"], tmp_path / "m")
     helpers.edit_quant_config(d, **change)
     expect_error(ConfigError, _load(d), names=names, watch=tmp_path)
+
+
+def test_config_naming_another_format_than_the_tensors(tmp_path, sources):
+    """A lowbit folder whose config says GPTQ is read as GPTQ, and its tensors are not GPTQ's."""
+    d = _copy(sources["int4"], tmp_path / "m")
+    helpers.edit_quant_config(d, quant_method="gptq")
+    expect_error(CheckpointError, _load(d), names=["GPTQ", "qzeros", "not the format its config names"], watch=tmp_path)
 
 
 @pytest.mark.parametrize("fields, names", [

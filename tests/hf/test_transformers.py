@@ -7,6 +7,7 @@ CI also runs this file under transformers 5.17 (.ci/run), the oldest version the
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import transformers
 from transformers import AutoModel, AutoModelForCausalLM
 
 import lowbit
-from lowbit.errors import ConfigError, DependencyError, RegistryError
+from lowbit.errors import ConfigError, DependencyError, LowbitWarning, RegistryError
 from lowbit.hf import compat
 from lowbit.nn import QuantLinear
 from lowbit.registry import get
@@ -246,13 +247,24 @@ def test_unknown_method_lists_the_valid_ones():
     assert "\n" not in msg and "'int5'" in msg and all(m in msg for m in lowbit.methods())
 
 
-@pytest.mark.parametrize("version", ["5.16.2", "5.26.0", "6.0.0.dev0"])
-def test_unsupported_transformers_version_is_one_line(version, monkeypatch):
-    monkeypatch.setattr(sys.modules["transformers"], "__version__", version)  # the module transformers keeps there
+@pytest.mark.parametrize("version", ["5.16.2", "4.57.6"])
+def test_too_old_transformers_version_is_one_line(version, monkeypatch):
+    monkeypatch.setattr(compat, "installed_version", lambda: version)
     with pytest.raises(DependencyError) as e:
         AutoModelForCausalLM.from_pretrained(FIXTURES / "tiny-llama-int4-g32")
     msg = str(e.value)
     assert "\n" not in msg and version in msg and compat.RANGE in msg and "pip install" in msg
+
+
+@pytest.mark.parametrize("version", ["5.26.0", "6.0.0.dev0"])
+def test_newer_transformers_version_warns_once_and_loads(version, monkeypatch):
+    monkeypatch.setattr(compat, "installed_version", lambda: version)
+    monkeypatch.setattr(compat, "_warned", set())
+    with pytest.warns(LowbitWarning, match=re.escape(version)) as record:
+        model = AutoModelForCausalLM.from_pretrained(FIXTURES / "tiny-llama-int4-g32")
+        AutoModelForCausalLM.from_pretrained(FIXTURES / "tiny-llama-int4-g32")
+    assert sum(version in str(w.message) for w in record) == 1
+    assert any(isinstance(m, QuantLinear) for m in model.modules())
 
 
 def test_supported_range_includes_the_installed_transformers():

@@ -10,7 +10,9 @@ quantizes on load is reported through ``param_element_size``, which both version
 
 from __future__ import annotations
 
-from lowbit.errors import DependencyError
+import warnings
+
+from lowbit.errors import DependencyError, LowbitWarning
 
 SUPPORTED = ((5, 17), (5, 25))  # first and last tested minor versions, inclusive
 RANGE = "transformers>=5.17,<5.26"
@@ -23,14 +25,29 @@ def _minor(version: str) -> tuple[int, int]:
 
 
 def check_version(version: str | None = None) -> None:
-    """A DependencyError naming the version, the range and the fix, unless transformers is in the range."""
-    if version is None:
-        import transformers
-
-        version = transformers.__version__
-    if not SUPPORTED[0] <= _minor(version) <= SUPPORTED[1]:
-        raise DependencyError(f"transformers {version} is outside the range lowbit's transformers integration supports "
+    """A DependencyError naming the version, the range and the fix if transformers is older than the oldest tested
+    version; a LowbitWarning (once) if it is newer than the newest tested one, which is then used as it is: refusing
+    a release nobody has tried yet would break every install the day it comes out."""
+    version = installed_version() if version is None else version
+    minor = _minor(version)
+    if minor < SUPPORTED[0]:
+        raise DependencyError(f"transformers {version} is older than lowbit's transformers integration supports "
                               f"({RANGE}); run: pip install '{RANGE}', or load with lowbit.from_pretrained(path)")
+    if minor > SUPPORTED[1] and version not in _warned:
+        _warned.add(version)
+        warnings.warn(f"transformers {version} is newer than the newest version lowbit's transformers integration was "
+                      f"tested with ({RANGE}); if loading fails, run: pip install '{RANGE}'", LowbitWarning,
+                      stacklevel=3)
+
+
+_warned: set[str] = set()
+
+
+def installed_version() -> str:
+    """The version of the transformers that is imported (its ``__version__``)."""
+    import transformers
+
+    return transformers.__version__
 
 
 def conversion_op_base() -> type:
