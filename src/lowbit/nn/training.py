@@ -5,7 +5,8 @@ flow to the layer's input, which is what LoRA adapters and anything trainable be
 ``dL/dx = dL/dy @ W`` with W the weight the stored tensors represent. :class:`QuantLinearGrad` runs the layer's
 kernel forward (whichever it is: the reference op, the CPU built-ins, a Triton kernel) and, in backward,
 dequantizes the weight (``QuantLinear.dequantize``), multiplies and drops it: no dense copy of the weight is kept
-between forward and backward, and nothing of the input is saved.
+between forward and backward, and nothing of the input is saved. The layers these functions take are
+:class:`lowbit.nn.QuantLinear` (typed as ``nn.Module`` here: quant_linear.py imports this module).
 
 A format trains when its layer is linear in its input: every weight-only format (integer grids of RTN, HQQ, GPTQ
 and AWQ, nf4, fp4, mxfp4, fp8). Formats that quantize the activations at run time (W8A8: SmoothQuant, fp8 with
@@ -16,16 +17,12 @@ raises :class:`~lowbit.errors.TrainingError` naming the formats that can.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import torch
 
 from lowbit.errors import TrainingError
 from lowbit.formats import WeightFormat
 from lowbit.kernels import Activations, kernel_request
-
-if TYPE_CHECKING:
-    from lowbit.nn.quant_linear import QuantLinear
 
 TRAINABLE_FORMATS = ("int2-int8 (rtn, int8, int4, hqq, gptq, awq)", "nf4", "fp4", "mxfp4", "fp8 (weight-only)")
 UNTRAINABLE_FORMATS = ("w8a8 (smoothquant)", "fp8 with activations='dynamic'")
@@ -50,7 +47,7 @@ def check_trains(fmt: WeightFormat, where: str) -> None:
                             "quantize the base with one of those (e.g. int4 or nf4) to train through it")
 
 
-def needs_grad(layer: QuantLinear, x: torch.Tensor) -> bool:
+def needs_grad(layer: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether this call must record a backward (autograd on, and the input or the bias asks for a gradient)."""
     bias = layer.bias
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
@@ -60,7 +57,7 @@ class QuantLinearGrad(torch.autograd.Function):
     """``y = layer(x)`` through the layer's kernel; backward ``dx = dy @ W`` with W dequantized in backward only."""
 
     @staticmethod
-    def forward(x: torch.Tensor, bias: torch.Tensor | None, layer: QuantLinear) -> torch.Tensor:
+    def forward(x: torch.Tensor, bias: torch.Tensor | None, layer: torch.nn.Module) -> torch.Tensor:
         return layer.run_kernel(x)
 
     @staticmethod
@@ -78,7 +75,7 @@ class QuantLinearGrad(torch.autograd.Function):
         return grad_x, grad_bias, None
 
 
-def linear_with_grad(layer: QuantLinear, x: torch.Tensor, where: str | None = None) -> torch.Tensor:
+def linear_with_grad(layer: torch.nn.Module, x: torch.Tensor, where: str | None = None) -> torch.Tensor:
     """The layer's output with a backward; a format without one is a TrainingError naming the layer."""
     check_trains(layer.fmt, where or f"a QuantLinear {list(layer.weight_shape)}")
     return QuantLinearGrad.apply(x, layer.bias, layer)

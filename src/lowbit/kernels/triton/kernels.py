@@ -1,6 +1,4 @@
-"""The Triton kernels (imported only when a CUDA layer runs; this module needs triton).
-
-Both kernels walk K in chunks of 128 inputs.
+"""The Triton kernels (imported only when a CUDA layer runs; this module needs triton). Both walk K in chunks of 128.
 
 ``gemv_kernel`` (M <= 4): one activation row per program (grid: row blocks x M x split-K), FMA in fp32 on 2-D
 [BN, 16] tiles (4-bit chunks as 8 slabs: nibble i of the [BN, 16] word tile meets x[i*16 : i*16+16]). The
@@ -26,14 +24,13 @@ halves ``magic + q`` (bf16 128 + q, fp16 1024 + q), then a packed subtract of ``
 multiply by the scale (one rounding, as the reference's fp32 ``(q - z) * s`` rounded to x's dtype). Scales in
 another dtype (fp16 scales, bf16 x: the usual int4 checkpoint in a bf16 model) cannot be rounded to x's dtype
 exactly, so with ``LATE`` the tile holds ``q - z`` and each chunk's fp32 products are scaled (groups of 128 or
-more: one scale per row a chunk). ``SWAP`` computes W x^T instead: with the [BN, 128] weights as
-the first operand, Hopper's ``wgmma`` takes them from registers and one product stays in flight while the next
-tile is dequantized (with the weights second, they go through shared memory and each product is waited for).
-``FLAT`` unpacks 4-bit tiles to [BN, 128] straight from the words (a tuner choice; it costs shared memory).
-
+more: one scale per row a chunk). ``SWAP`` computes W x^T instead: with the [BN, 128] weights as the first
+operand, Hopper's ``wgmma`` takes them from registers and one product stays in flight while the next tile is
+dequantized (with the weights second, they go through shared memory and each product is waited for). ``FLAT``
+unpacks 4-bit tiles to [BN, 128] straight from the words (a tuner choice; it costs shared memory).
 Split-K (both kernels) is deterministic: each of the SPLIT programs of a tile writes its fp32 partial sums to a
-workspace and bumps the tile's counter; the last one adds the partials in a fixed order, adds the bias, stores
-in the output dtype and resets the counter. No zeroed buffer, no atomics on the output, no extra launches.
+workspace and bumps the tile's counter; the last one adds the partials in a fixed order, adds the bias, stores in
+the output dtype and resets the counter. No zeroed buffer, no atomics on the output, no extra launches.
 """
 
 from __future__ import annotations
