@@ -24,7 +24,7 @@ from lowbit.errors import ConfigError, DependencyError, LowbitWarning, RegistryE
 from lowbit.hf import compat
 from lowbit.nn import QuantLinear
 from lowbit.registry import get
-from tests.helpers import (REPO, cli_env, load_tensors, logits, make_bert, make_gemma3, make_llama,
+from helpers import (REPO, cli_env, load_tensors, logits, make_bert, make_gemma3, make_llama,
                            make_llama_with_tokenizer, make_odd_llama, token_ids)
 
 FIXTURES = REPO / "tests" / "fixtures"
