@@ -1,7 +1,8 @@
 """``lowbit.export(src, out, format=...)``: a lowbit model written in another tool's layout, for the servers that
 read it (vLLM above all). Each layer maps exactly or the export is refused, naming the layer, the reason and the
 nearest lowbit format that would map. Targets: ``compressed-tensors`` (``lowbit.foreign.export_ct``, the default)
-and ``gptq`` (``lowbit.foreign.export_gptq``: symmetric integer layers only)."""
+``gptq`` (``lowbit.foreign.export_gptq``: symmetric integer layers only) and ``awq`` (``lowbit.foreign.export_awq``:
+4-bit grouped integer layers)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError, FormatError
-from lowbit.foreign import export_ct, export_gptq
+from lowbit.foreign import export_awq, export_ct, export_gptq
 from lowbit.loading.pipeline import from_pretrained
 from lowbit.loading.save import parse_size, write_folder
 from lowbit.nn import QuantEmbedding, QuantLinear
 
-TARGETS = {"compressed-tensors": export_ct, "gptq": export_gptq}
-LATER = {"awq": "AWQ", "bnb": "bitsandbytes", "bitsandbytes": "bitsandbytes", "gguf": "GGUF"}
+TARGETS = {"compressed-tensors": export_ct, "gptq": export_gptq, "awq": export_awq}
+LATER = {"bnb": "bitsandbytes", "bitsandbytes": "bitsandbytes"}
 
 
 def export(src: str | Path | nn.Module, out: str | Path, format: str = "compressed-tensors", *,
@@ -28,7 +29,7 @@ def export(src: str | Path | nn.Module, out: str | Path, format: str = "compress
         if format in LATER:
             raise ConfigError(f"export format {format!r}: lowbit does not write {LATER[format]} checkpoints yet; "
                               "expected 'compressed-tensors', which vLLM serves for the same integer and fp8 layers, "
-                              "or 'gptq' for symmetric integer models")
+                              "'gptq' for symmetric integer models or 'awq' for 4-bit grouped ones")
         raise ConfigError(f"export format {format!r} is unknown; expected one of {list(TARGETS)}")
     model = src if isinstance(src, nn.Module) else from_pretrained(src)
     if getattr(model, "lowbit_quantizer", None) is None:
@@ -51,13 +52,14 @@ def export(src: str | Path | nn.Module, out: str | Path, format: str = "compress
     old = model.config.quantization_config
     model.config.quantization_config = config
     try:
-        return write_folder(out, _tensors(model, layers, target), parse_size(max_shard_size), model,
+        return write_folder(out, _tensors(model, layers, target, format), parse_size(max_shard_size), model,
                             getattr(model, "lowbit_source", None), overwrite=overwrite)
     finally:
         model.config.quantization_config = old
 
 
-def _tensors(model: nn.Module, layers: dict[str, QuantLinear], target) -> Iterator[tuple[str, torch.Tensor]]:
+def _tensors(model: nn.Module, layers: dict[str, QuantLinear], target,
+             format: str) -> Iterator[tuple[str, torch.Tensor]]:
     """The exported state: each quantized layer's tensors in the target's layout, the rest as the model holds it
     (a tied tensor once)."""
     seen: set[int] = set()
@@ -68,7 +70,11 @@ def _tensors(model: nn.Module, layers: dict[str, QuantLinear], target) -> Iterat
             if module not in done:
                 done.add(module)
                 layer = layers[module]
-                for suffix, t in target.tensors(layer.fmt, layer.canonical_tensors()).items():
+                try:
+                    stored = target.tensors(layer.fmt, layer.canonical_tensors())
+                except FormatError as e:
+                    raise FormatError(f"cannot export {module} as {format}: {e}") from None
+                for suffix, t in stored.items():
                     yield f"{module}.{suffix}", t.detach().to("cpu").contiguous()
                 if layer.bias is not None:
                     yield f"{module}.bias", layer.bias.detach().to("cpu").contiguous()

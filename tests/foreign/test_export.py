@@ -96,7 +96,7 @@ def test_formats_without_an_exact_form_are_refused(fields, words, source, tmp_pa
 def test_other_targets_are_refused_naming_compressed_tensors(source, tmp_path):
     model = quantized(source, dict(method="int4", group_size=32))
     with pytest.raises(LowbitError, match="compressed-tensors"):
-        lowbit.export(model, tmp_path / "awq", format="awq")
+        lowbit.export(model, tmp_path / "bnb", format="bnb")
 
 
 @pytest.mark.parametrize("fields", [dict(method="int4", group_size=32, symmetric=True),

@@ -61,6 +61,14 @@ def unpack_columns(packed: torch.Tensor) -> torch.Tensor:
     return nibbles[:, :, list(INVERSE)].reshape(rows, -1)
 
 
+def pack_columns(values: torch.Tensor) -> torch.Tensor:
+    """4-bit values [R, N] in column order (uint8) → int32 [R, N/8] in AWQ's column order (inverse of
+    :func:`unpack_columns`)."""
+    rows = values.shape[0]
+    nibbles = values.reshape(rows, -1, 8)[:, :, list(ORDER)].reshape(rows, -1)  # nibble i holds column ORDER[i]
+    return pack_bits(nibbles, 4).contiguous().view(torch.int32)
+
+
 def _convert(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     codes = unpack_columns(t["qweight"]).T.contiguous()  # [N, K]
     return {"qweight": pack_bits(codes, 4), "scales": t["scales"].T.contiguous(),

@@ -17,7 +17,7 @@ import torch
 
 from lowbit.errors import FormatError
 from lowbit.formats import CodebookFormat, Fp8Format, IntFormat, MxFormat, WeightFormat, pack_bits
-from lowbit.formats.intgroup import unpack_bits
+from lowbit.foreign.export_common import to_int32, unsigned_codes
 
 CT_VERSION = "0.20.0"  # the compressed-tensors release whose layout this writes (and tests read back)
 
@@ -76,14 +76,6 @@ def config(layers: dict, ignore: list[str]) -> dict:
             "global_compression_ratio": None, "version": CT_VERSION}
 
 
-def to_int32(packed: torch.Tensor) -> torch.Tensor:
-    """Bytes [R, B] → int32 words [R, ⌈B/4⌉] (zero padded), little-endian as compressed-tensors packs them."""
-    pad = -packed.shape[-1] % 4
-    if pad:
-        packed = torch.nn.functional.pad(packed, (0, pad))
-    return packed.contiguous().reshape(-1).view(torch.int32).reshape(packed.shape[0], -1)  # any strides of size-1 dims
-
-
 def tensors(fmt: WeightFormat, canonical: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A layer's canonical lowbit tensors → its compressed-tensors tensors (suffixes after ``<module>.``)."""
     why = refusal(fmt)
@@ -91,13 +83,9 @@ def tensors(fmt: WeightFormat, canonical: dict[str, torch.Tensor]) -> dict[str, 
         raise FormatError(why)
     if isinstance(fmt, Fp8Format):
         return {"weight": canonical["qweight"], "weight_scale": canonical["scales"].float()}
-    q = canonical["qweight"]
-    n, k = q.shape[0], q.shape[1] * 8 // fmt.bits
-    mid = 1 << (fmt.bits - 1)
-    if fmt.symmetric:  # signed codes c → c + 2^(b-1), the unsigned stream compressed-tensors packs
-        codes = q if fmt.bits == 8 else unpack_bits(q, fmt.bits, signed=True)  # int8 storage at 8 bits
-        q = pack_bits((codes.to(torch.int16) + mid).to(torch.uint8), fmt.bits)
-    out = {"weight_packed": to_int32(q.view(torch.uint8)), "weight_scale": canonical["scales"],
+    codes = unsigned_codes(fmt, canonical)  # compressed-tensors packs q + 2^(b-1) for symmetric layers
+    n, k = codes.shape
+    out = {"weight_packed": to_int32(pack_bits(codes, fmt.bits)), "weight_scale": canonical["scales"],
            "weight_shape": torch.tensor([n, k], dtype=torch.int64)}
     if not fmt.symmetric:
         zeros = canonical["zeros"].T.contiguous()  # [G, N]: packed along N, stored [⌈N·b/32⌉, G]

@@ -13,47 +13,38 @@ from __future__ import annotations
 import torch
 
 from lowbit.errors import FormatError
-from lowbit.formats import IntFormat, WeightFormat, pack_bits, unpack_bits
-from lowbit.foreign.export_ct import to_int32
+from lowbit.formats import IntFormat, WeightFormat, pack_bits
+from lowbit.foreign.export_common import int_refusal, one_grid, to_int32, unsigned_codes
 
 
 def refusal(fmt: WeightFormat) -> str | None:
-    if not isinstance(fmt, IntFormat):
-        return f"{fmt.describe()} is not an integer grid; GPTQ holds integer codes only; export as compressed-tensors"
-    if not fmt.symmetric:
-        return (f"{fmt.describe()} is asymmetric: vLLM serves GPTQ checkpoints only when symmetric, so it would not be "
-                "servable as GPTQ; export as compressed-tensors (vLLM serves asymmetric int through Machete) or "
-                "re-quantize with symmetric=True")
-    if fmt.scale_dtype != torch.float16:
-        return (f"{fmt.describe()} keeps {str(fmt.scale_dtype)[6:]} scales and GPTQ stores float16 ones, which would "
-                "round them; export as compressed-tensors, or quantize with a group size (float16 scales)")
-    return None
+    why = int_refusal(fmt, "GPTQ", (torch.float16,))
+    if why or fmt.symmetric:
+        return why
+    return (f"{fmt.describe()} is asymmetric: vLLM serves GPTQ checkpoints only when symmetric, so it would not be "
+            "servable as GPTQ; export as compressed-tensors (vLLM serves asymmetric int through Machete) or "
+            "re-quantize with symmetric=True")
 
 
 def config(layers: dict, ignore: list[str]) -> dict:
-    fmts = {layer.fmt for layer in layers.values()}
-    if len({(f.bits, f.group_size) for f in fmts}) != 1:
-        raise FormatError(f"GPTQ stores one bit width and group size per model; this model mixes "
-                          f"{sorted({f.describe() for f in fmts})}; export as compressed-tensors")
-    fmt = next(iter(fmts))
+    fmt = one_grid(layers, "GPTQ")
     return {"quant_method": "gptq", "bits": fmt.bits, "group_size": fmt.group_size or -1,
-            "desc_act": any(f.g_idx for f in fmts), "sym": True, "checkpoint_format": "gptq", "pack_dtype": "int32",
-            "static_groups": False, "true_sequential": True, "damp_percent": 0.01, "modules_to_not_convert": ignore}
+            "desc_act": any(layer.fmt.g_idx for layer in layers.values()), "sym": True, "checkpoint_format": "gptq",
+            "pack_dtype": "int32", "static_groups": False, "true_sequential": True, "damp_percent": 0.01,
+            "modules_to_not_convert": ignore}
 
 
 def tensors(fmt: IntFormat, canonical: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     why = refusal(fmt)
     if why:
         raise FormatError(why)
-    q = canonical["qweight"]
     bits, mid = fmt.bits, 1 << (fmt.bits - 1)
-    codes = q if bits == 8 else unpack_bits(q, bits, signed=True)
-    unsigned = pack_bits((codes.to(torch.int16) + mid).to(torch.uint8), bits)  # [N, K·b/8]
+    codes = unsigned_codes(fmt, canonical)  # [N, K], every zero-point 2^(b-1)
     n, k = codes.shape
     groups = canonical["scales"].shape[1]
     zeros = torch.full((groups, n), mid - 1, dtype=torch.uint8)  # v1: z − 1
     g_idx = canonical.get("g_idx")
     if g_idx is None:
         g_idx = torch.arange(k, dtype=torch.int32) // (fmt.group_size or k)
-    return {"qweight": to_int32(unsigned).T.contiguous(), "qzeros": to_int32(pack_bits(zeros, bits)),
+    return {"qweight": to_int32(pack_bits(codes, bits)).T.contiguous(), "qzeros": to_int32(pack_bits(zeros, bits)),
             "scales": canonical["scales"].T.contiguous(), "g_idx": g_idx.to(torch.int32)}
