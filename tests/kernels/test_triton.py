@@ -467,3 +467,33 @@ def test_kernel_source_has_no_backslash_for_inductor(kernel):
     source = user_defined_triton_kernel_transitive_closure_source_code(getattr(kernels, kernel))
     assert "\\" not in source
     compile(source, kernel, "exec")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.parametrize("kernel", ["gemv_kernel", "gemm_kernel"])
+def test_kernels_build_with_their_integer_arguments_as_constants(kernel):
+    """torch's mutation analysis of a user kernel (which decides what torch.compile must copy) builds its IR with the
+    integer arguments as constants on some versions; the kernels must build so (for an H100 target, no GPU needed),
+    or torch assumes every input is written."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import ASTSource
+
+    from lowbit.kernels.triton import kernels
+
+    fn = getattr(kernels, kernel)
+    ptrs = dict(x_ptr="*bf16", xs_ptr="*fp16", w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", lut_ptr="*i32",
+                b_ptr="*fp16", out_ptr="*bf16", ws_ptr="*fp32", lock_ptr="*i32")
+    consts = dict(M=1, N=4096, K=14336, stride_sn=1, stride_sg=4096, stride_xm=14336, stride_om=4096,
+                  chunks_per_split=14, FMT=0, GS=128, HAS_Z=True, ZERO=8.0, HAS_BIAS=False, SPLIT=8, BN=64)
+    consts |= dict(X_SCALED=False, ACC_W=16, PF=1, PD=1) if kernel == "gemv_kernel" else \
+        dict(X_FP8=False, BM=16, CPI=1, SWAP=True, FLAT=0, PACKED=1, LATE=1)
+    source = ASTSource(fn, {n: ptrs.get(n, "constexpr") for n in fn.arg_names},
+                       {(fn.arg_names.index(n),): v for n, v in consts.items()})
+    target = GPUTarget("cuda", 90, 32)
+    backend = triton.compiler.compiler.make_backend(target)
+    context = triton._C.libtriton.ir.context()
+    triton._C.libtriton.ir.load_dialects(context)
+    backend.load_dialects(context)
+    options = backend.parse_options({})
+    source.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(), context)

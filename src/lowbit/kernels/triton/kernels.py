@@ -149,8 +149,9 @@ def _table(lut_ptr, q):
 # in order, a chunk being 16 rows x 16 words; chunk c of a row is 256 c words further on.
 @triton.jit
 def _word_rows(rows, K):
-    kw = tl.multiple_of(K // 8, 16)  # K is a multiple of 128: every offset is a multiple of 16 words (64 bytes)
-    return tl.multiple_of((rows // 16) * (16 * kw) + (rows % 16) * 16, 16)
+    # K is a multiple of 128: every offset is a multiple of 16 words (64 bytes). The hint is on the offsets only:
+    # K may be a constant here (torch's mutation analysis passes the integer arguments so on some versions)
+    return tl.multiple_of((rows // 16) * (2 * K) + (rows % 16) * 16, 16)
 
 
 # Nibble ``i`` of every int32 word as the float ``1 + q/16``: q moved to bits 19..22 of 1.0's mantissa.
