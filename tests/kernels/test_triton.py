@@ -401,7 +401,8 @@ def test_auto_compute_dtype_follows_the_layer_to_the_gpu_and_back(monkeypatch):
     monkeypatch.setattr(features, "cpu_has_bf16", lambda: False)
     model = torch.nn.Sequential(torch.nn.Linear(512, 256))
     lowbit.quantize_(model, lowbit.config("int4", group_size=128))
-    assert (model[0].compute_dtype, model[0].kernel.name) == (torch.float32, "cpu_int4")
+    cpu_kernel = model[0].kernel.name  # which CPU kernel depends on the host's instruction set
+    assert (model[0].compute_dtype, cpu_kernel.startswith("cpu_")) == (torch.float32, True), cpu_kernel
     model.to("cuda")
     assert (model[0].compute_dtype, model[0].kernel.name) == (torch.bfloat16, "triton_int4"), model[0].kernel_reason
     model.half()
@@ -410,7 +411,7 @@ def test_auto_compute_dtype_follows_the_layer_to_the_gpu_and_back(monkeypatch):
     ref = ref_out(model[0], x)
     assert ((model(x).float() - ref.float()).norm() / ref.float().norm()).item() < TOL[torch.float16]
     model.float().to("cpu")
-    assert (model[0].compute_dtype, model[0].kernel.name) == (torch.float32, "cpu_int4")
+    assert (model[0].compute_dtype, model[0].kernel.name) == (torch.float32, cpu_kernel)
 
 
 @needs_cuda
