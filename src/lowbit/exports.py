@@ -1,8 +1,9 @@
 """``lowbit.export(src, out, format=...)``: a lowbit model written in another tool's layout, for the servers that
 read it (vLLM above all). Each layer maps exactly or the export is refused, naming the layer, the reason and the
 nearest lowbit format that would map. Targets: ``compressed-tensors`` (``lowbit.foreign.export_ct``, the default)
-``gptq`` (``lowbit.foreign.export_gptq``: symmetric integer layers only) and ``awq`` (``lowbit.foreign.export_awq``:
-4-bit grouped integer layers)."""
+``gptq`` (``lowbit.foreign.export_gptq``: symmetric integer layers only), ``awq`` (``lowbit.foreign.export_awq``:
+4-bit grouped integer layers) and ``gguf`` (``lowbit.foreign.export_gguf``: one .gguf file, int4 / int8 g32 as
+Q4_0 / Q8_0, Llama-family models)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError, FormatError
-from lowbit.foreign import export_awq, export_ct, export_gptq
+from lowbit.foreign import export_awq, export_ct, export_gguf, export_gptq
 from lowbit.loading.pipeline import from_pretrained
 from lowbit.loading.save import parse_size, write_folder
 from lowbit.nn import QuantEmbedding, QuantLinear
 
-TARGETS = {"compressed-tensors": export_ct, "gptq": export_gptq, "awq": export_awq}
+TARGETS = {"compressed-tensors": export_ct, "gptq": export_gptq, "awq": export_awq, "gguf": export_gguf}
 LATER = {"bnb": "bitsandbytes", "bitsandbytes": "bitsandbytes"}
 
 
 def export(src: str | Path | nn.Module, out: str | Path, format: str = "compressed-tensors", *,
            overwrite: bool = False, max_shard_size: int | str = "2GB") -> Path:
-    """Write the lowbit model ``src`` (a folder, or a model loaded by lowbit) to ``out`` in ``format``."""
+    """Write the lowbit model ``src`` (a folder, or a model loaded by lowbit) to ``out`` in ``format`` (for gguf,
+    ``out`` is the .gguf file)."""
     if format not in TARGETS:
         if format in LATER:
             raise ConfigError(f"export format {format!r}: lowbit does not write {LATER[format]} checkpoints yet; "
@@ -47,6 +49,8 @@ def export(src: str | Path | nn.Module, out: str | Path, format: str = "compress
     if refused:
         more = f" (and {len(refused) - 1} more layers)" if len(refused) > 1 else ""
         raise FormatError(f"cannot export {refused[0][0]} as {format}{more}: {refused[0][1]}")
+    if format == "gguf":
+        return export_gguf.write(model, layers, Path(out), overwrite, getattr(model, "lowbit_source", None))
     ignore = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear)]
     config = target.config(layers, ignore)
     old = model.config.quantization_config

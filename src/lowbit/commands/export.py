@@ -5,10 +5,10 @@ from __future__ import annotations
 
 def add_arguments(p) -> None:
     p.add_argument("src", help="a lowbit-quantized folder")
-    p.add_argument("out", help="the folder to write")
-    p.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors", "gptq", "awq"],
-                   help="compressed-tensors (default; what vLLM serves), gptq (symmetric integer models) or awq "
-                        "(4-bit grouped)")
+    p.add_argument("out", help="the folder to write (a .gguf file for --format gguf)")
+    p.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors", "gptq", "awq", "gguf"],
+                   help="compressed-tensors (default; what vLLM serves), gptq (symmetric integer models), awq "
+                        "(4-bit grouped) or gguf (int4/int8 g32 Llama models; OUT is a .gguf file)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
