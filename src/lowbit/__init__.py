@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lowbit.api import Inspection, LayerInfo, inspect, quantize_
     from lowbit.calibration.runner import quantize_calibrated
     from lowbit.exports import export
+    from lowbit.fitting.run import fit
     from lowbit.loading.verify import verify_folder as verify
     from lowbit.loading.convert import quantize_folder
     from lowbit.loading.pipeline import from_pretrained
@@ -51,6 +52,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "inspect": ("lowbit.api", "inspect"), "quantize_": ("lowbit.api", "quantize_"),
     "verify": ("lowbit.loading.verify", "verify_folder"),
     "export": ("lowbit.exports", "export"),
+    "fit": ("lowbit.fitting.run", "fit"),
     "quantize_folder": ("lowbit.loading.convert", "quantize_folder"),
     "from_pretrained": ("lowbit.loading.pipeline", "from_pretrained"),
     "save_pretrained": ("lowbit.loading.save", "save_pretrained"),

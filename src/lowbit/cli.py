@@ -37,6 +37,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("eval", "lowbit.commands.evaluate", "perplexity over non-overlapping windows of a text file"),
     Command("report", "lowbit.commands.report",
             "per layer: weight SQNR, output error, bits/weight; perplexity fp32 vs quantized"),
+    Command("fit", "lowbit.commands.fit", "one method per layer from measured sensitivity, within a size budget"),
     Command("generate", "lowbit.commands.generate", "greedy continuation of a prompt; first-token time and tok/s"),
     Command("merge", "lowbit.commands.merge",
             "merge a LoRA adapter into its quantized base and quantize the result (needs peft)"),

@@ -30,9 +30,11 @@ from helpers import (REPO, cli_env, load_tensors, logits, make_bert, make_gemma3
 FIXTURES = REPO / "tests" / "fixtures"
 FIXTURE_NAMES = ["tiny-llama-int4-g32", "tiny-llama-nf4-b32-dq", "tiny-llama-hqq-4b-g32", "tiny-llama-fp8",
                  "tiny-llama-gptq-4b-g32-act-order"]
-LOAD_ONLY = {"imported"}  # layers read from another tool's checkpoint (methods/imported.py): it never quantizes
+# layers read from another tool's checkpoint (methods/imported.py): it never quantizes; a plan of `lowbit fit`
+# (methods/mixed.py): it quantizes only with a plan, never with its defaults
+LOAD_ONLY = {"imported", "mixed"}
 DATA_FREE = [m for m in lowbit.methods() if not get(m).quantizer_cls.requires_calibration and m not in LOAD_ONLY]
-CALIBRATED = [m for m in lowbit.methods() if get(m).quantizer_cls.requires_calibration]
+CALIBRATED = [m for m in lowbit.methods() if get(m).quantizer_cls.requires_calibration and m not in LOAD_ONLY]
 IDS = token_ids(vocab=64, batch=2)
 pytestmark = pytest.mark.filterwarnings("ignore:group_size=")  # the fallback's warning, from both loaders
 

@@ -19,6 +19,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ('gptq', 'GPTQ: integer weights with Hessian-weighted error compensation (needs calibration text).', 'compute_dtype=auto, bits=4, group_size=128, symmetric=False, act_order=False, static_groups=False, damp=0.01, block_size=128, true_sequential=True, mse=False'),  # noqa: E501
     ('hqq', 'HQQ: min/max grid, then the zero-point (optionally the scale) fitted by half-quadratic optimization.', 'compute_dtype=auto, bits=4, group_size=64, iters=20, lp_norm=0.7, beta=10.0, kappa=1.01, optimize_scale=False'),  # noqa: E501
     ('imported', 'layers read from a GPTQ / AWQ / bitsandbytes / compressed-tensors checkpoint (load only)', 'compute_dtype=auto, source=, detail=, layer_formats=(), inexact=()'),  # noqa: E501
+    ('mixed', 'One method per layer, chosen by `lowbit fit` under a size budget.', 'compute_dtype=auto, candidates=(), plan=()'),  # noqa: E501
     ('mxfp4', 'OCP MXFP4: E2M1 weights, one E8M0 power-of-two scale per block of 32 inputs.', 'compute_dtype=auto'),
     ('nf4', 'NormalFloat4 code book (QLoRA / bitsandbytes nf4), absmax per block, optional double quantization.', 'compute_dtype=auto, block_size=64, double_quant=False'),  # noqa: E501
     ('rtn', 'Round-to-nearest integer weights, per channel or per group.', 'compute_dtype=auto, bits=4, group_size=128, symmetric=False'),  # noqa: E501

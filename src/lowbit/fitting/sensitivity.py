@@ -1,0 +1,143 @@
+"""How much each layer suffers from each candidate: the numbers ``lowbit fit`` adds up and minimizes.
+
+Two estimators, both on calibration windows, both with every other layer at full precision:
+
+- ``output``: the layer's squared relative output error ``||X (Wq - W)^T||^2 / ||X W^T||^2`` on a seeded pick of its
+  input rows (``eval.report.capture_inputs``). Seconds for a whole model, but blind to how much the rest of the
+  network amplifies or absorbs a layer's error.
+- ``loss``: the increase of the model's next-token loss (nats per token) when only that layer is quantized. One
+  forward pass per layer and candidate, so minutes, but it measures the quantity perplexity is made of.
+
+A calibrated candidate (GPTQ) quantizes the layer with the Hessian of the same captured rows (``X^T X / rows``)
+through its quantizer's ``quantize_layer``; data-free ones through their own ``quantize``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from lowbit.config import QuantConfig
+from lowbit.errors import ConfigError
+from lowbit.eval.report import capture_inputs
+from lowbit.fitting.candidates import Layout
+from lowbit.registry import get
+
+ESTIMATORS = ("output", "loss")
+LOSS_POSITIONS = 128  # scored positions per window for the loss estimator (the head runs on these only)
+
+
+def _quantizers(candidates: dict[str, QuantConfig], lay: Layout) -> dict[str, object]:
+    out = {}
+    for label, cfg in candidates.items():
+        sub = get(cfg.method).quantizer_cls(cfg, calibrated=True)
+        sub.formats.update(lay.formats[label])
+        out[label] = sub
+    return out
+
+
+def quantized_weight(sub, name: str, w: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+    """Layer ``name``'s weight as candidate quantizer ``sub`` stores it, decoded to fp32."""
+    if getattr(sub, "requires_calibration", False):
+        if x is None:
+            raise ConfigError(f"no calibration rows reached {name}; expected the forward pass to use every layer")
+        hessian = x.T @ x / x.shape[0]
+        stored = sub.quantize_layer(name, w.clone(), hessian)
+    else:
+        stored = sub.quantize(name, w)
+    return sub.formats[name].decode(stored, torch.float32)
+
+
+def _scored(ids: torch.Tensor) -> torch.Tensor:
+    """Positions whose next token is scored: evenly spread, at most LOSS_POSITIONS per window."""
+    t = ids.shape[1] - 1
+    return torch.linspace(0, t - 1, min(LOSS_POSITIONS, t)).round().long().unique()
+
+
+def mean_loss(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor) -> float:
+    """Mean next-token cross entropy at ``positions`` of every window (the head runs on those only)."""
+    with torch.inference_mode():
+        logits = model(input_ids=ids, logits_to_keep=positions).logits.float()
+        target = ids[:, positions + 1]
+        return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)))
+
+
+class _Replay(nn.Module):
+    """Stands in for a block before the one being probed: hands on the fp32 hidden states recorded there."""
+
+    def __init__(self, out: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, hidden, *args, **kwargs):
+        return hidden if self.out is None else self.out
+
+
+class _TailLoss:
+    """The loss with one layer changed, recomputed from that layer's block on: the fp32 outputs of the blocks
+    before it are recorded once and replayed (the embeddings still run; they are cheap)."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
+        from lowbit.archs import find_blocks
+
+        self.model, self.ids, self.positions = model, ids, _scored(ids)
+        self.prefix, self.blocks = find_blocks(model)
+        outs: list[torch.Tensor] = []
+        hooks = [b.register_forward_hook(lambda m, a, o: outs.append(o[0] if isinstance(o, (tuple, list)) else o))
+                 for b in self.blocks]
+        try:
+            self.base = mean_loss(model, ids, self.positions)
+        finally:
+            for h in hooks:
+                h.remove()
+        self.outs = outs
+
+    def block_of(self, name: str) -> int:
+        rest = name[len(self.prefix) + 1:] if name.startswith(self.prefix + ".") else ""
+        head = rest.split(".", 1)[0]
+        return int(head) if head.isdigit() else 0  # outside the blocks: run everything
+
+    def __call__(self, name: str) -> float:
+        b = self.block_of(name)
+        originals = [self.blocks[i] for i in range(b)]
+        for i in range(b):
+            self.blocks[i] = _Replay(self.outs[b - 1] if i == b - 1 else None)
+        try:
+            return mean_loss(self.model, self.ids, self.positions) - self.base
+        finally:
+            for i, block in enumerate(originals):
+                self.blocks[i] = block
+
+
+def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[str, QuantConfig],
+            estimator: str = "output", max_rows: int = 1024, seed: int = 0,
+            log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
+    """label → layer → sensitivity of the fp32 ``model`` (left as it was) on the calibration windows ``ids``."""
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"estimator={estimator!r} is unknown; expected one of {', '.join(ESTIMATORS)}")
+    start = time.perf_counter()
+    subs = _quantizers(candidates, lay)
+    need_rows = estimator == "output" or any(getattr(s, "requires_calibration", False) for s in subs.values())
+    rows = capture_inputs(model, ids, list(lay.names), max_rows, seed) if need_rows else {}
+    modules = dict(model.named_modules())
+    tail = _TailLoss(model, ids) if estimator == "loss" else None
+    out: dict[str, dict[str, float]] = {label: {} for label in candidates}
+    for i, name in enumerate(lay.names):
+        linear = modules[name]
+        w = linear.weight.data.float().clone()
+        x = rows.get(name)
+        for label, sub in subs.items():
+            wq = quantized_weight(sub, name, w, x)
+            if estimator == "output":
+                ref = (x @ w.T).double()
+                out[label][name] = float((x @ (wq - w).T).double().pow(2).sum() / ref.pow(2).sum().clamp(min=1e-30))
+            else:
+                linear.weight.data.copy_(wq.to(linear.weight.dtype))
+                out[label][name] = tail(name)
+                linear.weight.data.copy_(w.to(linear.weight.dtype))
+        if log is not None and (i + 1) % 20 == 0:
+            log(f"sensitivity ({estimator}): {i + 1}/{len(lay.names)} layers, {time.perf_counter() - start:.0f} s")
+    return out
