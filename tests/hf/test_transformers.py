@@ -289,3 +289,58 @@ def test_smollm2_int4_through_transformers_equals_lowbit(tmp_path):
     _same(ours, AutoModelForCausalLM.from_pretrained(src, quantization_config=lowbit.HfQuantConfig(cfg)), ids)
     out = lowbit.save_pretrained(ours, tmp_path / "int4")
     _same(ours, AutoModelForCausalLM.from_pretrained(out), ids)
+
+
+# ---- model.dequantize() ---------------------------------------------------------------------------------
+def _decoded(model) -> dict[str, torch.Tensor]:
+    return {n: m.dequantize(torch.float32) for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _kernel_tolerance(model) -> float:
+    """How far the quantized model's logits may be from a dense matmul of the decoded weights: fp32 kernels round
+    alike; kernels computing in bf16 (a CPU with bf16 units) round the activations to 8 bits of mantissa."""
+    dtypes = {m.compute_dtype for m in model.modules() if isinstance(m, QuantLinear)}
+    return 1e-4 if dtypes == {torch.float32} else 2e-2
+
+
+def test_dequantize_gives_a_dense_transformers_model_with_the_decoded_weights(tiny, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny, quantization_config=lowbit.HfQuantConfig("int4", group_size=32))
+    decoded, before, tolerance = _decoded(model), logits(model, IDS), _kernel_tolerance(model)
+    model.dequantize()
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+    assert all(torch.equal(linears[n].weight, w) for n, w in decoded.items())
+    assert not hasattr(model, "hf_quantizer") and not hasattr(model, "lowbit_quantizer")
+    assert _relative(logits(model, IDS), before) < tolerance
+    model.save_pretrained(tmp_path / "dense")
+    assert "quantization_config" not in json.loads((tmp_path / "dense" / "config.json").read_text())
+    assert not any(k.endswith("qweight") for k in load_tensors(tmp_path / "dense" / "model.safetensors"))
+    assert torch.equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "dense"), IDS), logits(model, IDS))
+
+
+@pytest.fixture(scope="module")
+def gemma_tables(tmp_path_factory) -> Path:
+    """A tiny Gemma 3 folder with its scaled embedding quantized, the head sharing that table."""
+    tmp = tmp_path_factory.mktemp("hf")
+    quant = lowbit.config("int8", quantize_embeddings=True)
+    return lowbit.save_pretrained(lowbit.from_pretrained(make_gemma3(tmp / "gemma"), quantization=quant), tmp / "q")
+
+
+def test_quantized_scaled_tied_embedding_loads_with_the_same_logits(gemma_tables):
+    ours, theirs = lowbit.from_pretrained(gemma_tables), AutoModelForCausalLM.from_pretrained(gemma_tables)
+    assert theirs.get_input_embeddings().embed_scale == ours.get_input_embeddings().embed_scale == 8.0  # sqrt(64)
+    _same(ours, theirs, token_ids(vocab=128))
+
+
+def test_dequantize_keeps_a_scaled_tied_embedding(gemma_tables):
+    model = AutoModelForCausalLM.from_pretrained(gemma_tables)
+    ids = token_ids(vocab=128)
+    before, tolerance = logits(model, ids), _kernel_tolerance(model)
+    model.dequantize()
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    assert type(embed).__name__ == "ScaledEmbedding" and head.weight is embed.weight
+    assert _relative(logits(model, ids), before) < tolerance

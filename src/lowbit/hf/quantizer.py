@@ -10,6 +10,7 @@
 - after weights: every stored tensor is checked against its format (``set_quant_tensor``), lowbit's
   ``postprocess_model`` ties and prepares the kernels, and the model is marked as lowbit's (``attach``), so
   ``model.save_pretrained`` writes a lowbit folder and ``lowbit.inspect`` works.
+- ``model.dequantize()`` (``_dequantize``): dense modules with the decoded weights, the lowbit marks removed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lowbit.hf.compat import check_version, conversion_op_base
 from lowbit.hf.config import HfQuantConfig
 from lowbit.loading.save import attach
 from lowbit.loading.stream import quantize_weight
+from lowbit.nn.dense import dequantize_modules_
 from lowbit.nn.holder import QuantHolder
 from lowbit.registry import get
 from lowbit.utils import release_freed_memory
@@ -76,6 +78,7 @@ class LowbitHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         originals = dict(model.named_modules())
         self.lowbit.preprocess_model(model)
+        _untie_quantized_tables(model)
         if not self.pre_quantized:
             if self.lowbit.tables:
                 raise ConfigError("quantize_embeddings / quantize_lm_head cannot quantize while transformers loads; "
@@ -125,6 +128,25 @@ class LowbitHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return self.lowbit.is_trainable
+
+    def _dequantize(self, model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+        """``model.dequantize()``: every quantized module replaced by a dense one holding its decoded weight; the
+        model is then an ordinary transformers model (``save_pretrained`` writes a dense checkpoint)."""
+        dequantize_modules_(model, dtype)
+        model.__dict__.pop("lowbit_quantizer", None)
+        model.__dict__.pop("save_pretrained", None)  # attach's routing to lowbit's writer
+        return model
+
+
+def _untie_quantized_tables(model: nn.Module) -> None:
+    """Drop transformers' tied-weight entries whose modules are lowbit shells: a head sharing a quantized embedding
+    table has no ``weight`` to tie (lowbit ties the table itself, in ``postprocess_model``)."""
+    tied = getattr(model, "all_tied_weights_keys", None)
+    if not isinstance(tied, dict):
+        return
+    for key, source in list(tied.items()):
+        if any(isinstance(model.get_submodule(name.rpartition(".")[0]), QuantHolder) for name in (key, source)):
+            del tied[key]
 
 
 def _compute_device(model: nn.Module) -> torch.device:

@@ -25,7 +25,10 @@ class QuantEmbedding(QuantHolder):
 
     @classmethod
     def shell(cls, emb: nn.Embedding, dtype: torch.dtype) -> QuantEmbedding:
-        scale = getattr(emb, "embed_scale", None)
+        # transformers keeps the scale as a float too (``scalar_embed_scale``): its buffer is on meta while loading
+        scale = getattr(emb, "scalar_embed_scale", None)
+        if scale is None:
+            scale = getattr(emb, "embed_scale", None)
         if isinstance(scale, torch.Tensor):
             scale = float(scale.item()) if scale.device.type != "meta" else None
         return cls(emb.num_embeddings, emb.embedding_dim, dtype, emb.padding_idx, scale)

@@ -32,6 +32,7 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge, check_target_module_exists  # noqa: E402
 
 from lowbit.nn import QuantLinear  # noqa: E402
+from lowbit.nn.dense import dense_linear  # noqa: E402
 from lowbit.nn.holder import QuantHolder  # noqa: E402
 from lowbit.nn.training import check_trains  # noqa: E402
 
@@ -113,16 +114,6 @@ class QuantLoraLinear(PeftLoraLinear):
         self.merged_adapters.clear()
         dense = self.get_base_layer()
         self.base_layer = self._quantized.pop().to(dense.weight.device)  # exactly the quantized base of before
-
-
-def dense_linear(layer: QuantLinear) -> nn.Linear:
-    """A frozen ``nn.Linear`` holding ``layer``'s dequantized weight (in the model's dtype) and its bias."""
-    weight = layer.dequantize(layer.model_dtype)
-    dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
-    dense.weight = nn.Parameter(weight, requires_grad=False)
-    if layer.bias is not None:
-        dense.bias = nn.Parameter(layer.bias.detach().clone().to(weight.dtype), requires_grad=False)
-    return dense
 
 
 def linear_names(model: nn.Module) -> set[str]:
