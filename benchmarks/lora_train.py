@@ -1,8 +1,10 @@
 """LoRA on a quantized base (QLoRA-style): lowbit int4 g128 and nf4 against bitsandbytes nf4, same seed and data.
 
+The ``dense`` row trains the same LoRA on the unquantized model: the reference the quantized rows should follow.
+
 Gemma-3-270M (``lowbit.realmodels``), LoRA r=16 (alpha 32, no dropout) on every Linear but the output head,
 AdamW, ``--steps`` steps on windows of ``wiki.calib.txt`` (seeded: every row sees the same windows in the same
-order), the mean loss over fixed windows of ``wiki.eval.txt`` before and after. Each row runs in its own process:
+order), the mean loss over fixed windows of ``wiki.eval.txt`` before, every 50 steps and after. Each row runs in its own process:
 seconds per step (median, and the total), peak memory while training (CPU: the process's peak RSS, reset after
 loading through /proc/self/clear_refs; CUDA: torch's peak allocation) and while loading.
 
@@ -33,7 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import describe_device, device_line, print_table, write_results  # noqa: E402
 
-ROWS = ("lowbit-int4", "lowbit-nf4", "bnb-nf4")
+ROWS = ("dense", "lowbit-int4", "lowbit-nf4", "bnb-nf4")
+EVAL_EVERY = 50  # steps between evaluations on the eval windows (the loss curve)
 
 
 def parse_args(argv=None):
@@ -119,8 +122,14 @@ def load(row: str, folder: Path, device: str):
         model = lowbit.from_pretrained(folder, quantization=quant, device=device)
         layer = next(m for m in model.modules() if type(m).__name__ == "QuantLinear")
         return lowbit.training.get_peft_model(model, config), f"{quant.method} {layer.fmt.describe()}, {layer.kernel.name}"
+    from transformers import AutoModelForCausalLM
+
+    if row == "dense":  # the reference: LoRA on the unquantized model, in the dtype the lowbit rows compute in
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=device)
+        return peft.get_peft_model(model, config), f"unquantized {str(dtype).removeprefix('torch.')}"
     import bitsandbytes  # noqa: F401  (installed for this benchmark only)
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     compute = torch.bfloat16
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
@@ -177,7 +186,7 @@ def run_row(row: str) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ARGS.lr)
     reset_peak(device)
     model.train()
-    times, train_losses = [], []
+    times, train_losses, curve = [], [], {0: round(before, 4)}
     for step in range(ARGS.steps):
         batch = train_w[order[step]].to(device)
         sync(device)
@@ -189,8 +198,12 @@ def run_row(row: str) -> dict:
         sync(device)
         times.append(time.perf_counter() - t)
         train_losses.append(loss.item())
+        if (step + 1) % EVAL_EVERY == 0 and step + 1 < ARGS.steps:
+            curve[step + 1] = round(mean_loss(model, eval_w, device), 4)
+            model.train()
     train_peak = peak_mib(device)
     after = mean_loss(model, eval_w, device)
+    curve[ARGS.steps] = round(after, 4)
     return {"row": row, "what": what, "eval_loss_before": round(before, 4), "eval_loss_after": round(after, 4),
             "falls": after < before, "train_loss_first10": round(statistics.fmean(train_losses[:10]), 4),
             "train_loss_last10": round(statistics.fmean(train_losses[-10:]), 4),
@@ -198,6 +211,7 @@ def run_row(row: str) -> dict:
             "peak_train_mib": round(train_peak, 1), "peak_load_mib": round(load_peak, 1), "load_s": round(load_s, 1),
             "trainable_params": trainable, "steps": ARGS.steps, "batch": ARGS.batch, "seq": ARGS.seq,
             "lr": ARGS.lr, "rank": ARGS.rank, "seed": ARGS.seed, "eval_tokens": int(eval_w.numel()),
+            "eval_curve": curve,
             "random_init": ARGS.random_init}
 
 
