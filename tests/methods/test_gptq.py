@@ -13,6 +13,8 @@ import lowbit
 from lowbit.errors import CalibrationError, ConfigError, FormatError
 from lowbit.formats import IntFormat
 from lowbit.kernels import choose
+from lowbit.methods import gptq as gptq_module
+from lowbit.methods._gptq_linalg import inverse_factor_, permute_
 from lowbit.methods.gptq import GptqConfig, gptq
 
 
@@ -173,3 +175,72 @@ class TestGptqActOrder(CalibratedConformance):
     fields = {"group_size": 32, "act_order": True, "symmetric": True}  # a g_idx per layer, signed codes
     bad_fields = [({"block_size": 0}, "gptq.block_size=0")]
     max_logit_error = 0.26  # measured 0.206 (rtn of the same grid: 0.187)
+
+
+class TestGptqAwqBalance(CalibratedConformance):
+    method = "gptq"
+    fields = {"group_size": 32, "act_order": True, "awq_balance": True}
+    bad_fields = [({"damp": 0}, "gptq.damp=0")]
+    max_logit_error = 0.26  # as act_order alone
+
+    def test_the_balance_groups_were_scaled_and_folded(self, run):
+        src, out, quantizer = run
+        assert quantizer.alphas and all(0 <= a < 1 for a, _ in quantizer.alphas.values())
+        assert "awq_balance: " in quantizer.summary()
+        before, after = lowbit.from_pretrained(src).state_dict(), lowbit.from_pretrained(out).state_dict()
+        norm = "model.layers.0.post_attention_layernorm.weight"  # folded into by the gate/up group's scale
+        assert not torch.equal(before[norm], after[norm]) or all(a == 0 for a, _ in quantizer.alphas.values())
+
+
+def reference_inverse_factor(h: torch.Tensor) -> torch.Tensor:
+    """The GPTQ reference's three factorizations (each a new K x K matrix)."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
+@pytest.mark.parametrize(("k", "block"), [(256, 256), (300, 64), (97, 16), (5, 2)])
+def test_the_in_place_inverse_factor_equals_the_reference_factorization(k, block):
+    x = correlated_inputs(k, rows=4 * k)
+    h = x.T @ x / len(x)
+    h.diagonal().add_(0.01 * h.diagonal().mean())
+    exact = reference_inverse_factor(h.double())
+    mine = h.clone()
+    assert inverse_factor_(mine, block)
+    assert torch.equal(mine, mine.triu())
+    scale = float(exact.abs().max())
+    assert float((mine.double() - exact).abs().max()) / scale < 1e-5  # fp32 rounding
+    assert float((reference_inverse_factor(h).double() - exact).abs().max()) / scale < 1e-5  # the same for the old
+
+
+def test_a_failed_in_place_factorization_leaves_the_hessian_for_the_fp64_retry():
+    h = torch.eye(40) + 0.01
+    h[0, 0] = -1  # the block factorized last is not positive definite
+    kept = h.clone()
+    assert not inverse_factor_(h, 8)
+    assert torch.equal(h, kept)
+
+
+def test_in_place_permutation_of_a_symmetric_hessian():
+    x = torch.randn(50, 50)
+    h, perm = x + x.T, torch.randperm(50)
+    permuted = h.clone()
+    permute_(permuted, perm, 16)
+    assert torch.equal(permuted, h[perm][:, perm])
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_codes_match_the_reference_factorization(act_order, monkeypatch):
+    x = correlated_inputs()
+    h = x.T @ x / len(x)
+    fmt = IntFormat(4, 64, False)
+    new = gptq(W, h, fmt, act_order=act_order)
+
+    def old(h, damp, name):
+        h.diagonal().add_(damp * h.diagonal().mean())
+        return reference_inverse_factor(h)
+
+    monkeypatch.setattr(gptq_module, "_inverse_factor", old)
+    monkeypatch.setattr(gptq_module, "permute_", lambda h, perm: h.copy_(h[perm][:, perm]))
+    ref = gptq(W, h, fmt, act_order=act_order)
+    same = (fmt.decode(new) == fmt.decode(ref)).float().mean()
+    assert float(same) > 0.999  # a code may flip where a column sits on a rounding tie
+    assert abs(output_error(x, W, fmt.decode(new)) - output_error(x, W, fmt.decode(ref))) < 1e-4

@@ -94,8 +94,7 @@ class AwqQuantizer(CalibratedQuantizer):
     def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
         t0 = time.perf_counter()
         linears = self.block_linears(block, prefix)
-        for group in balance_groups(block, prefix, self.model_type, linears, self.config.method):
-            fold(group, self.search_scale(block, inputs, group, linears))
+        self.alphas.update(balance_block(block, prefix, inputs, linears, self.formats, self.model_type, self.config))
         samples = self._clip_inputs(block, inputs, linears) if self.config.clip else {}
         stored: Stored = {}
         for name, linear in linears.items():
@@ -107,32 +106,6 @@ class AwqQuantizer(CalibratedQuantizer):
             use_dequantized(linear, fmt, stored[name])
         self.timings[prefix] = time.perf_counter() - t0
         return stored
-
-    @torch.no_grad()
-    def search_scale(self, block: nn.Module, inputs: BlockInputs, group: Group,
-                     quantized: dict[str, nn.Linear]) -> torch.Tensor:
-        """The scale s of ``group`` whose quantized output is closest to full precision (see the module doc)."""
-        xs, calls = group_inputs(block, inputs, group)
-        x_mean = channel_stat(xs, "mean")
-        w_mean = _weight_mean(group, self.formats) if self.config.duo_scaling else None
-        xs, calls = _first_tokens(xs, calls, self.config.search_tokens)
-        ref = group_outputs(group, xs, calls)
-        originals = {n: m.weight.data.clone() for n, m in group.linears.items()}
-        losses, best = [], None
-        try:
-            for i in range(self.config.grid):
-                s = awq_scale(x_mean, w_mean, i / self.config.grid)
-                for name, linear in group.linears.items():
-                    if name in quantized:
-                        linear.weight.data.copy_(fake_quantize(originals[name].float() * s, self.formats[name]) / s)
-                losses.append(_mse(group_outputs(group, xs, calls), ref))
-                if best is None or losses[-1] < losses[best[0]]:
-                    best = (i, s)
-        finally:
-            for name, linear in group.linears.items():
-                linear.weight.data.copy_(originals[name])
-        self.alphas[group.prev_name] = (best[0] / self.config.grid, losses[best[0]] / max(losses[0], 1e-30))
-        return best[1]
 
     def _clip_inputs(self, block: nn.Module, inputs: BlockInputs, linears: dict[str, nn.Linear]
                      ) -> dict[str, torch.Tensor]:
@@ -151,6 +124,46 @@ class AwqQuantizer(CalibratedQuantizer):
         gain = sum(r for _, r in self.alphas.values()) / max(len(self.alphas), 1)
         return (f"awq: {len(self.timings)} blocks in {total:.1f} s; {len(alphas)} groups scaled, mean α "
                 f"{sum(alphas) / max(len(alphas), 1):.2f}, output error {gain:.2f}x that of plain RTN")
+
+
+def balance_block(block: nn.Module, prefix: str, inputs: BlockInputs, linears: dict[str, nn.Linear], formats: dict,
+                  model_type: str | None, cfg) -> dict[str, tuple[float, float]]:
+    """Steps 1-3 of the module doc on every balance group of the block: each group's scale searched (RTN in
+    ``formats`` judges it; ``cfg`` gives ``grid``, ``search_tokens``, ``duo_scaling``, ``method``) and folded.
+    Returns, per group (its prev module), the α chosen and its output MSE relative to α = 0. GPTQ calls it too
+    (``awq_balance``)."""
+    alphas = {}
+    for group in balance_groups(block, prefix, model_type, linears, cfg.method):
+        s, alphas[group.prev_name] = search_scale(block, inputs, group, linears, formats, cfg)
+        fold(group, s)
+    return alphas
+
+
+@torch.no_grad()
+def search_scale(block: nn.Module, inputs: BlockInputs, group: Group, quantized: dict[str, nn.Linear], formats: dict,
+                 cfg) -> tuple[torch.Tensor, tuple[float, float]]:
+    """The scale s of ``group`` whose quantized output is closest to full precision (see the module doc), and
+    (α, its output MSE relative to α = 0)."""
+    xs, calls = group_inputs(block, inputs, group)
+    x_mean = channel_stat(xs, "mean")
+    w_mean = _weight_mean(group, formats) if cfg.duo_scaling else None
+    xs, calls = _first_tokens(xs, calls, cfg.search_tokens)
+    ref = group_outputs(group, xs, calls)
+    originals = {n: m.weight.data.clone() for n, m in group.linears.items()}
+    losses, best = [], None
+    try:
+        for i in range(cfg.grid):
+            s = awq_scale(x_mean, w_mean, i / cfg.grid)
+            for name, linear in group.linears.items():
+                if name in quantized:
+                    linear.weight.data.copy_(fake_quantize(originals[name].float() * s, formats[name]) / s)
+            losses.append(_mse(group_outputs(group, xs, calls), ref))
+            if best is None or losses[-1] < losses[best[0]]:
+                best = (i, s)
+    finally:
+        for name, linear in group.linears.items():
+            linear.weight.data.copy_(originals[name])
+    return best[1], (best[0] / cfg.grid, losses[best[0]] / max(losses[0], 1e-30))
 
 
 def awq_scale(x_mean: torch.Tensor, w_mean: torch.Tensor | None, alpha: float) -> torch.Tensor:

@@ -7,6 +7,10 @@ the columns in blocks of ``block_size`` with lazy batch updates. ``act_order`` w
 from the original column groups first, which keeps groups of consecutive inputs for the fast kernels.
 Each group's grid is min/max (or absmax) of its current, error-updated columns, as RTN would choose it.
 
+With ``awq_balance``, each block first gets AWQ's per-channel scales (``methods.awq.balance_block``: the scale
+search judged by RTN, folded into the norm or Linear before each balance group), then GPTQ quantizes the
+scaled weights; AWQ's clipping is left out (GPTQ's grid, or ``mse``, chooses the ranges).
+
 Calibrated block by block (``lowbit quantize --calib``): within a block, with ``true_sequential``, Linears
 that share an input (q/k/v; gate/up) are quantized together, and later ones see the earlier ones quantized.
 Stored as ``IntFormat``: the same layout as ``rtn``, so GPTQ models run on the same kernels.
@@ -20,11 +24,14 @@ import time
 import torch
 from torch import nn
 
+from lowbit.calibration.balance import require_balance
 from lowbit.calibration.inputs import BlockInputs
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import IntGridConfig
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.formats import IntFormat
+from lowbit.methods._gptq_linalg import inverse_factor_, permute_
+from lowbit.methods.awq import AwqConfig, balance_block
 from lowbit.registry import register_method
 
 
@@ -41,6 +48,7 @@ class GptqConfig(IntGridConfig):
     block_size: int = 128  # columns per lazy batch update (the saved name; ``lazy_batch`` in gptq())
     true_sequential: bool = True
     mse: bool = False  # each group's grid: the range shrink (down to 0.8) with the least |error|^2.4, not min/max
+    awq_balance: bool = False  # first AWQ's scale search and fold on the block's balance groups (no clipping)
 
     def validate(self) -> None:
         super().validate()
@@ -56,6 +64,12 @@ class GptqQuantizer(CalibratedQuantizer):
     def __init__(self, config: GptqConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
         self.timings: dict[str, float] = {}
+        self.alphas: dict[str, tuple[float, float]] = {}  # with awq_balance: group → (α, output MSE vs α = 0)
+
+    def preprocess_model(self, model: nn.Module) -> None:
+        super().preprocess_model(model)
+        if self.config.awq_balance and not self.pre_quantized:  # an unsupported architecture fails before any work
+            require_balance(self.model_type, "gptq with awq_balance")
 
     def weight_format(self, name: str, module: nn.Linear) -> IntFormat:
         cfg = self.config
@@ -65,13 +79,21 @@ class GptqQuantizer(CalibratedQuantizer):
 
     def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
         linears = self.block_linears(block, prefix)
+        if self.config.awq_balance:
+            cfg = self.config
+            rtn = {n: dataclasses.replace(f, g_idx=False) for n, f in self.formats.items() if n in linears}
+            awq = AwqConfig(bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric)
+            self.alphas.update(balance_block(block, prefix, inputs, linears, rtn, self.model_type, awq))
         stages = _stages(block, linears, inputs) if self.config.true_sequential else [list(linears)]
         stored: Stored = {}
         for stage in stages:  # later stages see the earlier ones quantized
             hessians = _hessians(block, {n: linears[n] for n in stage}, inputs)
             for name in stage:
                 t0 = time.perf_counter()
-                stored[name] = self.quantize_layer(name, linears[name].weight, hessians.pop(name))
+                h = hessians.pop(name)
+                if any(other is h for other in hessians.values()):
+                    h = h.clone()  # shared with a Linear still to come (q/k/v; gate/up), and GPTQ works in place
+                stored[name] = self.quantize_layer(name, linears[name].weight, h)
                 use_dequantized(linears[name], self.formats[name], stored[name])
                 self.timings[name] = time.perf_counter() - t0
         return stored
@@ -85,7 +107,10 @@ class GptqQuantizer(CalibratedQuantizer):
         if not self.timings:
             return None
         total = sum(self.timings.values())
-        return f"gptq: {len(self.timings)} layers in {total:.1f} s ({1000 * total / len(self.timings):.0f} ms per layer)"
+        awq = f"; awq_balance: {len(self.alphas)} groups scaled, mean α " \
+              f"{sum(a for a, _ in self.alphas.values()) / len(self.alphas):.2f}" if self.alphas else ""
+        per_layer = 1000 * total / len(self.timings)
+        return f"gptq: {len(self.timings)} layers in {total:.1f} s ({per_layer:.0f} ms per layer){awq}"
 
 
 def _stages(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs) -> list[list[str]]:
@@ -143,18 +168,14 @@ def _check_used(linears: dict[str, nn.Linear], used: set[str]) -> None:
 
 
 def _inverse_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
-    """Upper Cholesky factor of the dampened H's inverse (H is dampened in place); in fp64 if fp32 fails; an error
-    if that fails too. At most two more K x K matrices live at once."""
+    """Upper Cholesky factor of the dampened H's inverse, computed in H's own storage (``_gptq_linalg``); in
+    fp64 (one K x K fp64 copy) if fp32 fails; an error if that fails too."""
     h.diagonal().add_(damp * h.diagonal().mean())
-    for dtype in (torch.float32, torch.float64):
-        factor, info = torch.linalg.cholesky_ex(h.to(dtype))
-        if info == 0:
-            inv = torch.cholesky_inverse(factor)
-            del factor
-            upper, info = torch.linalg.cholesky_ex(inv, upper=True)
-            del inv
-            if info == 0 and torch.isfinite(upper).all():
-                return upper.float()
+    if inverse_factor_(h):
+        return h
+    h64 = h.double()
+    if inverse_factor_(h64):
+        return h.copy_(h64)
     raise CalibrationError(f"{name}: the Hessian of its inputs is not positive definite even with damp={damp} (fp64); "
                            "raise damp (e.g. --opt damp=0.1) or give more calibration samples")
 
@@ -207,15 +228,17 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, *, act_ord
         if static_groups or fmt.group_size is None else None
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else None
     if perm is not None:
-        w, h = w[:, perm], h[perm][:, perm]
+        w = w[:, perm]
+        permute_(h, perm)
     hinv = _inverse_factor(h, damp, name)
     del h
     wt = w.T.contiguous()  # [K, N]: a column of W is a contiguous row here, and updates are in-place rank-1 adds
-    codes = torch.empty(k, n, dtype=torch.int8 if fmt.symmetric else torch.uint8, device=w.device)
+    del w
+    codes = torch.empty(k, n, dtype=torch.int8 if fmt.symmetric else torch.uint8, device=wt.device)
     scales, zeros = [], []
     for i1 in range(0, k, lazy_batch):
         i2 = min(i1 + lazy_batch, k)
-        w1, err1, hinv1 = wt[i1:i2].clone(), torch.empty(i2 - i1, n, device=w.device), hinv[i1:i2, i1:i2]
+        w1, err1, hinv1 = wt[i1:i2].clone(), torch.empty(i2 - i1, n, device=wt.device), hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
             if fixed is not None:
@@ -240,7 +263,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, fmt: IntFormat, *, act_ord
         codes = codes[:, torch.argsort(perm)]
     if fixed is not None:
         scales, zeros = [s for s, _ in fixed], [z for _, z in fixed]
-    g_idx = (torch.arange(k, device=w.device) // gs)[torch.argsort(perm)] if fmt.g_idx else None
+    g_idx = (torch.arange(k, device=wt.device) // gs)[torch.argsort(perm)] if fmt.g_idx else None
     out = fmt.pack(codes, torch.cat(scales, 1).contiguous(),
                    None if fmt.symmetric else torch.cat(zeros, 1).contiguous(), g_idx)
     return {name: t.cpu() for name, t in out.items()}
