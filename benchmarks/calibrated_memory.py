@@ -11,7 +11,7 @@ the imports, and prints the measured peaks of both phases beside those terms.
 
 ``--cgroup``: instead, GPTQ int4 g128 of quantize_memory.py's 3.2 GB 1.5B-shaped synthetic Llama (random bf16
 weights; calibration from random token ids, since it has no tokenizer) in a subprocess under a cgroup v1 memory
-limit (``--cgroup-limit``, 1.5 GiB): whether it finishes, the cgroup's peak usage (which counts the interpreter,
+limit (``--cgroup-limit``, 1.5 GiB; ``--layers`` for fewer of its identical blocks): whether it finishes, the cgroup's peak usage (which counts the interpreter,
 imports and page cache too), OOM kills and the time.
 """
 
@@ -60,7 +60,10 @@ def cgroup_run(args) -> None:
 
     from lowbit.loading.save import parse_size
 
-    src = ensure_checkpoint(bench_dir() / "quantize-memory-llama-1.5b-shape", CGROUP_SPEC)
+    spec, folder = CGROUP_SPEC, "quantize-memory-llama-1.5b-shape"
+    if args.layers and args.layers != CGROUP_SPEC["num_hidden_layers"]:  # the same widths, fewer blocks
+        spec, folder = {**CGROUP_SPEC, "num_hidden_layers": args.layers}, f"{folder}-{args.layers}-layers"
+    src = ensure_checkpoint(bench_dir() / folder, spec)
     limit = parse_size(args.cgroup_limit, "--cgroup-limit")
     child, how = make_cgroup(limit)
     code = ("import torch, lowbit; ids = torch.randint(0, 32000, (%d, %d), generator=torch.Generator().manual_seed(0)); "
@@ -77,7 +80,7 @@ def cgroup_run(args) -> None:
     out = Path(args.out)
     row = {"checkpoint_gb": round(sum(p.stat().st_size for p in src.glob("*.safetensors")) / 1e9, 2),
            "cgroup": how, "rc": proc.returncode, "seconds": round(time.monotonic() - t0, 1),
-           "samples": args.samples, "seq_len": args.seq_len, **stats,
+           "layers": spec["num_hidden_layers"], "samples": args.samples, "seq_len": args.seq_len, **stats,
            "output_gb": round(sum(p.stat().st_size for p in out.glob("*.safetensors")) / 1e9, 2) if out.exists() else 0,
            "stderr_tail": proc.stderr.strip().splitlines()[-2:] if proc.returncode else []}
     print(row)
@@ -92,6 +95,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--cgroup", action="store_true", help="the 1.5B-shaped synthetic Llama under a cgroup limit")
     ap.add_argument("--cgroup-limit", default="1.5GiB")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="with --cgroup: blocks of the synthetic Llama (default 24; every block has the same shapes, "
+                         "so fewer blocks change the time, not the peak of a block)")
     ap.add_argument("--out", default="/tmp/lowbit-bench/calibrated-cgroup-out")
     args = ap.parse_args()
     if args.cgroup:
