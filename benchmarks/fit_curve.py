@@ -39,8 +39,8 @@ from lowbit.loading.tokenizer import load_tokenizer  # noqa: E402
 from lowbit.methods.mixed import mixed_config  # noqa: E402
 
 GROUPS = {"gemma-3-270m": 128, "smollm2-135m": 64}
-CANDIDATES = "int8,int4,int3,int2,hqq4,nf4,gptq4,gptq3"
-UNIFORM = ("int4", "int3", "gptq4")
+CANDIDATES = "int8,int4,int3,int2,nf4"  # data-free: what this shared 2-core CPU could measure in time
+UNIFORM = ("int4", "int3", "gptq4")  # gptq4: the best calibrated method that quantizes layer by layer
 
 
 def _score(path, labels, cands, lay, tok, text, args, work: Path) -> float:
@@ -76,11 +76,16 @@ def run_model(name: str, args, work: Path) -> list[dict]:
         cache.write_text(json.dumps(sens))
     sens_seconds = time.perf_counter() - t
     del model
-    settings = [(f"uniform {u}", dict.fromkeys(lay.names, u)) for u in UNIFORM]
+    settings = []
     for b in args.budgets:
         plan = choose(lay, sens, parse_budget(f"{b}bpw"), str(path), args.estimator,
                       {k: c.to_dict() for k, c in cands.items()})
-        settings.append((f"fit {b} bpw", plan.labels()))
+        settings.append((f"fit {b} bpw ({args.estimator})", plan.labels()))
+    for u in () if args.fit_only else UNIFORM:  # the calibrated one last: the slowest
+        if u not in cands:
+            cands[u] = parse_candidates(u, GROUPS[name])[u]
+            lay = layout(open_checkpoint(path), cands)
+        settings.append((f"uniform {u}", dict.fromkeys(lay.names, u)))
     for setting, labels in settings:
         t = time.perf_counter()
         ppl = _score(path, labels, cands, lay, tok, text, args, work)
@@ -91,7 +96,7 @@ def run_model(name: str, args, work: Path) -> list[dict]:
                      "mix": counts, "seconds": round(time.perf_counter() - t, 1),
                      "sensitivity_seconds": round(sens_seconds, 1)})
         print(rows[-1], flush=True)
-        write_results(f"fit-curve-{name}-partial", rows, describe_device(), {"args": vars(args)})
+        write_results(f"fit-curve-{name}-{args.estimator}-partial", rows, describe_device(), {"args": vars(args)})
     return rows
 
 
@@ -106,8 +111,13 @@ def plot(rows: list[dict], out: Path) -> None:
     for ax, name in zip(axes[0], models):
         mine = [r for r in rows if r["model"] == name]
         fp32 = next(r["ppl"] for r in mine if r["setting"] == "fp32")
-        fit = sorted((r for r in mine if r["setting"].startswith("fit")), key=lambda r: r["bpw"])
-        ax.plot([r["bpw"] for r in fit], [r["ppl"] for r in fit], "o-", color="black", label="lowbit fit")
+        mine = [r for r in mine if r["setting"] != "fp32"]
+        for est, style in (("fisher", "o-"), ("output", "s--")):
+            fit = sorted((r for r in mine if r["setting"].startswith("fit") and (est in r["setting"] or (
+                est == "output" and "(" not in r["setting"]))), key=lambda r: r["bpw"])
+            if fit:
+                ax.plot([r["bpw"] for r in fit], [r["ppl"] for r in fit], style, color="black",
+                        label=f"lowbit fit ({est})", alpha=1.0 if est == "fisher" else 0.6)
         for i, u in enumerate(r for r in mine if r["setting"].startswith("uniform")):
             ax.scatter([u["bpw"]], [u["ppl"]], s=60, marker="sD^v"[i % 4], label=u["setting"], zorder=3)
         ax.axhline(fp32, color="grey", linestyle="--", linewidth=1, label=f"fp32 {fp32:.2f}")
@@ -125,14 +135,23 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma-3-270m"], choices=list(GROUPS))
     ap.add_argument("--budgets", nargs="+", type=float, default=[3.25, 3.5, 4.0, 4.5])
     ap.add_argument("--candidates", default=CANDIDATES)
-    ap.add_argument("--estimator", default="output", choices=("output", "loss"))
+    ap.add_argument("--estimator", default="fisher", choices=("fisher", "output", "loss"))
+    ap.add_argument("--fit-only", action="store_true", help="only the fit rows (the uniform ones measured before)")
     ap.add_argument("--samples", type=int, default=4, help="calibration windows for the sensitivities")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calib-samples", type=int, default=16, help="GPTQ calibration windows of 512 tokens")
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--work", default=None, help="folder for the sensitivity cache and quantized folders")
     ap.add_argument("--plot", default=None, help="PNG (default: benchmarks/results/fit-curve-<date>.png)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only join the rows of earlier runs' JSON files into one JSON and one PNG")
     args = ap.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in json.loads(Path(f).read_text())["rows"]]
+        print_table(rows, ["model", "setting", "bpw", "ppl"])
+        path = write_results("fit-curve", rows, describe_device(), {"merged": [Path(f).name for f in args.merge]})
+        plot(rows, Path(args.plot) if args.plot else RESULTS / (path.stem + ".png"))
+        return
     torch.manual_seed(0)
     work = Path(args.work or tempfile.mkdtemp(prefix="fit-curve-"))
     work.mkdir(parents=True, exist_ok=True)

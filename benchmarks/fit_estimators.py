@@ -1,8 +1,9 @@
 """Which sensitivity estimator should ``lowbit fit`` use? Both on one model, judged by real perplexity.
 
 For SmolLM2-135M (g64) and data-free candidates, the per-layer sensitivities are measured with each estimator
-(``output``: squared relative output error; ``loss``: loss increase with only that layer quantized) on the same
-calibration windows; a plan is chosen with each at several budgets, and every plan (and the uniform settings) is
+(``fisher``: loss increase predicted from the squared loss gradients; ``output``: squared relative output error;
+``loss``: loss increase with only that layer quantized, measured: one forward pass per layer and candidate, too slow
+for the shared CPU here, so not in the default list) on the same calibration windows; a plan is chosen with each at several budgets, and every plan (and the uniform settings) is
 scored on the same wiki.eval.txt windows. Reported: the perplexity of each plan, and how well each estimator's
 predicted total ranks the measured log-perplexity increase over all plans (Spearman).
 
@@ -48,9 +49,10 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--candidates", default="int8,int4,int3,hqq4,nf4")
-    ap.add_argument("--budgets", nargs="+", type=float, default=[3.5, 4.0, 4.5])
+    ap.add_argument("--budgets", nargs="+", type=float, default=[3.75, 4.0, 4.375])
+    ap.add_argument("--estimators", nargs="+", default=["fisher", "output"], choices=["fisher", "output", "loss"])
     ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -63,17 +65,17 @@ def main() -> None:
     model = lowbit.from_pretrained(path, dtype=torch.float32)
     fp32 = perplexity(model, tok, text, max_tokens=args.eval_tokens).ppl
     sens, seconds = {}, {}
-    for est in ("output", "loss"):
+    for est in args.estimators:
         t = time.perf_counter()
         sens[est] = measure(model, ids, lay, cands, est, log=print)
         seconds[est] = time.perf_counter() - t
-        print(f"{est}: {seconds[est]:.0f} s")
+        print(f"{est}: {seconds[est]:.0f} s", flush=True)
     del model
     plans = []  # (name, labels, bpw)
     for label in cands:
         if label != "int8":
             plans.append((f"uniform {label}", dict.fromkeys(lay.names, label)))
-    for est in ("output", "loss"):
+    for est in args.estimators:
         for b in args.budgets:
             plan = choose(lay, sens[est], parse_budget(f"{b}bpw"), str(path), est,
                           {k: c.to_dict() for k, c in cands.items()})
@@ -91,9 +93,9 @@ def main() -> None:
                "log_ppl_increase": math.log(ppl / fp32),
                **{f"predicted_{e}": sum(sens[e][label][n] for n, label in labels.items()) for e in sens}}
         rows.append(row)
-        print(row)
+        print(row, flush=True)
     corr = {e: spearman([r[f"predicted_{e}"] for r in rows], [r["log_ppl_increase"] for r in rows]) for e in sens}
-    print_table(rows, ["setting", "bpw", "ppl", "predicted_output", "predicted_loss"])
+    print_table(rows, ["setting", "bpw", "ppl", *(f"predicted_{e}" for e in args.estimators)])
     print(f"fp32 {fp32:.3f}; Spearman(predicted, measured log-ppl increase): {corr}; seconds {seconds}")
     write_results("fit-estimators", rows, describe_device(),
                   {"model": args.model, "fp32_ppl": fp32, "spearman": corr, "seconds": seconds, "args": vars(args)})

@@ -105,7 +105,7 @@ def test_damaged_config_is_one_line(entry, match):
 
 def test_fit_with_a_calibrated_candidate_runs_the_runner(tmp_path):
     src = make_llama_with_tokenizer(tmp_path / "src")
-    res = fit(src, tmp_path / "out", "4.9bpw", "int8,int4,gptq4", group_size=32, samples=2, seq_len=32,
+    res = fit(src, tmp_path / "out", "4.9bpw", "int8,gptq4", group_size=32, samples=2, seq_len=32,
               calib_samples=4, calib_seq_len=32)
     assert res.plan.linear_bytes <= 4.9 * res.layout.params / 8
     assert "gptq4" in res.plan.counts()

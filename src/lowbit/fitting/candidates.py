@@ -74,11 +74,6 @@ def parse_candidates(candidates: str | list[str] | tuple[str, ...] | None,
     return out
 
 
-def calibrated(candidates: dict[str, QuantConfig]) -> list[str]:
-    """The labels whose method needs calibration data."""
-    return [label for label, cfg in candidates.items() if get(cfg.method).quantizer_cls.requires_calibration]
-
-
 def _nbytes(fmt: WeightFormat, n: int, k: int) -> int:
     return sum(math.prod(shape) * dtype.itemsize for shape, dtype in fmt.expected_tensors(n, k).values())
 

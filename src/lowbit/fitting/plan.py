@@ -119,7 +119,7 @@ class FitPlan:
 
 
 def choose(lay: Layout, sens: dict[str, dict[str, float]], budget: Budget, model: str = "",
-           estimator: str = "output", candidates: dict[str, dict[str, Any]] | None = None) -> FitPlan:
+           estimator: str = "fisher", candidates: dict[str, dict[str, Any]] | None = None) -> FitPlan:
     """The plan with the least summed sensitivity whose size fits ``budget`` (never over it)."""
     labels = list(sens)
     cap = linear_cap(budget, lay)

@@ -12,7 +12,7 @@ import torch
 from lowbit.calibration.data import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, read_calibration_text
 from lowbit.errors import ConfigError
 from lowbit.eval.report import calibration_ids
-from lowbit.fitting.candidates import Layout, calibrated, layout, parse_candidates
+from lowbit.fitting.candidates import Layout, layout, parse_candidates
 from lowbit.fitting.plan import FitPlan, above_full_precision, check_reachable, choose, parse_budget
 from lowbit.fitting.sensitivity import measure
 from lowbit.loading.checkpoint import open_checkpoint
@@ -40,7 +40,7 @@ def plan_config(plan: FitPlan, lay: Layout) -> MixedConfig:
 
 
 def fit(src: str | Path, out: str | Path | None, budget: str | float | int, candidates: str | list[str] | None = None,
-        *, calib: str | Path | None = None, group_size: int | None = None, estimator: str = "output",
+        *, calib: str | Path | None = None, group_size: int | None = None, estimator: str = "fisher",
         samples: int = 8, seq_len: int = 512, max_rows: int = 1024, calib_samples: int = DEFAULT_SAMPLES,
         calib_seq_len: int = DEFAULT_SEQ_LEN, overwrite: bool = False, progress: bool = False,
         log: Callable[[str], None] | None = None) -> FitResult:
@@ -90,11 +90,6 @@ def fit(src: str | Path, out: str | Path | None, budget: str | float | int, cand
         folder = quantize_folder(src, out, cfg, overwrite=overwrite, progress=progress)
     (Path(folder) / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=1))
     return FitResult(Path(folder), plan, lay)
-
-
-def needs_calibration(candidates: str | list[str] | None) -> list[str]:
-    """The calibrated labels among ``candidates`` (for messages before any work)."""
-    return calibrated(parse_candidates(candidates))
 
 
 def _copy(src: str | Path, out: str | Path, overwrite: bool) -> Path:

@@ -1,6 +1,11 @@
 """How much each layer suffers from each candidate: the numbers ``lowbit fit`` adds up and minimizes.
 
-Two estimators, both on calibration windows, both with every other layer at full precision:
+Three estimators, all on calibration windows, all with every other layer at full precision:
+
+- ``fisher``: the loss increase predicted from the squared gradients of the loss (the diagonal empirical Fisher
+  information ``F``, one backward pass per window): ``1/2 * sum(F * (Wq - W)^2)``. It weighs each weight's error by
+  how much the loss reacts to that weight, so layers are compared in one currency, for the cost of a few backward
+  passes.
 
 - ``output``: the layer's squared relative output error ``||X (Wq - W)^T||^2 / ||X W^T||^2`` on a seeded pick of its
   input rows (``eval.report.capture_inputs``). Seconds for a whole model, but blind to how much the rest of the
@@ -26,7 +31,7 @@ from lowbit.eval.report import capture_inputs
 from lowbit.fitting.candidates import Layout
 from lowbit.registry import get
 
-ESTIMATORS = ("output", "loss")
+ESTIMATORS = ("fisher", "output", "loss")
 LOSS_POSITIONS = 128  # scored positions per window for the loss estimator (the head runs on these only)
 
 
@@ -112,8 +117,30 @@ class _TailLoss:
                 self.blocks[i] = block
 
 
+def fisher_diagonal(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Mean over the windows of each named Linear's squared weight gradient of the next-token loss."""
+    modules = dict(model.named_modules())
+    weights = {n: modules[n].weight for n in names}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for w in weights.values():
+        w.requires_grad_(True)
+    out = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
+    try:
+        for window in ids:
+            loss = model(input_ids=window[None], labels=window[None]).loss
+            grads = torch.autograd.grad(loss, list(weights.values()))
+            for n, g in zip(weights, grads):
+                out[n].add_(g.float().pow(2))
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+    return {n: f.div_(len(ids)) for n, f in out.items()}
+
+
 def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[str, QuantConfig],
-            estimator: str = "output", max_rows: int = 1024, seed: int = 0,
+            estimator: str = "fisher", max_rows: int = 1024, seed: int = 0,
             log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
     """label → layer → sensitivity of the fp32 ``model`` (left as it was) on the calibration windows ``ids``."""
     if estimator not in ESTIMATORS:
@@ -124,6 +151,7 @@ def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[s
     rows = capture_inputs(model, ids, list(lay.names), max_rows, seed) if need_rows else {}
     modules = dict(model.named_modules())
     tail = _TailLoss(model, ids) if estimator == "loss" else None
+    fisher = fisher_diagonal(model, ids, lay.names) if estimator == "fisher" else {}
     out: dict[str, dict[str, float]] = {label: {} for label in candidates}
     for i, name in enumerate(lay.names):
         linear = modules[name]
@@ -131,7 +159,9 @@ def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[s
         x = rows.get(name)
         for label, sub in subs.items():
             wq = quantized_weight(sub, name, w, x)
-            if estimator == "output":
+            if estimator == "fisher":
+                out[label][name] = float(0.5 * (fisher[name] * (wq - w).pow(2)).sum())
+            elif estimator == "output":
                 ref = (x @ w.T).double()
                 out[label][name] = float((x @ (wq - w).T).double().pow(2).sum() / ref.pow(2).sum().clamp(min=1e-30))
             else:
