@@ -81,7 +81,7 @@ def run_model(name: str, args, work: Path) -> list[dict]:
         plan = choose(lay, sens, parse_budget(f"{b}bpw"), str(path), args.estimator,
                       {k: c.to_dict() for k, c in cands.items()})
         settings.append((f"fit {b} bpw ({args.estimator})", plan.labels()))
-    for u in () if args.fit_only else UNIFORM:  # the calibrated one last: the slowest
+    for u in () if args.fit_only else args.uniform:  # the calibrated one last: the slowest
         if u not in cands:
             cands[u] = parse_candidates(u, GROUPS[name])[u]
             lay = layout(open_checkpoint(path), cands)
@@ -133,7 +133,8 @@ def plot(rows: list[dict], out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma-3-270m"], choices=list(GROUPS))
-    ap.add_argument("--budgets", nargs="+", type=float, default=[3.25, 3.5, 4.0, 4.5])
+    ap.add_argument("--budgets", nargs="*", type=float, default=[3.25, 3.5, 4.0, 4.5])
+    ap.add_argument("--uniform", nargs="*", default=list(UNIFORM), help="uniform rows (default: int4 int3 gptq4)")
     ap.add_argument("--candidates", default=CANDIDATES)
     ap.add_argument("--estimator", default="fisher", choices=("fisher", "output", "loss"))
     ap.add_argument("--fit-only", action="store_true", help="only the fit rows (the uniform ones measured before)")
