@@ -38,6 +38,12 @@ def loading_only(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={"loading_only": True})
 
 
+def saved_when_set(default: Any) -> Any:
+    """A field added after folders were written: saved only when it differs from ``default``, so a folder written
+    before it existed saves again byte for byte."""
+    return dataclasses.field(default=default, metadata={"saved_when_set": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
     """Base of all method configs. Subclasses set ``method`` and ``version`` and add fields."""
@@ -70,6 +76,8 @@ class QuantConfig:
             if field.metadata.get("loading_only"):
                 continue
             value = getattr(self, field.name)
+            if field.metadata.get("saved_when_set") and value == field.default:
+                continue
             if isinstance(value, enum.Enum):
                 value = value.value
             elif isinstance(value, tuple):

@@ -167,6 +167,15 @@ def test_shared_config_fields_keep_the_saved_order(method):
     assert isinstance(cfg, CodebookConfig if method in ("nf4", "fp4") else IntGroupConfig)
 
 
+def test_a_later_field_is_saved_only_when_set():
+    """gptq's awq_balance came after folders were written: off, it is not saved (old folders save again byte for
+    byte); on, it is saved and read back."""
+    assert "awq_balance" not in lowbit.config("gptq").to_dict()
+    on = lowbit.config("gptq", awq_balance=True)
+    assert on.to_dict()["awq_balance"] is True
+    assert lowbit.config_from_dict(on.to_dict()) == on
+
+
 @pytest.mark.parametrize("method, fields, text", [
     ("rtn", {"group_size": 100}, "rtn.group_size=100 is out of range; expected one of [32, 64, 128, 256] or null"),
     ("awq", {"bits": 6}, "awq.bits=6 is out of range; expected one of [2, 3, 4, 8]"),

@@ -27,7 +27,7 @@ from torch import nn
 from lowbit.calibration.balance import require_balance
 from lowbit.calibration.inputs import BlockInputs
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
-from lowbit.config import IntGridConfig
+from lowbit.config import IntGridConfig, saved_when_set
 from lowbit.errors import CalibrationError, ConfigError
 from lowbit.formats import IntFormat
 from lowbit.methods._gptq_linalg import inverse_factor_, permute_
@@ -48,7 +48,7 @@ class GptqConfig(IntGridConfig):
     block_size: int = 128  # columns per lazy batch update (the saved name; ``lazy_batch`` in gptq())
     true_sequential: bool = True
     mse: bool = False  # each group's grid: the range shrink (down to 0.8) with the least |error|^2.4, not min/max
-    awq_balance: bool = False  # first AWQ's scale search and fold on the block's balance groups (no clipping)
+    awq_balance: bool = saved_when_set(False)  # first AWQ's scale search and fold on the block's balance groups (no clipping)
 
     def validate(self) -> None:
         super().validate()
