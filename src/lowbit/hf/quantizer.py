@@ -26,7 +26,7 @@ from transformers.quantizers.base import HfQuantizer
 from lowbit.errors import CheckpointError, ConfigError
 from lowbit.hf.compat import check_version, conversion_op_base
 from lowbit.hf.config import HfQuantConfig
-from lowbit.loading.save import attach
+from lowbit.loading.save import attach, detach
 from lowbit.loading.stream import quantize_weight
 from lowbit.nn.dense import dequantize_modules_
 from lowbit.nn.holder import QuantHolder
@@ -133,8 +133,7 @@ class LowbitHfQuantizer(HfQuantizer):
         """``model.dequantize()``: every quantized module replaced by a dense one holding its decoded weight; the
         model is then an ordinary transformers model (``save_pretrained`` writes a dense checkpoint)."""
         dequantize_modules_(model, dtype)
-        model.__dict__.pop("lowbit_quantizer", None)
-        model.__dict__.pop("save_pretrained", None)  # attach's routing to lowbit's writer
+        detach(model)
         return model
 
 

@@ -86,6 +86,12 @@ def attach(model: nn.Module, quantizer: Quantizer) -> None:
     model.save_pretrained = types.MethodType(lambda self, out, **kw: save_pretrained(self, out, **kw), model)
 
 
+def detach(model: nn.Module) -> None:
+    """Undo ``attach``: the model no longer records a lowbit quantization (``save_pretrained`` is the model's own)."""
+    model.__dict__.pop("lowbit_quantizer", None)
+    model.__dict__.pop("save_pretrained", None)
+
+
 def write_folder(out: str | Path, tensors: Iterable[tuple[str, torch.Tensor]], limit: int, source: nn.Module,
                  tokenizer_from: str | Path | None = None, *, overwrite: bool = False) -> Path:
     """Write ``tensors`` in shards of at most ``limit`` bytes, with ``source``'s config (and generation
