@@ -185,6 +185,7 @@ class KernelConformance:
     interpreter_shapes: ClassVar[list[tuple[int, int]]] = [(72, 512), (40, 384)]
     interpreter_ms: ClassVar[tuple[int, ...]] = (1, 3, 33)
     interpreter_tol: ClassVar[dict[str, float]] = {}  # format name → a looser bound where the interpreter differs
+    min_tol: ClassVar[float] = 0.0  # a looser bound for every case: kernels that round activations (cpu_dot4/8)
 
     def test_registered_under_its_name(self):
         assert get_kernel(self.kernel).name == self.kernel
@@ -193,6 +194,8 @@ class KernelConformance:
         names = {name for name, _, _ in accepted(self.kernel, "cpu", self.computes)}
         assert names == self.accepts, f"{self.kernel} accepts {sorted(names)}"
         results = run_all(self.kernel, "cpu", self.computes)
+        for result in results.values():
+            result["tol"] = max(result["tol"], self.min_tol)
         assert results and not failures(results), failures(results)
 
     def test_every_accepted_layer_matches_the_reference_on_cuda(self):

@@ -19,7 +19,7 @@ from lowbit.kernels.triton import TritonKernel
 from lowbit.nn import QuantLinear
 from lowbit.nn.training import format_trains
 
-CPU_KERNELS = ("reference", "cpu_int4", "cpu_int8", "cpu_gemv4", "cpu_gemv8", "cpu_dense")
+CPU_KERNELS = ("reference", "cpu_int4", "cpu_int8", "cpu_gemv4", "cpu_gemv8", "cpu_dot4", "cpu_dot8", "cpu_dense")
 SHAPE = (80, 512)  # N, K: N a multiple of 16 (cpu_int4) off its 64-row blocks; storable by every format
 TRAINS = [name for name, fmt in FORMATS.items() if format_trains(fmt)]
 NO_BACKWARD = [name for name, fmt in FORMATS.items() if not format_trains(fmt)]

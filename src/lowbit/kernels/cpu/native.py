@@ -1,7 +1,8 @@
-"""lowbit's own CPU kernels (``gemv.c``): built on first use with the system C compiler, loaded with ctypes.
+"""lowbit's own CPU kernels (``gemv.c``, ``dot8.c``): built on first use with the system C compiler, loaded with ctypes.
 
-The C file is compiled once per instruction set (``features.isa()``: AVX2+FMA or AVX-512) into
-``<cache>/native/`` (the name carries a hash of the source, the flags and the compiler), written under a temporary
+The C files are compiled into one library once per instruction set (``features.isa()``: AVX2+FMA or AVX-512, the
+latter with AVX512-VNNI where the CPU has it) into ``<cache>/native/`` (the name carries a hash of the sources, the
+flags and the compiler), written under a temporary
 name and renamed, so concurrent processes never load a half-written library. It links the OpenMP runtime that torch
 has loaded already (same soname), so its threads are torch's. No compiler, or a failed build: ``library()`` is None
 and ``unavailable()`` says why; the kernels then decline with that reason and the others run the layer.
@@ -18,15 +19,24 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lowbit.kernels.cpu.features import isa
+from lowbit.kernels.cpu.features import cpu_info, isa
 from lowbit.utils import cache_dir
 
-SOURCE = Path(__file__).with_name("gemv.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "dot8.c"))
 FLAGS = {"avx2": ["-march=haswell"], "avx512": ["-march=x86-64-v4"]}  # haswell: AVX2, FMA, F16C, BMI2
 COMMON = ["-O3", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _SIGNATURES = {"lowbit_gemv4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _P, _I],
-               "lowbit_gemv8": [_P, _I, _I, _P, _I, _P, _P, _I, _P, _I, _I]}
+               "lowbit_gemv8": [_P, _I, _I, _P, _I, _P, _P, _I, _P, _I, _I],
+               "lowbit_dot4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _I, _P, _I],
+               "lowbit_dot8": [_P, _I, _I, _P, _I, _P, _P, _I, _I, _P, _I]}
+_RESTYPES = {"lowbit_dot4": _I, "lowbit_dot8": _I}
+
+
+def flags(which: str) -> list[str]:
+    """The compiler's instruction-set flags for ``which``: AVX-512 adds VNNI where this CPU has it."""
+    extra = ["-mavx512vnni"] if which == "avx512" and "avx512_vnni" in cpu_info()[1] else []
+    return FLAGS[which] + extra
 
 
 def compiler() -> str | None:
@@ -52,17 +62,17 @@ def _load(which: str) -> tuple[ctypes.CDLL | None, str | None]:
         return None, "no C compiler found (cc, gcc, clang or $CC): install one (e.g. apt install gcc)"
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        args = COMMON + FLAGS[which]
-        digest = hashlib.sha256("\0".join([SOURCE.read_text(), *args, version]).encode()).hexdigest()[:16]
+        args = COMMON + flags(which)
+        digest = hashlib.sha256("\0".join([*(s.read_text() for s in SOURCES), *args, version]).encode()).hexdigest()[:16]
         target = cache_dir() / "native" / f"gemv-{which}-{digest}.so"
         if not target.exists():
             _build(cc, args, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as e:
-        return None, f"building {SOURCE.name} for {which} failed: {str(e).strip().splitlines()[-1][:300]}"
+        return None, f"building {', '.join(s.name for s in SOURCES)} for {which} failed: {str(e).strip().splitlines()[-1][:300]}"
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, None
+        fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
     return lib, None
 
 
@@ -71,7 +81,7 @@ def _build(cc: str, args: list[str], target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent, prefix=".build-")
     os.close(fd)
     try:
-        done = subprocess.run([cc, *args, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([cc, *args, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True, timeout=300)
         if done.returncode:
             raise OSError(f"{cc} exited {done.returncode}: {done.stderr.strip()[-300:]}")
         os.replace(tmp, target)

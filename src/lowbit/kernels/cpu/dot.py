@@ -1,0 +1,190 @@
+"""``cpu_dot4`` and ``cpu_dot8``: small-M CPU kernels on integer dot products (``dot8.c``), as llama.cpp runs its
+Q4_0/Q8_0 layers: each row of activations is rounded to int8 per block of ``block`` inputs (absmax scaling), then
+multiplied with the weights' own codes by AVX2 ``vpmaddubsw`` or AVX512-VNNI ``vpdpbusd``, in int32.
+
+This is not bit-exact with the fp32-activation kernels (``cpu_gemv4``/``cpu_gemv8``): the rounding of the activations
+is the price of 2-4x fewer instructions per weight. Their static priority is below those kernels, so with the CPU
+tuner off (``LOWBIT_CPU_TUNE=0``) lowbit keeps fp32 activations; the tuner picks these where they are fastest.
+
+4-bit layers are repacked at ``prepare`` into 16 bytes per 32 inputs, byte j holding input j (low nibble) and input
+j + 16 (high nibble); integer grids keep their codes (symmetric ones flipped to unsigned with an offset, as in
+``gemv``), code books become a 16-entry int8 table: ``table * mult`` where ``mult`` makes every entry an integer (FP4,
+MXFP4: exact) or, where none does (NF4), ``127 / max|table|`` rounded, which moves each code-book value by at most
+1/254 of the block's absmax (``inspect`` says so). 8-bit layers keep ``gemv``'s prepared form.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from lowbit.formats import IntFormat
+from lowbit.formats.intgroup import pack_bits, unpack_bits
+from lowbit.kernels.base import fake_linear, flat
+from lowbit.kernels.cpu import native
+from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _finish, _ptr, _table,
+                                     _threads)
+from lowbit.kernels.request import Activations
+
+CHUNK = 32  # inputs per packed 16-byte chunk, and the smallest activation block
+BLOCKS = (64, 32)  # activation blocks tried, largest first: the largest dividing the weight group is used
+
+torch.library.define("lowbit::dot4_cpu", "(Tensor x, Tensor codes, Tensor? table, Tensor scales, Tensor? offsets, "
+                                         "int group, int block, Tensor? bias) -> Tensor")
+torch.library.define("lowbit::dot8_cpu", "(Tensor x, Tensor codes, Tensor scales, Tensor? offsets, int group, "
+                                         "int block, Tensor? bias) -> Tensor")
+
+
+def block_for(group: int) -> int | None:
+    """The activation block for a weight group of ``group`` inputs (None: no block divides it)."""
+    return next((b for b in BLOCKS if group % b == 0), None)
+
+
+def to_chunks(codes: torch.Tensor) -> torch.Tensor:
+    """[N, K/2] bytes, low nibble first → [N, K/2] bytes, 32 inputs per 16 bytes (input j low, j + 16 high)."""
+    return chunks_of(torch.stack([codes & 15, codes >> 4], dim=-1).reshape(codes.shape[0], -1))
+
+
+def chunks_of(values: torch.Tensor) -> torch.Tensor:
+    """[N, K] codes 0..15 → [N, K/2] chunked bytes."""
+    v = values.to(torch.uint8).reshape(values.shape[0], -1, 2, 16)
+    return (v[:, :, 0] | (v[:, :, 1] << 4)).reshape(values.shape[0], -1).contiguous()
+
+
+def from_chunks(chunks: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``to_chunks``."""
+    v = chunk_values(chunks).reshape(chunks.shape[0], -1, 2)
+    return (v[..., 0] | (v[..., 1] << 4)).contiguous()
+
+
+def chunk_values(chunks: torch.Tensor) -> torch.Tensor:
+    """[N, K/2] chunked bytes → [N, K] codes (uint8) in input order."""
+    b = chunks.reshape(chunks.shape[0], -1, 16)
+    return torch.cat([b & 15, b >> 4], dim=-1).reshape(chunks.shape[0], -1)
+
+
+@functools.lru_cache(maxsize=32)
+def int8_table(fmt) -> tuple[torch.Tensor | None, float, bool]:
+    """(16 int8 table values, the multiplier they carry, exact?) for a code-book format; (None, 1, True) for grids."""
+    table = _table(fmt)
+    if table is None:
+        return None, 1.0, True
+    top = table.abs().max().item()
+    for mult in range(1, int(127 // top) + 1):
+        scaled = table * mult
+        if torch.equal(scaled, scaled.round()):
+            return scaled.to(torch.int8), float(mult), True
+    mult = 127.0 / top
+    return (table * mult).round().to(torch.int8), mult, False
+
+
+def _run(fn, x, n, bias, *args):
+    x2, lead = flat(x)
+    x2 = x2.float().contiguous()
+    y = torch.empty(x2.shape[0], n)
+    if fn(x2.data_ptr(), x2.shape[0], x2.shape[1], *args, y.data_ptr(), _threads(n, x2.shape[1])):
+        raise MemoryError(f"lowbit's CPU kernel could not allocate {x2.shape[0]} x {x2.shape[1]} int8 activations")
+    return _finish(y, bias, lead, x.dtype)
+
+
+@torch.library.impl("lowbit::dot4_cpu", "CPU")
+def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
+    """``x @ W.T`` for ``W = table[codes] * scales + offsets`` per group (codes chunked, see ``to_chunks``)."""
+    n, k = codes.shape[0], x.shape[-1]
+    if x.numel() // k >= DENSE_MIN_M:
+        c = chunk_values(codes)
+        values = c.float() if table is None else table.float()[c.long()]
+        x2, lead = flat(x)
+        return _finish(x2.float() @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
+    return _run(native.library().lowbit_dot4, x, n, bias, codes.data_ptr(), n, _ptr(table), scales.data_ptr(),
+                _ptr(offsets), group, block)
+
+
+@torch.library.impl("lowbit::dot8_cpu", "CPU")
+def dot8_cpu(x, codes, scales, offsets, group, block, bias):
+    """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K]."""
+    n, k = codes.shape[0], x.shape[-1]
+    if x.numel() // k >= DENSE_MIN_M:
+        x2, lead = flat(x)
+        return _finish(x2.float() @ _dequantize(codes.float(), scales, offsets).T, bias, lead, x.dtype)
+    return _run(native.library().lowbit_dot8, x, n, bias, codes.data_ptr(), n, scales.data_ptr(), _ptr(offsets),
+                group, block)
+
+
+@torch.library.register_fake("lowbit::dot4_cpu")
+def _(x, codes, table, scales, offsets, group, block, bias):
+    return fake_linear(x, codes.shape[0])
+
+
+@torch.library.register_fake("lowbit::dot8_cpu")
+def _(x, codes, scales, offsets, group, block, bias):
+    return fake_linear(x, codes.shape[0])
+
+
+class _DotMixin:
+    """What both integer-dot kernels add to their fp32-activation counterparts."""
+
+    priority = 14  # below cpu_gemv4/8: chosen by the tuner's measurement, not by default
+
+    def can_implement(self, request):
+        if request.activations is not Activations.NONE:
+            return False, "the format quantizes activations at run time (the reference kernel runs it)"
+        group = self.group(request)
+        if block_for(group) is None:
+            return False, f"needs groups of a multiple of {CHUNK} inputs, got {group}"
+        ok, why = super().can_implement(request)
+        if not ok:
+            return ok, why
+        note = "" if int8_table(request.fmt)[2] else "; code book rounded to int8 (at most 1/254 of the absmax)"
+        return True, (f"lowbit {native.isa()} integer-dot GEMV (activations rounded to int8 per "
+                      f"{block_for(group)} inputs, as llama.cpp does{note}; dequantize + matmul from M={DENSE_MIN_M})")
+
+
+class CpuDot4Kernel(_DotMixin, CpuGemv4Kernel):
+    """4-bit codes; 2- and 3-bit integer grids too, their codes widened to 4 bits at ``prepare`` (in memory a layer
+    then takes 4/3 or 2 times its stored size: still an eighth of the dense fp32 copy it would need otherwise)."""
+
+    name = "cpu_dot4"
+
+    def handles(self, request):
+        return (request.kind == "int" and request.bits in (2, 3, 4)) or request.kind in ("codebook", "mx")
+
+    def prepare(self, tensors, request):
+        if isinstance(request.fmt, IntFormat):
+            values = unpack_bits(tensors["qweight"], request.bits, signed=request.symmetric).to(torch.int16)
+            scales = tensors["scales"].float().reshape(request.n, -1)
+            if request.symmetric:  # unsigned codes, and the grid's middle as the offset
+                half = 1 << (request.bits - 1)
+                return {"codes": chunks_of(values + half), "scales": scales, "offsets": -half * scales}
+            return {"codes": chunks_of(values), "scales": scales, "offsets": -tensors["zeros"].float() * scales}
+        prepared = super().prepare(tensors, request)
+        prepared["scales"] = (prepared["scales"] / int8_table(request.fmt)[1]).contiguous()
+        prepared["codes"] = to_chunks(prepared["codes"])
+        return prepared
+
+    def canonical_from_prepared(self, prepared, request):
+        if isinstance(request.fmt, IntFormat):
+            values = chunk_values(prepared["codes"])
+            if request.symmetric:
+                values = (values.to(torch.int16) - (1 << (request.bits - 1))).to(torch.int8)
+            return {"qweight": pack_bits(values, request.bits)}
+        return super().canonical_from_prepared({**prepared, "codes": from_chunks(prepared["codes"])}, request)
+
+    def run(self, x, tensors, prepared, request, bias):
+        group = self.group(request)
+        return torch.ops.lowbit.dot4_cpu(x, prepared["codes"], int8_table(request.fmt)[0], prepared["scales"],
+                                         prepared.get("offsets"), group, block_for(group), bias)
+
+
+class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
+    name = "cpu_dot8"
+
+    def handles(self, request):
+        return request.kind == "int" and request.bits == 8
+
+    def run(self, x, tensors, prepared, request, bias):
+        group = self.group(request)
+        return torch.ops.lowbit.dot8_cpu(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), group,
+                                         block_for(group), bias)
+

@@ -1,0 +1,238 @@
+/* Small-M products with integer dot products, as llama.cpp does: each row of activations is rounded to int8 per
+ * block of B inputs (one fp32 scale dx per block, absmax / 127), and weights stay in their 4-bit or 8-bit codes, so
+ * 32 weights cost a handful of integer instructions instead of 32 fp32 multiply-adds. Per output,
+ *     y[m, n] = sum_b  dx[m, b] * s[n, g(b)] * idot(codes of block b, xq[m, block b])  +  sum_g o[n, g] * xs[m, g]
+ * with xs the sums of the rounded activations per weight group (o: the offsets of asymmetric formats), so the
+ * result is the exact product of the rounded activations with the weights, up to fp32 summation.
+ *
+ * 4-bit codes come as 16 bytes per 32 inputs, byte j holding input j (low nibble) and input j + 16 (high nibble);
+ * a code is its own value (integer grids, 0..15) or an index into a 16-entry int8 table (code books).
+ * 8-bit codes are signed. With AVX512-VNNI (256-bit, AVX512VL) one vpdpbusd multiplies unsigned by signed bytes and
+ * accumulates in int32: signed weights are offset by +128 and 128 * sum(xq) is taken back per block. Without it
+ * (AVX2) vpmaddubsw + vpmaddwd do the same, signed weights through the sign trick (|w| * sign(w) x).
+ * Rows are split over OpenMP threads. B is 32, 64, 128 or 256 and divides the weight group (or the group is B).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define VNNI 1
+#endif
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* x [m, k] fp32 → xq [m, k] int8 (round to nearest even), dx [m, k/B] its scales, qs [m, k/B] sum(xq) per block */
+static void quantize_rows(const float *x, int m, int k, int B, int8_t *xq, float *dx, int32_t *qs) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    int blocks = k / B;
+    for (int r = 0; r < m; r++)
+        for (int b = 0; b < blocks; b++) {
+            const float *p = x + (size_t)r * k + (size_t)b * B;
+            __m256 mx = _mm256_setzero_ps();
+            for (int j = 0; j < B; j += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(p + j)));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            float d = _mm_cvtss_f32(h) / 127.f;
+            __m256 inv = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
+            __m256i total = _mm256_setzero_si256();
+            for (int j = 0; j < B; j += 32) {
+                __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + j), inv));
+                __m256i i1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + j + 8), inv));
+                __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + j + 16), inv));
+                __m256i i3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p + j + 24), inv));
+                total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+                __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+                _mm256_storeu_si256((__m256i *)(xq + (size_t)r * k + (size_t)b * B + j),
+                                    _mm256_permutevar8x32_epi32(packed, order));
+            }
+            dx[r * blocks + b] = d;
+            qs[r * blocks + b] = hsum_i32(total);
+        }
+}
+
+/* the sums of the rounded activations per weight group, for the offsets: the product is then exactly that of the
+ * rounded activations with the weights (an offset times the exact sums would not cancel the codes' rounding error) */
+static void group_sums(int m, int k, int B, int group, const float *dx, const int32_t *qs, float *xs) {
+    int groups = k / group, per = group / B;
+    for (int r = 0; r < m; r++)
+        for (int g = 0; g < groups; g++) {
+            float acc = 0.f;
+            for (int b = g * per; b < (g + 1) * per; b++) acc += dx[r * (k / B) + b] * (float)qs[r * (k / B) + b];
+            xs[r * groups + g] = acc;
+        }
+}
+
+typedef struct {
+    int8_t *xq;
+    float *dx, *xs;
+    int32_t *qs;
+} rows_t;
+
+/* the activations in both forms; NULL members where the allocation failed (the caller then returns -1) */
+static rows_t prepare_rows(const float *x, int m, int k, int B, int group, int sums) {
+    rows_t a = {malloc((size_t)m * k), malloc(sizeof(float) * (size_t)m * (k / B)), NULL,
+                malloc(sizeof(int32_t) * (size_t)m * (k / B))};
+    if (sums) a.xs = malloc(sizeof(float) * (size_t)m * (k / group));
+    if (a.xq && a.dx && a.qs && (!sums || a.xs)) {
+        quantize_rows(x, m, k, B, a.xq, a.dx, a.qs);
+        if (sums) group_sums(m, k, B, group, a.dx, a.qs, a.xs);
+    }
+    return a;
+}
+
+static int release_rows(rows_t a, int sums) {
+    int failed = !(a.xq && a.dx && a.qs && (!sums || a.xs));
+    free(a.xq), free(a.dx), free(a.xs), free(a.qs);
+    return failed ? -1 : 0;
+}
+
+/* 32 4-bit codes (16 bytes, see above) → 32 bytes in input order */
+static inline __m256i unpack32(const uint8_t *p) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+}
+
+/* signed bytes w times signed bytes x, summed in fours into int32 lanes, added to acc */
+static inline __m256i dot_signed(__m256i acc, __m256i w, __m256i x) {
+#ifdef VNNI
+    return _mm256_dpbusd_epi32(acc, _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80)), x);
+#else
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+#ifdef VNNI
+#define SIGNED_SHIFT 128 /* dot_signed adds 128 * sum(x) */
+#else
+#define SIGNED_SHIFT 0
+#endif
+
+#define R 4 /* rows of weights per pass: four independent accumulator chains, and each activation load used 4 times */
+
+/* the last rows of a matrix whose row count is not a multiple of R repeat its last row; only valid rows are written */
+static inline int row_of(int row, int i, int n) { return row + i < n ? row + i : n - 1; }
+
+/* codes: [n, k/2] (see above); table: 16 int8 values or NULL (codes are their values); s, o: [n, k/group] (o may be
+ * NULL); x: [m, k]; y: [m, n]. Returns 0, or -1 where memory ran out. */
+int lowbit_dot4(const float *x, int m, int k, const uint8_t *codes, int n, const int8_t *table, const float *s,
+                const float *o, int group, int B, float *y, int threads) {
+    rows_t a = prepare_rows(x, m, k, B, group, o != NULL);
+    if (!(a.xq && a.dx && a.qs && (!o || a.xs))) return release_rows(a, o != NULL);
+    int groups = k / group, blocks = k / B, per = group / B, shift = table ? SIGNED_SHIFT : 0;
+    __m256i tv = table ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)table)) : _mm256_setzero_si256();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int row = 0; row < n; row += R) {
+        const uint8_t *c[R];
+        const float *sr[R];
+        for (int i = 0; i < R; i++) {
+            c[i] = codes + (size_t)row_of(row, i, n) * (k / 2);
+            sr[i] = s + (size_t)row_of(row, i, n) * groups;
+        }
+        for (int r = 0; r < m; r++) {
+            const int8_t *xr = a.xq + (size_t)r * k;
+            __m256 acc[R];
+            float extra[R];
+            for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps(), extra[i] = 0.f;
+            for (int b = 0; b < blocks; b++) {
+                int g = b / per;
+                __m256i ia[R];
+#ifndef VNNI
+                __m256i pairs[R]; /* B <= 256: at most 16 products of 15 * 127 a lane */
+                for (int i = 0; i < R; i++) pairs[i] = _mm256_setzero_si256();
+#endif
+                for (int i = 0; i < R; i++) ia[i] = _mm256_setzero_si256();
+                for (int j = b * B; j < (b + 1) * B; j += 32) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + j));
+                    for (int i = 0; i < R; i++) {
+                        __m256i v = unpack32(c[i] + j / 2);
+                        if (table) {
+                            ia[i] = dot_signed(ia[i], _mm256_shuffle_epi8(tv, v), xv);
+                            continue;
+                        }
+#ifdef VNNI
+                        ia[i] = _mm256_dpbusd_epi32(ia[i], v, xv);
+#else
+                        pairs[i] = _mm256_add_epi16(pairs[i], _mm256_maddubs_epi16(v, xv));
+#endif
+                    }
+                }
+                float d = a.dx[r * blocks + b];
+                for (int i = 0; i < R; i++) {
+#ifndef VNNI
+                    if (!table) ia[i] = _mm256_madd_epi16(pairs[i], _mm256_set1_epi16(1));
+#endif
+                    float scale = d * sr[i][g];
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[i]), _mm256_set1_ps(scale), acc[i]);
+                    if (shift) extra[i] -= (float)(shift * a.qs[r * blocks + b]) * scale;
+                }
+            }
+            for (int i = 0; i < R && row + i < n; i++) {
+                if (o)
+                    for (int g = 0; g < groups; g++) extra[i] += o[(size_t)(row + i) * groups + g] * a.xs[r * groups + g];
+                y[(size_t)r * n + row + i] = hsum(acc[i]) + extra[i];
+            }
+        }
+    }
+    return release_rows(a, o != NULL);
+}
+
+/* codes: [n, k] int8; s, o: [n, k/group] (o may be NULL; group == k: one scale per row); the rest as lowbit_dot4 */
+int lowbit_dot8(const float *x, int m, int k, const int8_t *codes, int n, const float *s, const float *o, int group,
+                int B, float *y, int threads) {
+    rows_t a = prepare_rows(x, m, k, B, group, o != NULL);
+    if (!(a.xq && a.dx && a.qs && (!o || a.xs))) return release_rows(a, o != NULL);
+    int groups = k / group, blocks = k / B, per = group / B;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int row = 0; row < n; row += R) {
+        const int8_t *c[R];
+        const float *sr[R];
+        for (int i = 0; i < R; i++) {
+            c[i] = codes + (size_t)row_of(row, i, n) * k;
+            sr[i] = s + (size_t)row_of(row, i, n) * groups;
+        }
+        for (int r = 0; r < m; r++) {
+            const int8_t *xr = a.xq + (size_t)r * k;
+            __m256 acc[R];
+            float extra[R];
+            for (int i = 0; i < R; i++) acc[i] = _mm256_setzero_ps(), extra[i] = 0.f;
+            for (int b = 0; b < blocks; b++) {
+                int g = b / per;
+                __m256i ia[R];
+                for (int i = 0; i < R; i++) ia[i] = _mm256_setzero_si256();
+                for (int j = b * B; j < (b + 1) * B; j += 32) {
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + j));
+                    for (int i = 0; i < R; i++)
+                        ia[i] = dot_signed(ia[i], _mm256_loadu_si256((const __m256i *)(c[i] + j)), xv);
+                }
+                float d = a.dx[r * blocks + b];
+                for (int i = 0; i < R; i++) {
+                    float scale = d * sr[i][g];
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[i]), _mm256_set1_ps(scale), acc[i]);
+                    if (SIGNED_SHIFT) extra[i] -= (float)(SIGNED_SHIFT * a.qs[r * blocks + b]) * scale;
+                }
+            }
+            for (int i = 0; i < R && row + i < n; i++) {
+                if (o)
+                    for (int g = 0; g < groups; g++) extra[i] += o[(size_t)(row + i) * groups + g] * a.xs[r * groups + g];
+                y[(size_t)r * n + row + i] = hsum(acc[i]) + extra[i];
+            }
+        }
+    }
+    return release_rows(a, o != NULL);
+}
