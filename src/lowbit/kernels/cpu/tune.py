@@ -51,8 +51,10 @@ def cache_path() -> Path:
 
 
 def key(fmt, shape: tuple[int, int], dtypes: tuple[torch.dtype, ...]) -> str:
+    """The cache key: format, shape, dtypes, torch, and the kernels that would race (a new kernel measures again)."""
     names = ",".join(str(d).removeprefix("torch.") for d in dtypes)
-    return f"{fmt.key()}|{shape[0]}x{shape[1]}|{names}|torch {torch.__version__}"
+    racing = ",".join(sorted({label.split("/")[0] for label in candidates(fmt, shape, dtypes)}))
+    return f"{fmt.key()}|{shape[0]}x{shape[1]}|{names}|torch {torch.__version__}|{racing}"
 
 
 @functools.lru_cache(maxsize=1)
