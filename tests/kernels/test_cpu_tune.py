@@ -47,7 +47,7 @@ def test_decide_takes_the_fastest_and_never_one_slower_than_the_original():
 
 def test_the_layer_runs_the_measured_winner_and_the_choice_is_cached(tuning, monkeypatch):
     calls = []
-    monkeypatch.setattr(tune, "time_cold", fake_timer({"cpu_dense/float32": 100.0, "cpu_int4/bfloat16": 30.0,
+    monkeypatch.setattr(tune, "time_hot", fake_timer({"cpu_dense/float32": 100.0, "cpu_int4/bfloat16": 30.0,
                                                        "cpu_gemv4/float32": 60.0}, calls))
     q = layer()
     q.prepare("auto")
@@ -66,7 +66,7 @@ def test_the_layer_runs_the_measured_winner_and_the_choice_is_cached(tuning, mon
 
 
 def test_slower_than_the_original_everywhere_gives_the_dense_floor(tuning, monkeypatch):
-    monkeypatch.setattr(tune, "time_cold", fake_timer({"cpu_dense/float32": 10.0}, []))
+    monkeypatch.setattr(tune, "time_hot", fake_timer({"cpu_dense/float32": 10.0}, []))
     q = layer()
     q.prepare("auto")
     assert q.kernel.name == "cpu_dense" and "no quantized kernel beat" in q.kernel_reason
@@ -76,7 +76,7 @@ def test_slower_than_the_original_everywhere_gives_the_dense_floor(tuning, monke
 
 def test_a_close_runner_up_races_the_original_again(tuning, monkeypatch):
     calls = []
-    monkeypatch.setattr(tune, "time_cold", fake_timer({"cpu_dense/float32": 100.0, "cpu_gemv4/float32": 110.0,
+    monkeypatch.setattr(tune, "time_hot", fake_timer({"cpu_dense/float32": 100.0, "cpu_gemv4/float32": 110.0,
                                                        "cpu_int4/bfloat16": 200.0}, calls))
     layer().prepare("auto")
     # first look + ROUNDS for every raced candidate, then ROUNDS more for the original and the runner-up only
@@ -86,7 +86,7 @@ def test_a_close_runner_up_races_the_original_again(tuning, monkeypatch):
 
 def test_off_switch_and_a_forced_kernel_measure_nothing(tuning, monkeypatch):
     calls = []
-    monkeypatch.setattr(tune, "time_cold", fake_timer({}, calls))
+    monkeypatch.setattr(tune, "time_hot", fake_timer({}, calls))
     q = layer()
     q.prepare("auto", "reference")
     monkeypatch.setenv(tune.TUNE_ENV, "0")
