@@ -53,10 +53,11 @@ def cache_path() -> Path:
 
 
 def key(fmt, shape: tuple[int, int], dtypes: tuple[torch.dtype, ...]) -> str:
-    """The cache key: format, shape, dtypes, torch, and the kernels that would race (a new kernel measures again)."""
+    """The cache key: format, shape, dtypes, torch, the kernels that would race (a new kernel measures again) and how
+    they are timed (choices from the earlier cold timing are measured again)."""
     names = ",".join(str(d).removeprefix("torch.") for d in dtypes)
     racing = ",".join(sorted({label.split("/")[0] for label in candidates(fmt, shape, dtypes)}))
-    return f"{fmt.key()}|{shape[0]}x{shape[1]}|{names}|torch {torch.__version__}|{racing}"
+    return f"{fmt.key()}|{shape[0]}x{shape[1]}|{names}|torch {torch.__version__}|{racing}|hot"
 
 
 @functools.lru_cache(maxsize=1)
