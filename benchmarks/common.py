@@ -217,3 +217,32 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
     print("  ".join(n.rjust(w) for n, w in zip(names, widths)))
     for row in cells:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+
+
+# ---- export checks (gguf_export.py, bnb_export.py): a real model, the bundled text, one prompt ------------------
+def export_check_args(description: str, max_tokens: int):
+    """The command line the export checks share: model, perplexity tokens and window, threads, greedy tokens."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--ctx", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=24, help="greedy tokens to compare")
+    parser.add_argument("--no-write", action="store_true")
+    return parser.parse_args()
+
+
+def export_check_inputs(model: str, threads: int, prompt: str):
+    """(folder of the real model, its tokenizer, wiki.eval.txt, the prompt's token ids), torch on ``threads``."""
+    from transformers import AutoTokenizer
+
+    from lowbit import realmodels
+    from lowbit.data import text_path
+
+    torch.set_num_threads(threads)
+    path = realmodels.model_path(model)
+    tok = AutoTokenizer.from_pretrained(path)
+    return path, tok, text_path("wiki.eval.txt").read_text(encoding="utf-8"), \
+        tok(prompt, add_special_tokens=False).input_ids

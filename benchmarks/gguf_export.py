@@ -14,7 +14,6 @@ Writes ``benchmarks/results/gguf_export-<date>-cpu.json``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -57,31 +56,17 @@ class LlamaCppModel:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--max-tokens", type=int, default=2048)
-    parser.add_argument("--ctx", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=24, help="greedy tokens to compare")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-
-    import torch
-    from transformers import AutoTokenizer
-
     sys.path.insert(0, str(HERE))
+    from common import describe_device, export_check_args, export_check_inputs, loadavg, write_results
+
+    args = export_check_args(__doc__.split("\n\n")[0], max_tokens=2048)
+    import torch
+
     import lowbit
-    from common import describe_device, loadavg, write_results
-    from lowbit import realmodels
-    from lowbit.data import text_path
     from lowbit.eval.perplexity import perplexity
     from lowbit.nn import QuantLinear
 
-    torch.set_num_threads(args.threads)
-    path = realmodels.model_path(args.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    text = text_path("wiki.eval.txt").read_text(encoding="utf-8")
-    prompt = tok(PROMPT, add_special_tokens=False).input_ids
+    path, tok, text, prompt = export_check_inputs(args.model, args.threads, PROMPT)
     rows, tmp = [], Path(tempfile.mkdtemp(prefix="lowbit-gguf-export-"))
     for kind, fields in FORMATS.items():
         run = dict(kernel="reference", compute_dtype="float32")

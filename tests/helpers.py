@@ -205,6 +205,23 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every safetensors shard in ``folder``."""
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_tensors(f))
+    return out
+
+
+def quantized(source: Path, fields: dict, **run):
+    """``source`` loaded by lowbit with ``fields`` (``method`` plus its config's fields) and ``run`` (kernel,
+    compute dtype)."""
+    import lowbit
+
+    fields = dict(fields)
+    return lowbit.from_pretrained(source, quantization=lowbit.config(fields.pop("method"), **fields, **run))
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 

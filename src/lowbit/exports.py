@@ -2,7 +2,8 @@
 read it (vLLM above all). Each layer maps exactly or the export is refused, naming the layer, the reason and the
 nearest lowbit format that would map. Targets: ``compressed-tensors`` (``lowbit.foreign.export_ct``, the default)
 ``gptq`` (``lowbit.foreign.export_gptq``: symmetric integer layers only), ``awq`` (``lowbit.foreign.export_awq``:
-4-bit grouped integer layers) and ``gguf`` (``lowbit.foreign.export_gguf``: one .gguf file, int4 / int8 g32 as
+4-bit grouped integer layers), ``bnb`` (``lowbit.foreign.export_bnb``: nf4 with blocks of 64, as transformers'
+bitsandbytes 4-bit) and ``gguf`` (``lowbit.foreign.export_gguf``: one .gguf file, int4 / int8 g32 as
 Q4_0 / Q8_0, Llama-family models)."""
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError, FormatError
-from lowbit.foreign import export_awq, export_ct, export_gguf, export_gptq
+from lowbit.foreign import export_awq, export_bnb, export_ct, export_gguf, export_gptq
 from lowbit.loading.pipeline import from_pretrained
 from lowbit.loading.save import parse_size, write_folder
 from lowbit.nn import QuantEmbedding, QuantLinear
 
-TARGETS = {"compressed-tensors": export_ct, "gptq": export_gptq, "awq": export_awq, "gguf": export_gguf}
-LATER = {"bnb": "bitsandbytes", "bitsandbytes": "bitsandbytes"}
+TARGETS = {"compressed-tensors": export_ct, "gptq": export_gptq, "awq": export_awq, "bnb": export_bnb,
+           "bitsandbytes": export_bnb, "gguf": export_gguf}
 
 
 def export(src: str | Path | nn.Module, out: str | Path, format: str = "compressed-tensors", *,
@@ -28,10 +29,6 @@ def export(src: str | Path | nn.Module, out: str | Path, format: str = "compress
     """Write the lowbit model ``src`` (a folder, or a model loaded by lowbit) to ``out`` in ``format`` (for gguf,
     ``out`` is the .gguf file)."""
     if format not in TARGETS:
-        if format in LATER:
-            raise ConfigError(f"export format {format!r}: lowbit does not write {LATER[format]} checkpoints yet; "
-                              "expected 'compressed-tensors', which vLLM serves for the same integer and fp8 layers, "
-                              "'gptq' for symmetric integer models or 'awq' for 4-bit grouped ones")
         raise ConfigError(f"export format {format!r} is unknown; expected one of {list(TARGETS)}")
     model = src if isinstance(src, nn.Module) else from_pretrained(src)
     if getattr(model, "lowbit_quantizer", None) is None:
@@ -45,6 +42,8 @@ def export(src: str | Path | nn.Module, out: str | Path, format: str = "compress
                           "full-precision embeddings: quantize with quantize_embeddings=False and "
                           "quantize_lm_head=False")
     target = TARGETS[format]
+    if target is export_bnb:  # its quant state names the dtype bitsandbytes dequantizes into
+        target = export_bnb.Exporter(model.dtype)
     refused = [(n, target.refusal(m.fmt)) for n, m in layers.items() if target.refusal(m.fmt)]
     if refused:
         more = f" (and {len(refused) - 1} more layers)" if len(refused) > 1 else ""

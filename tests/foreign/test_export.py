@@ -93,10 +93,10 @@ def test_formats_without_an_exact_form_are_refused(fields, words, source, tmp_pa
     assert not (tmp_path / "ct").exists()
 
 
-def test_other_targets_are_refused_naming_compressed_tensors(source, tmp_path):
+def test_an_unknown_target_is_refused_naming_the_known_ones(source, tmp_path):
     model = quantized(source, dict(method="int4", group_size=32))
-    with pytest.raises(LowbitError, match="compressed-tensors"):
-        lowbit.export(model, tmp_path / "bnb", format="bnb")
+    with pytest.raises(LowbitError, match="unknown.*compressed-tensors.*bnb"):
+        lowbit.export(model, tmp_path / "exl2", format="exl2")
 
 
 @pytest.mark.parametrize("fields", [dict(method="int4", group_size=32, symmetric=True),

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import lowbit
 from lowbit.errors import LowbitError
@@ -27,24 +26,11 @@ def source(tmp_path_factory) -> Path:
     return helpers.make_llama(tmp_path_factory.mktemp("src") / "fp32", seed=11)
 
 
-def quantized(source: Path, fields: dict, **run):
-    fields = dict(fields)
-    return lowbit.from_pretrained(source, quantization=lowbit.config(fields.pop("method"), **fields, **run))
-
-
-def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in folder.glob("*.safetensors"):
-        with safe_open(str(f), "pt") as st:
-            out.update({k: st.get_tensor(k) for k in st.keys()})
-    return out
-
-
 def test_the_writers_awq_checkpoint_exports_back_byte_for_byte(tmp_path):
     fixture = FOREIGN / "awq-4b-g32-gemm"
     model = lowbit.from_pretrained(fixture, quantization=lowbit.config("imported", **RUN))
     out = lowbit.export(model, tmp_path / "awq", format="awq")
-    theirs, ours = tensors(fixture), tensors(out)
+    theirs, ours = helpers.folder_tensors(fixture), helpers.folder_tensors(out)
     quantized = [k for k in theirs if k.endswith((".qweight", ".qzeros", ".scales"))]
     assert len(quantized) == 21 and set(quantized) <= set(ours)
     for key in quantized:
@@ -58,7 +44,7 @@ def test_the_writers_awq_checkpoint_exports_back_byte_for_byte(tmp_path):
 @pytest.mark.parametrize("fields", [dict(method="int4", group_size=32), dict(method="int4", group_size=64,
                                                                             symmetric=True)])
 def test_awq_export_reads_back_to_the_same_weights_and_logits(fields, source, tmp_path):
-    model = quantized(source, fields, **RUN)
+    model = helpers.quantized(source, fields, **RUN)
     out = lowbit.export(model, tmp_path / "awq", format="awq")
     again = lowbit.from_pretrained(out, quantization=lowbit.config("imported", **RUN))
     assert again.lowbit_quantizer.config.source == "awq"
@@ -78,7 +64,7 @@ def test_awq_export_reads_back_to_the_same_weights_and_logits(fields, source, tm
     (dict(method="hqq", bits=4, group_size=64), ("float zero-points",)),
 ])
 def test_formats_awq_cannot_hold_are_refused_in_one_line(fields, words, source, tmp_path):
-    model = quantized(source, fields)
+    model = helpers.quantized(source, fields)
     with pytest.raises(LowbitError) as info:
         lowbit.export(model, tmp_path / "awq", format="awq")
     message = str(info.value)
