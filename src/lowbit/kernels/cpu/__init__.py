@@ -11,5 +11,5 @@ from lowbit.kernels.cpu.gemv import CpuGemv4Kernel, CpuGemv8Kernel
 from lowbit.kernels.cpu.dot import CpuDot4Kernel, CpuDot8Kernel
 from lowbit.kernels.cpu.dense import CpuDenseKernel
 
-__all__ = ["CpuDenseKernel", "CpuDot4Kernel", "CpuDot8Kernel", "CpuGemv4Kernel", "CpuGemv8Kernel", "CpuInt4Kernel", "CpuInt8Kernel", "cpu_has_bf16",
-           "unpack_int4pack_cpu"]
+__all__ = ["CpuDenseKernel", "CpuDot4Kernel", "CpuDot8Kernel", "CpuGemv4Kernel", "CpuGemv8Kernel", "CpuInt4Kernel",
+           "CpuInt8Kernel", "cpu_has_bf16", "unpack_int4pack_cpu"]
