@@ -31,10 +31,8 @@ def tuning(monkeypatch, tmp_path):
 def fake_timer(times: dict[str, float], calls: list):
     """A timer giving each candidate ('kernel/dtype') a fixed time; unknown ones are slow."""
     def timer(fn):
-        kernel, request = fn.func.__self__, fn.args[3]
-        label = f"{kernel.name}/{str(request.compute_dtype).removeprefix('torch.')}"
-        calls.append(label)
-        return times.get(label, 1e6)
+        calls.append(fn.label)
+        return times.get(fn.label, 1e6)
     return timer
 
 
@@ -47,7 +45,7 @@ def test_decide_takes_the_fastest_and_never_one_slower_than_the_original():
 
 def test_the_layer_runs_the_measured_winner_and_the_choice_is_cached(tuning, monkeypatch):
     calls = []
-    monkeypatch.setattr(tune, "time_hot", fake_timer({"cpu_dense/float32": 100.0, "cpu_int4/bfloat16": 30.0,
+    monkeypatch.setattr(tune, "time_calls", fake_timer({"cpu_dense/float32": 100.0, "cpu_int4/bfloat16": 30.0,
                                                        "cpu_gemv4/float32": 60.0}, calls))
     q = layer()
     q.prepare("auto")
@@ -66,7 +64,7 @@ def test_the_layer_runs_the_measured_winner_and_the_choice_is_cached(tuning, mon
 
 
 def test_slower_than_the_original_everywhere_gives_the_dense_floor(tuning, monkeypatch):
-    monkeypatch.setattr(tune, "time_hot", fake_timer({"cpu_dense/float32": 10.0}, []))
+    monkeypatch.setattr(tune, "time_calls", fake_timer({"cpu_dense/float32": 10.0}, []))
     q = layer()
     q.prepare("auto")
     assert q.kernel.name == "cpu_dense" and "no quantized kernel beat" in q.kernel_reason
@@ -76,7 +74,7 @@ def test_slower_than_the_original_everywhere_gives_the_dense_floor(tuning, monke
 
 def test_a_close_runner_up_races_the_original_again(tuning, monkeypatch):
     calls = []
-    monkeypatch.setattr(tune, "time_hot", fake_timer({"cpu_dense/float32": 100.0, "cpu_gemv4/float32": 110.0,
+    monkeypatch.setattr(tune, "time_calls", fake_timer({"cpu_dense/float32": 100.0, "cpu_gemv4/float32": 110.0,
                                                        "cpu_int4/bfloat16": 200.0}, calls))
     layer().prepare("auto")
     # first look + ROUNDS for every raced candidate, then ROUNDS more for the original and the runner-up only
@@ -86,7 +84,7 @@ def test_a_close_runner_up_races_the_original_again(tuning, monkeypatch):
 
 def test_off_switch_and_a_forced_kernel_measure_nothing(tuning, monkeypatch):
     calls = []
-    monkeypatch.setattr(tune, "time_hot", fake_timer({}, calls))
+    monkeypatch.setattr(tune, "time_calls", fake_timer({}, calls))
     q = layer()
     q.prepare("auto", "reference")
     monkeypatch.setenv(tune.TUNE_ENV, "0")
@@ -94,3 +92,16 @@ def test_off_switch_and_a_forced_kernel_measure_nothing(tuning, monkeypatch):
     q2.prepare(torch.float32)
     assert calls == [] and q.kernel.name == "reference" and not tune.cache_path().exists()
     assert q2.kernel.name in ("cpu_gemv4", "cpu_int4")  # static priority: the own GEMV where it can be built
+
+
+def test_each_timed_call_reads_another_copy_of_the_weights():
+    """A candidate cycles over copies of the layer that together exceed the last-level cache, as decoding does."""
+    from lowbit.kernels import get_kernel, kernel_request
+    request = kernel_request(FMT, (64, 256), "cpu", torch.float32)
+    run = tune.Run("cpu_dense/float32", get_kernel("cpu_dense"), request, FMT.encode(torch.randn(64, 256)))
+    tensors, prepared = run.sets[0]
+    size = sum(t.nbytes for t in (*tensors.values(), *prepared.values()))
+    assert len(run.sets) == min(tune.MAX_COPIES, -(-2 * tune.llc_bytes() // size)) > 1
+    assert len({p["weight"].data_ptr() for _, p in run.sets}) == len(run.sets)
+    outputs = [run() for _ in range(3)]
+    assert run.turn == 3 % len(run.sets) and torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[1], outputs[2])

@@ -3,11 +3,13 @@ set), time every kernel that accepts the layer, with bf16 and fp32 activations, 
 fp32 product, and keep the fastest; never a path slower than that original (``cpu_dense`` holds the dequantized
 weight then, and says so).
 
-Each candidate runs on the layer's own tensors at M=1 (decode), called again and again (``time_hot``); candidates
-are interleaved over rounds and the best median kept. Timing each call after flushing the last-level cache
-(``time_cold``, kept for the benchmarks) measured the flush's aftermath rather than the kernel: on a 2-core AMD EPYC
-every candidate took about 300 µs on a 0.4 MB layer that each runs in 55-115 µs hot, so noise chose, and it once
-chose torch's int4 kernel, 2x slower than the dense layer in the decoding that followed. The choice and every candidate's time go to ``<cache>/cpu_kernels/<cpu model>-<isa>.json``, read back by the
+Each candidate runs at M=1 (decode) over copies of the layer's tensors that together exceed the last-level cache,
+a different copy each call (``Run``), so every call reads its weights from memory as decoding a model larger than the
+cache does, and nothing else is timed; candidates are interleaved over rounds and the best median kept. Two other
+timings were tried and misled: flushing the cache before each call (``time_cold``, kept for the benchmarks) measured
+the flush's aftermath on a 2-core AMD EPYC VM (about 300 µs for every candidate on a 0.4 MB layer that each runs in
+55-115 µs), and calling one copy again and again favoured the dense fp32 copy of small layers, which then fit the
+cache as they do not in a model. The choice and every candidate's time go to ``<cache>/cpu_kernels/<cpu model>-<isa>.json``, read back by the
 next process on that CPU. ``$LOWBIT_CPU_TUNE=0`` turns measuring off (the static priorities of ``select`` choose:
 deterministic, as the tests want); ``inspect`` shows each layer's reason with the measured times.
 """
@@ -34,6 +36,7 @@ from lowbit.utils import cache_dir
 TUNE_ENV = "LOWBIT_CPU_TUNE"
 DENSE = "cpu_dense"
 ROUNDS, CALLS = 3, 5
+MAX_COPIES = 256  # copies of a layer's tensors that a candidate cycles over while it is timed
 CLOSE = 1.15  # a runner-up this close to the original layer is raced again before the dense copy is chosen
 SLOW = 3.0  # a candidate this many times slower than the original layer at its first timing is not raced
 _memory: dict[tuple[Path, str], dict] = {}  # this process's choices, by (cache file, key)
@@ -54,31 +57,58 @@ def cache_path() -> Path:
 
 def key(fmt, shape: tuple[int, int], dtypes: tuple[torch.dtype, ...]) -> str:
     """The cache key: format, shape, dtypes, torch, the kernels that would race (a new kernel measures again) and how
-    they are timed (choices from the earlier cold timing are measured again)."""
+    they are timed (choices timed another way before are measured again)."""
     names = ",".join(str(d).removeprefix("torch.") for d in dtypes)
     racing = ",".join(sorted({label.split("/")[0] for label in candidates(fmt, shape, dtypes)}))
-    return f"{fmt.key()}|{shape[0]}x{shape[1]}|{names}|torch {torch.__version__}|{racing}|hot"
+    return f"{fmt.key()}|{shape[0]}x{shape[1]}|{names}|torch {torch.__version__}|{racing}|streamed"
+
+
+@functools.lru_cache(maxsize=1)
+def llc_bytes() -> int:
+    """This CPU's last-level cache (32 MiB where sysfs does not say)."""
+    try:
+        llc = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+        return int(llc.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(llc[-1], 0)
+    except (OSError, ValueError):
+        return 32 << 20
 
 
 @functools.lru_cache(maxsize=1)
 def _flush_buffer() -> torch.Tensor:
-    try:
-        llc = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
-        size = int(llc.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(llc[-1], 0)
-    except (OSError, ValueError):
-        size = 32 << 20
-    return torch.zeros(2 * size // 4)
+    return torch.zeros(2 * llc_bytes() // 4)
 
 
-def time_hot(fn: Callable[[], object]) -> float:
-    """Median µs of ``fn()`` over ``CALLS`` calls in a row, after one untimed call."""
-    fn()
+def time_calls(fn: Callable[[], object]) -> float:
+    """Median µs of ``fn()`` over ``CALLS`` calls in a row."""
     samples = []
     for _ in range(CALLS):
         t = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t)
     return statistics.median(samples) * 1e6
+
+
+def _clone(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.clone() if isinstance(t, torch.Tensor) else t for name, t in tensors.items()}
+
+
+class Run:
+    """One candidate's M=1 call, each call on the next of several copies of the layer's tensors (together at least
+    twice the last-level cache, at most ``MAX_COPIES``)."""
+
+    def __init__(self, label: str, kernel: Kernel, request: KernelRequest, tensors: dict[str, torch.Tensor]):
+        self.label, self.kernel, self.request = label, kernel, request
+        self.x = torch.randn(1, request.k).to(request.compute_dtype)
+        prepared = kernel.prepare(dict(tensors), request)
+        size = sum(t.nbytes for t in (*tensors.values(), *prepared.values()) if isinstance(t, torch.Tensor))
+        copies = min(MAX_COPIES, max(1, -(-2 * llc_bytes() // max(size, 1))))
+        self.sets = [(tensors, prepared)] + [(_clone(tensors), _clone(prepared)) for _ in range(copies - 1)]
+        self.turn = 0
+
+    def __call__(self):
+        tensors, prepared = self.sets[self.turn]
+        self.turn = (self.turn + 1) % len(self.sets)
+        return self.kernel.run(self.x, tensors, prepared, self.request, None)
 
 
 def time_cold(fn: Callable[[], object]) -> float:
@@ -105,14 +135,10 @@ def candidates(fmt, shape, dtypes) -> dict[str, tuple[Kernel, KernelRequest]]:
 
 def measure(fmt, shape, dtypes, tensors: dict[str, torch.Tensor], timer=None) -> dict[str, float]:
     """Best µs per M=1 call of every candidate and of ``cpu_dense/float32`` (the original dense layer)."""
-    runs = {}
-    for label, (kernel, request) in {**candidates(fmt, shape, dtypes),
-                                     f"{DENSE}/float32": (get_kernel(DENSE), kernel_request(fmt, shape, "cpu",
-                                                                                            torch.float32))}.items():
-        prepared = kernel.prepare(dict(tensors), request)
-        x = torch.randn(1, shape[1]).to(request.compute_dtype)
-        runs[label] = functools.partial(kernel.run, x, tensors, prepared, request, None)
-    dense, timer = f"{DENSE}/float32", timer or time_hot
+    chosen = {**candidates(fmt, shape, dtypes),
+              f"{DENSE}/float32": (get_kernel(DENSE), kernel_request(fmt, shape, "cpu", torch.float32))}
+    runs = {label: Run(label, kernel, request, tensors) for label, (kernel, request) in chosen.items()}
+    dense, timer = f"{DENSE}/float32", timer or time_calls
     with torch.inference_mode():
         for fn in runs.values():
             fn()  # first calls build libraries and caches
