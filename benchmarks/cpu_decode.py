@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--llama-python", default=None, help="a Python that imports llama_cpp (llama-cpp-python)")
     parser.add_argument("--avx2", action="store_true", help="hold lowbit and torch to AVX2 (restarts itself so)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--name", default="cpu_decode", help="results file name (before the date)")
     args = parser.parse_args()
     if args.avx2 and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
         env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", LOWBIT_CPU_ISA="avx2")
@@ -205,7 +206,7 @@ def main() -> None:
               f"{r['decode_tok_s_best']:.1f}) first token {r['first_token_s']:.2f} s (first call "
               f"{r['first_call_first_token_s']:.2f} s)")
     if not args.no_write:
-        path = write_results("cpu_decode", rows, describe_device(), kind="cpu-avx2" if args.avx2 else "cpu", extra={
+        path = write_results(args.name, rows, describe_device(), kind="cpu-avx2" if args.avx2 else "cpu", extra={
             "threads": args.threads, "tokens": args.tokens, "rounds": args.rounds, "prompt": PROMPT,
             "summary": summary, "elapsed_s": round(time.perf_counter() - start)})
         print(f"wrote {path}")

@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--isa", nargs="+", default=["native", "avx2"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--name", default="cpu_layers", help="results file name (before the date)")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -140,7 +141,7 @@ def main() -> None:
                                             r[f"ratio_{mode}"] >= 1.0 for r in mine)}
     print(json.dumps(summary, indent=1))
     if not args.no_write:
-        path = write_results("cpu_layers", rows, device, extra={"threads": args.threads, "rounds": args.rounds,
+        path = write_results(args.name, rows, device, extra={"threads": args.threads, "rounds": args.rounds,
                                                                 "summary": summary,
                                                                 "elapsed_s": round(time.perf_counter() - start)})
         print(f"wrote {path}")
