@@ -47,7 +47,7 @@ def test_dot4_is_the_int8_rounded_product(which, table, group, block):
     torch.manual_seed(group + block)
     x, y = torch.randn(m, k) * 3, torch.empty(m, n)
     values = torch.randint(0, 16, (n, k), dtype=torch.uint8)
-    chunks = dot.to_chunks(values[:, 0::2] | (values[:, 1::2] << 4))
+    chunks = dot.interleave(dot.to_chunks(values[:, 0::2] | (values[:, 1::2] << 4)), 16)
     tab = torch.randint(-127, 128, (16,), dtype=torch.int8) if table else None
     s, o = torch.rand(n, k // group), torch.randn(n, k // group)
     native.library(which).lowbit_dot4(x.data_ptr(), m, k, chunks.data_ptr(), n, tab.data_ptr() if table else None,
@@ -67,8 +67,9 @@ def test_dot8_is_the_int8_rounded_product(which, group, block):
     x, y = torch.randn(m, k), torch.empty(m, n)
     codes = torch.randint(-128, 128, (n, k), dtype=torch.int8)  # -128 too: asymmetric layers come as u - 128
     s, o = torch.rand(n, k // group), torch.randn(n, k // group)
-    native.library(which).lowbit_dot8(x.data_ptr(), m, k, codes.data_ptr(), n, s.data_ptr(), o.data_ptr(), group,
-                                      block, y.data_ptr(), 1)
+    mixed = dot.interleave(codes, 32)
+    native.library(which).lowbit_dot8(x.data_ptr(), m, k, mixed.data_ptr(), n, s.data_ptr(), o.data_ptr(), group, block,
+                                      y.data_ptr(), 1)
     w, offsets = codes.double() * s.double().repeat_interleave(group, 1), o.double().repeat_interleave(group, 1)
     assert_sum_close(y, rounded(x, block), torch.cat([w, offsets], 1), rounded(x, block) @ (w + offsets).T)
 
@@ -79,6 +80,9 @@ def test_chunk_layout_round_trips():
     values = torch.stack([codes & 15, codes >> 4], -1).reshape(5, 128)
     assert torch.equal(dot.chunk_values(chunks), values)
     assert torch.equal(dot.from_chunks(chunks), codes)
+    mixed = dot.interleave(chunks, 16)  # 5 rows padded to 8; rows 0-3 chunk by chunk
+    assert mixed.shape == (8, 64) and torch.equal(mixed[0, 16:32], chunks[1, :16])
+    assert torch.equal(dot.deinterleave(mixed, 5, 16), chunks)
 
 
 def test_code_book_tables():

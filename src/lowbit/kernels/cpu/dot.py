@@ -29,6 +29,7 @@ from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, CpuGemv4Kernel, CpuGemv8Kernel
 from lowbit.kernels.request import Activations
 
 CHUNK = 32  # inputs per packed 16-byte chunk, and the smallest activation block
+ROWS = 4  # rows interleaved chunk by chunk, the rows of one pass (R in dot8.c)
 BLOCKS = (64, 32)  # activation blocks tried, largest first: the largest dividing the weight group is used
 
 torch.library.define("lowbit::dot4_cpu", "(Tensor x, Tensor codes, Tensor? table, Tensor scales, Tensor? offsets, "
@@ -57,6 +58,21 @@ def from_chunks(chunks: torch.Tensor) -> torch.Tensor:
     """The inverse of ``to_chunks``."""
     v = chunk_values(chunks).reshape(chunks.shape[0], -1, 2)
     return (v[..., 0] | (v[..., 1] << 4)).contiguous()
+
+
+def interleave(rows: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[N, W] bytes → [N padded to ROWS, W]: each block of ROWS rows stored chunk by chunk (``chunk`` bytes of one row,
+    then of the next), the order in which a pass of ``dot8.c`` reads them."""
+    n, width = rows.shape
+    if n % ROWS:
+        rows = torch.cat([rows, rows.new_zeros(ROWS - n % ROWS, width)])
+    return rows.reshape(-1, ROWS, width // chunk, chunk).transpose(1, 2).reshape(-1, width).contiguous()
+
+
+def deinterleave(codes: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
+    """The inverse of ``interleave``: the first ``n`` rows, in row order."""
+    width = codes.shape[1]
+    return codes.reshape(-1, width // chunk, ROWS, chunk).transpose(1, 2).reshape(-1, width)[:n].contiguous()
 
 
 def chunk_values(chunks: torch.Tensor) -> torch.Tensor:
@@ -91,10 +107,11 @@ def _run(fn, x, n, bias, *args):
 
 @torch.library.impl("lowbit::dot4_cpu", "CPU")
 def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
-    """``x @ W.T`` for ``W = table[codes] * scales + offsets`` per group (codes chunked, see ``to_chunks``)."""
-    n, k = codes.shape[0], x.shape[-1]
+    """``x @ W.T`` for ``W = table[codes] * scales + offsets`` per group (codes chunked, see ``to_chunks``, and
+    interleaved by ``ROWS`` rows)."""
+    n, k = scales.shape[0], x.shape[-1]
     if x.numel() // k >= DENSE_MIN_M:
-        c = chunk_values(codes)
+        c = chunk_values(deinterleave(codes, n, CHUNK // 2))
         values = c.float() if table is None else table.float()[c.long()]
         x2, lead = flat(x)
         return _finish(x2.float() @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
@@ -104,29 +121,31 @@ def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
 
 @torch.library.impl("lowbit::dot8_cpu", "CPU")
 def dot8_cpu(x, codes, scales, offsets, group, block, bias):
-    """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K]."""
-    n, k = codes.shape[0], x.shape[-1]
+    """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K] interleaved by ``ROWS`` rows."""
+    n, k = scales.shape[0], x.shape[-1]
     if x.numel() // k >= DENSE_MIN_M:
         x2, lead = flat(x)
-        return _finish(x2.float() @ _dequantize(codes.float(), scales, offsets).T, bias, lead, x.dtype)
+        values = deinterleave(codes, n, CHUNK).float()
+        return _finish(x2.float() @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
     return _run(native.library().lowbit_dot8, x, n, bias, codes.data_ptr(), n, scales.data_ptr(), _ptr(offsets),
                 group, block)
 
 
 @torch.library.register_fake("lowbit::dot4_cpu")
 def _(x, codes, table, scales, offsets, group, block, bias):
-    return fake_linear(x, codes.shape[0])
+    return fake_linear(x, scales.shape[0])
 
 
 @torch.library.register_fake("lowbit::dot8_cpu")
 def _(x, codes, scales, offsets, group, block, bias):
-    return fake_linear(x, codes.shape[0])
+    return fake_linear(x, scales.shape[0])
 
 
 class _DotMixin:
     """What both integer-dot kernels add to their fp32-activation counterparts."""
 
     priority = 14  # below cpu_gemv4/8: chosen by the tuner's measurement, not by default
+    row_block = ROWS  # fused members start on a block of interleaved rows
 
     def can_implement(self, request):
         if request.activations is not Activations.NONE:
@@ -159,14 +178,16 @@ class CpuDot4Kernel(_DotMixin, CpuGemv4Kernel):
             scales = tensors["scales"].float().reshape(request.n, -1)
             if request.symmetric:  # unsigned codes, and the grid's middle as the offset
                 half = 1 << (request.bits - 1)
-                return {"codes": chunks_of(values + half), "scales": scales, "offsets": -half * scales}
-            return {"codes": chunks_of(values), "scales": scales, "offsets": -tensors["zeros"].float() * scales}
+                return {"codes": interleave(chunks_of(values + half), 16), "scales": scales, "offsets": -half * scales}
+            return {"codes": interleave(chunks_of(values), 16), "scales": scales,
+                    "offsets": -tensors["zeros"].float() * scales}
         prepared = super().prepare(tensors, request)
         prepared["scales"] = (prepared["scales"] / int8_table(request.fmt)[1]).contiguous()
-        prepared["codes"] = to_chunks(prepared["codes"])
+        prepared["codes"] = interleave(to_chunks(prepared["codes"]), 16)
         return prepared
 
     def canonical_from_prepared(self, prepared, request):
+        prepared = {**prepared, "codes": deinterleave(prepared["codes"], request.n, 16)}
         if isinstance(request.fmt, IntFormat):
             values = chunk_values(prepared["codes"])
             if request.symmetric:
@@ -185,6 +206,14 @@ class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
 
     def handles(self, request):
         return request.kind == "int" and request.bits == 8
+
+    def prepare(self, tensors, request):
+        prepared = super().prepare(tensors, request)
+        return {**prepared, "codes": interleave(prepared["codes"], CHUNK)}
+
+    def canonical_from_prepared(self, prepared, request):
+        return super().canonical_from_prepared({**prepared, "codes": deinterleave(prepared["codes"], request.n, CHUNK)},
+                                               request)
 
     def run(self, x, tensors, prepared, request, bias):
         group = self.group(request)
