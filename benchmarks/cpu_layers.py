@@ -3,9 +3,11 @@ lowbit chooses by itself (the CPU tuner, measuring on the spot into a fresh cach
 instruction set and with the AVX2 code paths forced (``ATEN_CPU_CAPABILITY=avx2 LOWBIT_CPU_ISA=avx2``: what a CPU
 without AVX-512/bf16 units runs). Target: every format's layer at least as fast as its fp32 original (ratio ≥ 1).
 
-Each (format, shape) times the original ``nn.Linear`` module and the ``QuantLinear`` alternately over ``--rounds``, both
-"cold" (the last-level cache flushed before each call, as in decoding a model larger than the cache) and "hot" (the
-same layer called again and again); the ratios are original / quantized from the same rounds. One subprocess per
+Each (format, shape) times the original ``nn.Linear`` module and the ``QuantLinear`` alternately over ``--rounds``:
+"streamed" (each call on the next of several copies of the layer that together exceed the last-level cache: the
+weights come from memory, as in decoding a model larger than the cache), "cold" (the cache flushed before each call;
+on a VM this also timed the flush's aftermath, about 300 µs for any small layer) and "hot" (the same layer called
+again and again); the ratios are original / quantized from the same rounds. One subprocess per
 instruction set (``ATEN_CPU_CAPABILITY`` is read when torch loads).
 
     PYTHONPATH=src python benchmarks/cpu_layers.py [--threads 1] [--rounds 5] [--isa native avx2]
@@ -14,6 +16,7 @@ instruction set (``ATEN_CPU_CAPABILITY`` is read when torch loads).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -40,6 +43,27 @@ FORMATS = {  # label → (method, config fields)
     "int3 g64": ("int3", {"group_size": 64}),
     "int2 g64": ("int2", {"group_size": 64}),
 }
+
+
+MODES = ("streamed", "cold", "hot")
+
+
+class Stream:
+    """Calls of ``module(x)``, each on the next of several deep copies of the module that together exceed twice the
+    last-level cache: the weights come from memory, as in decoding a model larger than the cache."""
+
+    def __init__(self, module, x):
+        from lowbit.kernels.cpu import tune
+
+        size = sum(t.nbytes for t in (*module.buffers(), *module.parameters(),
+                                      *getattr(module, "_prepared", {}).values()) if t is not None)
+        copies = min(256, max(1, -(-2 * tune.llc_bytes() // max(size, 1))))
+        self.modules, self.x, self.turn = [module] + [copy.deepcopy(module) for _ in range(copies - 1)], x, 0
+
+    def __call__(self):
+        module = self.modules[self.turn]
+        self.turn = (self.turn + 1) % len(self.modules)
+        return module(self.x)
 
 
 def worker(args) -> None:
@@ -71,19 +95,20 @@ def worker(args) -> None:
             with torch.no_grad():
                 orig.weight.copy_(w)
             fns = {"orig": lambda: orig(x), "quant": lambda: q(x)}
-            times = {(name, mode): [] for name in fns for mode in ("cold", "hot")}
+            streams = {"orig": Stream(orig, x), "quant": Stream(q, x)}
+            times = {(name, mode): [] for name in fns for mode in MODES}
             with torch.inference_mode():
                 for fn in fns.values():
                     fn()
                 for _ in range(args.rounds):
                     for name, fn in fns.items():
-                        for mode in ("cold", "hot"):
+                        for mode in MODES:
                             samples = []
                             for _ in range(args.calls):
                                 if mode == "cold":
                                     flush.add_(1.0)
                                 t = time.perf_counter()
-                                fn()
+                                streams[name]() if mode == "streamed" else fn()
                                 samples.append(time.perf_counter() - t)
                             times[name, mode].append(statistics.median(samples) * 1e6)
                 ref = F.linear(x, q.fmt.decode(q.canonical_tensors()))
@@ -91,13 +116,14 @@ def worker(args) -> None:
             row = {"format": label, "K": k, "N": n, "kernel": q.kernel.name,
                    "compute": str(q.compute_dtype).removeprefix("torch."), "isa": features.isa(),
                    "setup_s": round(setup, 2), "rel_err_vs_its_dequantized_weight": rel, "reason": q.kernel_reason}
-            for mode in ("cold", "hot"):
+            for mode in MODES:
                 o, qq = min(times["orig", mode]), min(times["quant", mode])
                 row[f"orig_{mode}_us"], row[f"quant_{mode}_us"] = round(o, 1), round(qq, 1)
                 row[f"ratio_{mode}"] = round(o / qq, 3)
             rows.append(row)
-            print(f"  [{features.isa()}] {k}->{n} {label:28s} {row['kernel']:10s} {row['compute']:8s} cold "
-                  f"x{row['ratio_cold']:.2f}  hot x{row['ratio_hot']:.2f}", file=sys.stderr, flush=True)
+            print(f"  [{features.isa()}] {k}->{n} {label:28s} {row['kernel']:10s} {row['compute']:8s} streamed "
+                  f"x{row['ratio_streamed']:.2f}  cold x{row['ratio_cold']:.2f}  hot x{row['ratio_hot']:.2f}",
+                  file=sys.stderr, flush=True)
     print(json.dumps({"device": describe_device(), "rows": rows}))
 
 
@@ -134,7 +160,7 @@ def main() -> None:
     summary = {}
     for isa in args.isa:
         mine = [r for r in rows if r["mode"] == isa]
-        for mode in ("cold", "hot"):
+        for mode in MODES:
             worst = min(mine, key=lambda r: r[f"ratio_{mode}"])
             summary[f"{isa}_{mode}"] = {"min_ratio": worst[f"ratio_{mode}"], "at": f"{worst['format']} "
                                         f"{worst['K']}->{worst['N']}", "all_at_least_1": all(
