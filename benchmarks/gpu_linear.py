@@ -5,6 +5,7 @@ For (K, N) in (4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672) and M in
 - ``copy``: a device-to-device copy of a bf16 tensor of the weight's size: GB/s counts bytes read + written,
   the bandwidth ceiling of this card at this size.
 - ``bf16``: ``F.linear``. ``torch_int4``: ``aten._weight_int4pack_mm`` (tinygemm, int4 g128).
+- ``gemlite_int4``: GemLite's A16W4 (Triton, int4 g128, its shipped configs for the GPU);
 - ``bnb_nf4``: bitsandbytes ``matmul_4bit`` (nf4, block 64); ``torchao_int4`` / ``torchao_int8``: torchao's
   weight-only configs on an ``nn.Linear`` (eager); each only where the package imports.
 - ``lowbit_*``: a QuantLinear made by ``lowbit.quantize_`` (int4 g128 asym, int8, nf4 b64, fp8, fp8 W8A8 dynamic),
@@ -59,6 +60,12 @@ def bench(fn) -> float:
         return 1e3 * triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
+def device_slug() -> str:
+    from lowbit.kernels.triton.tune import device_slug as slug
+
+    return slug()
+
+
 def device_info() -> dict:
     p = torch.cuda.get_device_properties(0)
     import triton
@@ -91,8 +98,8 @@ def baselines(w: torch.Tensor) -> dict:
     n, k = w.shape
     out, notes = {}, {}
     out["bf16"] = (lambda x: F.linear(x, w), n * k * 2)
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, device=w.device)
     try:
-        codes = torch.randint(0, 16, (n, k), dtype=torch.int32, device=w.device)
         packed = torch.ops.aten._convert_weight_to_int4pack(((codes[:, ::2] << 4) | codes[:, 1::2]).to(torch.uint8), 8)
         sz = torch.randn(k // 128, n, 2, device=w.device, dtype=DT) * 0.01
         out["torch_int4"] = (lambda x: torch.ops.aten._weight_int4pack_mm(x, packed, 128, sz), n * k // 2 + sz.numel() * 2)
@@ -106,6 +113,19 @@ def baselines(w: torch.Tensor) -> dict:
         out["bnb_nf4"] = (lambda x: bnb.matmul_4bit(x, wq.t(), quant_state=state), n * k // 2 + n * k // 64 * 4)
     except Exception as e:  # noqa: BLE001
         notes["bnb_nf4"] = f"{type(e).__name__}: {e}"[:200]
+    try:  # GemLite's A16W4 (int4 g128, bf16 scales and zeros), with the configs it ships for this GPU
+        import gemlite
+        from gemlite.helper import A16W4_HQQ_INT
+
+        gemlite.load_config(str(Path(gemlite.__file__).parent / "configs" / f"{device_slug()}.json"), print_error=False)
+        groups = (n, k // 128)
+        gl = A16W4_HQQ_INT(device=str(w.device), dtype=DT).from_weights(
+            codes.to(torch.uint8), torch.rand(groups, device=w.device, dtype=DT) * 0.01,
+            torch.full(groups, 8.0, device=w.device, dtype=DT))
+        gl(torch.randn(1, k, device=w.device, dtype=DT))
+        out["gemlite_int4"] = (gl, n * k // 2 + 2 * n * (k // 128) * 2)
+    except Exception as e:  # noqa: BLE001
+        notes["gemlite_int4"] = f"{type(e).__name__}: {e}"[:200]
     for name, make, nbytes in (("torchao_int4", lambda q: q.Int4WeightOnlyConfig(group_size=128), n * k // 2 + n * k // 32),
                                ("torchao_int8", lambda q: q.Int8WeightOnlyConfig(), n * k + n * 2)):
         try:
@@ -182,6 +202,8 @@ def targets(rows) -> list[dict]:
     add("int4 g128 M=1 >= 0.80 of copy bandwidth (3 large shapes)", of(1, "lowbit_int4", "of_copy", LARGE), 0.8)
     add("int4 g128 M=1 no slower than torch int4 (torch µs / lowbit µs >= 1)",
         faster_than("torch_int4", "lowbit_int4"), 1)
+    add("int4 g128 M=1 no slower than GemLite (GemLite µs / lowbit µs >= 1)",
+        faster_than("gemlite_int4", "lowbit_int4"), 1)
     for m, goal in ((16, 1.5), (64, 1.0), (256, 0.8)):
         add(f"int4 M={m} >= {goal}x bf16", of(m, "lowbit_int4", "x_bf16"), goal)
     add("int8 M=1 >= 1.8x bf16", of(1, "lowbit_int8", "x_bf16"), 1.8)

@@ -233,7 +233,8 @@ def test_triton_matches_reference(layers, name, compute, m):
     {"path": "gemm", "BM": 64, "BN": 64, "CPI": 3, "SPLIT_K": 1, "num_warps": 8, "num_stages": 2},
     {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 2, "SWAP": True,
      "FLAT": 1},
-], ids=["gemv-split3", "gemm16-split11", "gemm64-cpi3", "gemm64-swap-flat"])
+    {"path": "gemv4", "BN": 16, "CPI": 1, "SPLIT_K": 3, "num_warps": 2, "num_stages": 1, "DEC": 1, "EV": 1, "PD": 1},
+], ids=["gemv-split3", "gemm16-split11", "gemm64-cpi3", "gemm64-swap-flat", "gemv4-split3"])
 def test_explicit_configs_match_reference(layers, name, cfg):
     """Configs the tuner may pick that the default paths do not take (odd split-K, several chunks a step)."""
     from lowbit.kernels.triton import ops
@@ -277,7 +278,8 @@ def test_gemm_decodes_int4_weights_exactly(fmt, compute, cfg):
 @pytest.mark.parametrize("cfg", [
     {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": 8, "num_warps": 4, "num_stages": 2},
     {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": 4, "num_warps": 4, "num_stages": 3, "SWAP": True},
-], ids=["gemv-split8", "gemm-swap-split4"])
+    {"path": "gemv4", "BN": 128, "CPI": 1, "SPLIT_K": 8, "num_warps": 4, "num_stages": 1, "DEC": 1, "EV": 1, "PD": 0},
+], ids=["gemv-split8", "gemm-swap-split4", "gemv4-split8"])
 def test_split_k_is_deterministic_and_leaves_counters_at_zero(layers, name, cfg):
     """Split-K adds the partial sums in a fixed order: the same input gives the same bits, run after run."""
     from lowbit.kernels.triton import ops
@@ -289,6 +291,32 @@ def test_split_k_is_deterministic_and_leaves_counters_at_zero(layers, name, cfg)
     first = ops.run(x, w, s, z, ql.bias, tf, cfg)
     for _ in range(20):
         assert torch.equal(ops.run(x, w, s, z, ql.bias, tf, cfg), first)
+    assert int(ops.locks(x.device).count_nonzero()) == 0
+
+
+@needs_cuda
+@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("fmt", [IntFormat(4, 128, False), IntFormat(4, 128, True), IntFormat(4, 256, False),
+                                  IntFormat(4, None, False), IntFormat(4, 128, False, float_zero=True)],
+                         ids=["g128-asym", "g128-sym", "g256-asym", "channel", "g128-float-zero"])
+@pytest.mark.parametrize("dec, pd", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemv4_matches_reference(fmt, compute, dec, pd):
+    """The int4 GEMV of one group a chunk, every decode with and without prefetch, M = 1..4, split-K and not,
+    a partial block of rows, large activations (the 2^11-scaled slabs of the second decode must not lose them)."""
+    from lowbit.kernels.triton import ops
+
+    torch.manual_seed(0)
+    ql = layer(fmt, 200, 1024, "cuda", compute)
+    w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
+    tf = ql.kernel.triton_format(ql.request)
+    for m, split, bn in ((1, 1, 64), (2, 4, 128), (4, 8, 32)):
+        cfg = {"path": "gemv4", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 1, "DEC": dec,
+               "EV": 1, "PD": pd}
+        x = torch.randn(m, 1024, device="cuda", dtype=compute) * (100.0 if m == 2 else 1.0)
+        got = ops.run(x, w, s, z, ql.bias, tf, cfg)
+        ref = ref_out(ql, x)
+        rel = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+        assert got.shape == (m, 200) and rel < TOL[compute], f"M={m} split {split}: relative error {rel:.2e}"
     assert int(ops.locks(x.device).count_nonzero()) == 0
 
 
@@ -457,21 +485,22 @@ def test_fused_projections_under_compile_and_cuda_graph():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-@pytest.mark.parametrize("kernel", ["gemv_kernel", "gemm_kernel"])
+@pytest.mark.parametrize("kernel", ["gemv_kernel", "gemm_kernel", "gemv4_kernel"])
 def test_kernel_source_has_no_backslash_for_inductor(kernel):
     """Inductor copies a user kernel's source with the globals it reads into a string literal of its own code,
     where a backslash (an escaped newline in an asm string, say) would be read as an escape: there is none."""
     from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
 
-    from lowbit.kernels.triton import kernels
+    from lowbit.kernels.triton import gemv4, kernels
 
-    source = user_defined_triton_kernel_transitive_closure_source_code(getattr(kernels, kernel))
+    source = user_defined_triton_kernel_transitive_closure_source_code(getattr(gemv4 if kernel == "gemv4_kernel"
+                                                                               else kernels, kernel))
     assert "\\" not in source
     compile(source, kernel, "exec")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-@pytest.mark.parametrize("kernel", ["gemv_kernel", "gemm_kernel"])
+@pytest.mark.parametrize("kernel", ["gemv_kernel", "gemm_kernel", "gemv4_kernel"])
 def test_kernels_build_with_their_integer_arguments_as_constants(kernel):
     """torch's mutation analysis of a user kernel (which decides what torch.compile must copy) builds its IR with the
     integer arguments as constants on some versions; the kernels must build so (for an H100 target, no GPU needed),
@@ -480,15 +509,18 @@ def test_kernels_build_with_their_integer_arguments_as_constants(kernel):
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
 
-    from lowbit.kernels.triton import kernels
+    from lowbit.kernels.triton import gemv4, kernels
 
-    fn = getattr(kernels, kernel)
+    fn = getattr(gemv4 if kernel == "gemv4_kernel" else kernels, kernel)
     ptrs = dict(x_ptr="*bf16", xs_ptr="*fp16", w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", lut_ptr="*i32",
                 b_ptr="*fp16", out_ptr="*bf16", ws_ptr="*fp32", lock_ptr="*i32")
     consts = dict(M=1, N=4096, K=14336, stride_sn=1, stride_sg=4096, stride_xm=14336, stride_om=4096,
                   chunks_per_split=14, FMT=0, GS=128, HAS_Z=True, ZERO=8.0, HAS_BIAS=False, SPLIT=8, BN=64)
-    consts |= dict(X_SCALED=False, ACC_W=16, PF=1, PD=1) if kernel == "gemv_kernel" else \
-        dict(X_FP8=False, BM=16, CPI=1, SWAP=True, FLAT=0, PACKED=1, LATE=1)
+    consts |= {"gemv_kernel": dict(X_SCALED=False, ACC_W=16, PF=1, PD=1),
+               "gemm_kernel": dict(X_FP8=False, BM=16, CPI=1, SWAP=True, FLAT=0, PACKED=1, LATE=1),
+               "gemv4_kernel": dict(DEC=1, EV=1, PD=1)}[kernel]
+    if kernel == "gemv4_kernel":
+        del consts["FMT"]
     source = ASTSource(fn, {n: ptrs.get(n, "constexpr") for n in fn.arg_names},
                        {(fn.arg_names.index(n),): v for n, v in consts.items()})
     target = GPUTarget("cuda", 90, 32)

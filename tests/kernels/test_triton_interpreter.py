@@ -2,10 +2,10 @@
 
 The interpreter runs each program of the grid in turn with numpy. The conformance suite (kernel_conformance.py) runs
 every Triton kernel through the op at its default configurations; this runs the launcher with configurations the tuner
-may pick that the defaults do not take (GEMV prefetch variants, split-K, several chunks a step, FLAT tiles),
-checking the index math, masks, decoding, the factored scales and zeros, and split-K's last-program reduction
-against the reference op, everywhere triton installs (CI included). Speed, PTX and the CUDA-only paths (inline
-``lop3``, ``torch._scaled_mm``) are left to tests/kernels/test_triton.py on the GPU machine.
+may pick that the defaults do not take (GEMV prefetch variants, split-K, several chunks a step, FLAT tiles, gemv4's
+decodes), checking the index math, masks, decoding, the factored scales and zeros, and split-K's last-program
+reduction against the reference op, everywhere triton installs (CI included). Speed, PTX and the CUDA-only paths
+(inline ``lop3``, ``torch._scaled_mm``) are left to tests/kernels/test_triton.py on the GPU machine.
 """
 
 import importlib.util
@@ -41,6 +41,9 @@ CONFIGS = [
     {"path": "gemm", "BM": 16, "BN": 64, "CPI": 2, "SPLIT_K": 1, "num_warps": 4, "num_stages": 2, "SWAP": True},
     {"path": "gemm", "BM": 16, "BN": 32, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 2, "SWAP": True,
      "FLAT": 1},
+    # gemv4 (int4 with one group a chunk; other formats run gemv with the same tiles)
+    {"path": "gemv4", "BN": 32, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 1, "DEC": 0, "EV": 1, "PD": 0},
+    {"path": "gemv4", "BN": 64, "CPI": 1, "SPLIT_K": 4, "num_warps": 4, "num_stages": 1, "DEC": 1, "EV": 1, "PD": 1},
 ]
 N, K = 72, 512  # N: not a multiple of any tile; K: 4 chunks, so every split above divides it
 
@@ -71,7 +74,7 @@ print(json.dumps(out))
 def test_kernels_match_the_reference_in_the_interpreter():
     results = in_interpreter(SCRIPT)
     assert results.pop("counters_left") == 0  # every split-K launch leaves its tile counters at zero
-    assert len(results) == 8 * 8 * 2  # formats x configs x M
+    assert len(results) == 8 * 10 * 2  # formats x configs x M
     bad = {k: v for k, v in results.items()
            if not (v["rel"] < 3e-3 and v["dtype"] == "torch.float16" and v["same_again"])}
     assert not bad, f"kernels differ from the reference op (fp16 out, relative error < 3e-3): {bad}"

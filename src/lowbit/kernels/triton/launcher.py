@@ -83,12 +83,15 @@ class Plan:
 def plan(x2: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.Tensor | None, tf: TritonFormat,
          cfg: dict, xs: torch.Tensor | None = None) -> Plan:
     """The launch of y [M, N] = x2 [M, K] @ W.T (+ bias) with one config; ``xs``: fp8 x's per-row scales."""
+    from lowbit.kernels.triton.gemv4 import gemv4_kernel
     from lowbit.kernels.triton.kernels import gemm_kernel, gemv_kernel
 
     m, k = x2.shape
     n = s.shape[0]
     chunks = k // 128
-    gemv = cfg["path"] == "gemv"
+    if cfg["path"] == "gemv4" and (xs is not None or not tune.gemv4_fits(tf)):
+        cfg = dict(cfg, path="gemv", PF=1)  # a forced config on another format: the general GEMV, same tiles
+    gemv = cfg["path"] in ("gemv", "gemv4")
     cpi = cfg["CPI"] if not gemv and chunks % cfg["CPI"] == 0 else 1  # the GEMV prefetches one chunk instead
     tiles = (m if gemv else triton_cdiv(m, cfg["BM"])) * triton_cdiv(n, cfg["BN"])
     split = max(d for d in range(1, cfg["SPLIT_K"] + 1) if (chunks // cpi) % d == 0)  # equal parts
@@ -101,7 +104,11 @@ def plan(x2: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.
     ints = (m, n, k, ssn, ssg, x2.stride(0), n, chunks // split)
     consts = dict(FMT=int(tf.family), GS=tf.group or 1 << 30,  # per channel: every input in group 0
                   HAS_Z=z is not None, ZERO=8.0, HAS_BIAS=bias is not None, SPLIT=split)
-    if gemv:
+    if cfg["path"] == "gemv4":
+        del consts["FMT"]
+        consts.update(BN=cfg["BN"], DEC=cfg.get("DEC", 0), EV=cfg.get("EV", 1), PD=cfg.get("PD", 0))
+        kernel, grid = gemv4_kernel, (triton_cdiv(n, cfg["BN"]), m, split)
+    elif gemv:
         consts.update(X_SCALED=xs is not None, BN=cfg["BN"], ACC_W=16 if tf.four_bit else 128, PF=cfg.get("PF", 1),
                       PD=cfg.get("PD", 1))
         kernel, grid = gemv_kernel, (triton_cdiv(n, cfg["BN"]), m, split)

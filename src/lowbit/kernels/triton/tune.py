@@ -9,6 +9,7 @@ CUDA graph is being captured).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
@@ -70,12 +71,21 @@ def key(tf: TritonFormat, dtype: torch.dtype, m: int, k: int, n: int) -> str:
 SMS = 132  # programs worth launching: about two per multiprocessor of an H100
 
 
+def gemv4_fits(tf: TritonFormat) -> bool:
+    """Whether ``gemv4_kernel`` (gemv4.py) runs this weight: int4 with one scale a row per chunk of 128 inputs."""
+    return tf.family is Family.INT4 and tf.group % 128 == 0  # group 0: per channel
+
+
 def default(tf: TritonFormat, dtype: torch.dtype, m: int, k: int, n: int) -> dict:
     """A reasonable untuned config: GEMV at M=1, split-K skinny GEMM to M=16, plain tiles above (the H100 tuning
     picked split-K 4-16 GEMVs of 32-128 rows for M=1 and swapped 16-row tiles for M=16)."""
     b = bucket(m)
     if tf.dynamic and b >= 16 and dtype == torch.bfloat16 and n % 16 == 0:  # torch._scaled_mm needs N % 16 == 0
         return {"path": "scaled_mm"}
+    if b == 1 and gemv4_fits(tf):
+        split = max(1, min(16, 8 * SMS // -(-n // 128), k // 512))
+        return {"path": "gemv4", "BN": 128, "DEC": 1, "EV": 1, "PD": 0, "CPI": 1, "SPLIT_K": split, "num_warps": 4,
+                "num_stages": 1}
     if b == 1:
         split = max(1, min(8, 4 * SMS // -(-n // 64), k // 512))
         return {"path": "gemv", "BN": 64, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 1}
@@ -91,9 +101,12 @@ GEMV = ((16, 2, 1), (16, 4, 1), (16, 4, 4), (32, 2, 4), (32, 2, 8), (32, 4, 2), 
         (64, 2, 4), (64, 2, 8), (64, 2, 16), (64, 4, 2), (64, 4, 4), (64, 4, 8), (64, 4, 16), (128, 4, 2),
         (128, 4, 4), (128, 4, 8), (128, 4, 16), (128, 8, 2), (256, 8, 4), (256, 8, 8),
         (64, 1, 8), (64, 1, 16), (128, 2, 4), (128, 2, 8), (128, 2, 16), (256, 4, 4), (256, 4, 8))
-# (BN, warps, split-K). A warp covers 8 rows of a [BN, 16] word tile (4 threads a row, 16 bytes each), so a
+# (BN, warps, split-K) of GEMV. A warp covers 8 rows of a [BN, 16] word tile (4 threads a row, 16 bytes each), so a
 # thread holds BN / (8 warps) rows: the last rows above give it 8, over which its x values (converted, summed)
 # are shared.
+GEMV4 = tuple((bn, warps, split) for bn in (64, 128, 256) for warps in (2, 4, 8) for split in (4, 8, 16))
+# gemv4's (BN, warps, split-K), each with both decodes and evict_first weights: the H100 sweep (2026-12-06,
+# benchmarks/gemv4_sweep.py) chose among these for the Llama-3-8B shapes at M=1; num_stages changed nothing there.
 SKINNY = ((False, 32, 1, 4, 3), (False, 64, 2, 4, 3), (False, 64, 4, 4, 3), (False, 128, 2, 4, 4),
           (True, 64, 1, 4, 3), (True, 64, 2, 4, 3), (True, 64, 4, 4, 3), (True, 128, 1, 4, 3), (True, 128, 2, 4, 3),
           (True, 128, 4, 4, 3), (True, 128, 2, 8, 3), (True, 256, 1, 8, 3))  # BM 16: (swap, BN, split, warps, stages)
@@ -119,6 +132,12 @@ def candidates(tf: TritonFormat, dtype: torch.dtype, m: int) -> list[dict]:
                     ((1, 1, 1), (1, 0, 2), (1, 0, 3)):
                 out.append({"path": "gemv", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
                             "num_stages": stages, "PF": pf, "PD": pd})
+        if gemv4_fits(tf):
+            for (bn, warps, split), dec in itertools.product(GEMV4, (0, 1)):
+                out.append({"path": "gemv4", "BN": bn, "CPI": 1, "SPLIT_K": split, "num_warps": warps,
+                            "num_stages": 1, "DEC": dec, "EV": 1, "PD": 0})
+            out += [{"path": "gemv4", "BN": 128, "CPI": 1, "SPLIT_K": split, "num_warps": 4, "num_stages": 1,
+                     "DEC": 1, "EV": 1, "PD": 1} for split in (4, 8, 16)]
     tiles = []
     if b <= 16:
         tiles += [(swap, 16, bn, split, warps, stages, 0) for swap, bn, split, warps, stages in SKINNY]
@@ -177,7 +196,9 @@ def _triton_version() -> str:
 def short(cfg: dict) -> str:
     if cfg["path"] == "scaled_mm":
         return "torch._scaled_mm"
-    if cfg["path"] == "gemv":
+    if cfg["path"] == "gemv4":
+        tile = f"BN{cfg['BN']} dec{cfg.get('DEC', 0)}{' prefetch' if cfg.get('PD') else ''}"
+    elif cfg["path"] == "gemv":
         tile = f"BN{cfg['BN']}{' pf' if cfg.get('PF') else ''}{' piped' if cfg.get('PD') == 0 else ''}"
     else:
         tile = (f"{cfg['BM']}x{cfg['BN']}{' swap' if cfg.get('SWAP') else ''}{' flat' if cfg.get('FLAT') else ''}"
