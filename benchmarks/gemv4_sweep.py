@@ -14,7 +14,8 @@ For each Llama-3-8B shape (K, N), in one process on one GPU:
 Times are ``ops.bench_gpu``'s (CUDA-graph replays, the L2 flushed by writing 256 MB before each). For the three
 large shapes the best config, copy, floor, torch int4 and lowbit_now are timed again with the L2 flushed by
 reading 256 MB instead (``read_flush``): the write flush leaves up to 50 MB of dirty lines that the next kernel's
-reads must first write back, which a decode step (previous layers read weights) mostly does not have.
+reads must first write back, which a decode step (previous layers read weights) mostly does not have
+(``ops.bench_gpu(read_flush=True)``).
 
     PYTHONPATH=src python benchmarks/gemv4_sweep.py --out DIR [--budget SECONDS]
 """
@@ -60,25 +61,6 @@ def read_kernel():
                 acc ^= tl.load(w_ptr + base + i * BLOCK + tl.arange(0, BLOCK))
         tl.store(out_ptr + pid, tl.sum(acc, axis=0))
     return read_words
-
-
-def bench_read_flush(fn, reps: int = 40) -> float:
-    """``ops.bench_gpu`` with the L2 flushed by reading 256 MB (clean lines) instead of writing it."""
-    fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    flush = torch.ones(64 << 20, dtype=torch.int32, device="cuda")
-    sink = torch.empty((), dtype=torch.int64, device="cuda")
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps + 3)]
-    for start, end in events:
-        torch.sum(flush, dim=0, out=sink)
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    times = sorted(1e3 * s.elapsed_time(e) for s, e in events[3:])
-    return times[len(times) // 2]
 
 
 def launcher(x, w, s, z, n, k, cfg):
@@ -191,11 +173,12 @@ def run_shape(k: int, n: int, full: bool) -> dict:
         fn, _ = launcher(x, wt, s, z, n, k, again[0]["cfg"])
         blk, its, nw, ev = best
         sums = torch.empty(words.numel() // (blk * its), dtype=torch.int32, device="cuda")
-        r["read_flush"] = {"best_us": bench_read_flush(fn), "copy_us": bench_read_flush(lambda: dst.copy_(src)),
-                           "lowbit_now_us": bench_read_flush(lambda: ql(x)),
-                           "torch_int4_us": bench_read_flush(fns["torch_int4"]),
-                           "read_floor_us": bench_read_flush(
-                               lambda: read[(sums.numel(),)](words, sums, BLOCK=blk, ITERS=its, EV=ev, num_warps=nw))}
+        r["read_flush"] = {"best_us": bench_gpu(fn, read_flush=True),
+                           "copy_us": bench_gpu(lambda: dst.copy_(src), read_flush=True),
+                           "lowbit_now_us": bench_gpu(lambda: ql(x), read_flush=True),
+                           "torch_int4_us": bench_gpu(fns["torch_int4"], read_flush=True),
+                           "read_floor_us": bench_gpu(lambda: read[(sums.numel(),)](
+                               words, sums, BLOCK=blk, ITERS=its, EV=ev, num_warps=nw), read_flush=True)}
     return r
 
 

@@ -58,6 +58,29 @@ def _chunk(w_at, s_at, z_at, c, stride_sg, GS: tl.constexpr, HAS_Z: tl.constexpr
     return words, s, z
 
 
+# DEC=1's slab i: nibble i where a shift of <<16, <<8, none, >>8 or >>12 puts it (each computed once), at bits
+# 12..15 for i = 1, 3, 5 (the float 1 + q 2^-11, x times 2^11) or 16..19 (1 + q 2^-7, x times 2^7).
+@triton.jit
+def _slab(words, xv, i: tl.constexpr):
+    if i == 1 or i == 3 or i == 5:
+        if i == 1:
+            t = words << 8
+        elif i == 3:
+            t = words
+        else:
+            t = words >> 8
+        f = _bits(t, 0xF000)
+        xv = xv * 2048.0
+    else:
+        if 16 - 4 * i >= 0:
+            t = words << (16 - 4 * i)
+        else:
+            t = words >> (4 * i - 16)
+        f = _bits(t, 0xF0000)
+        xv = xv * 128.0
+    return f, xv
+
+
 # One chunk's contribution to the rows' sums: s (sum q x) - z s (sum x), as DEC decodes it.
 @triton.jit
 def _acc(words, s, z, c, x_row, j, HAS_Z: tl.constexpr, ZERO: tl.constexpr, DEC: tl.constexpr):
@@ -76,36 +99,11 @@ def _acc(words, s, z, c, x_row, j, HAS_Z: tl.constexpr, ZERO: tl.constexpr, DEC:
             xsum += xv
         y = (16.0 * s) * tl.sum(part, axis=1) - ((16.0 + z) * s) * tl.sum(xsum, axis=0)
     else:
-        # nibble i: (shift, mask): 0 (<<16, hi) 1 (<<8, lo) 2 (<<8, hi) 3 (0, lo) 4 (0, hi)
-        # 5 (>>8, lo) 6 (>>8, hi) 7 (>>12, hi); hi = bits 16..19 (x times 2^7), lo = 12..15 (2^11)
-        t16 = words << 16
-        t8 = words << 8
-        r8 = words >> 8
-        r12 = words >> 12
         xs = tl.zeros((16,), dtype=tl.float32)
         for i in tl.static_range(8):
             xv = tl.load(x_row + c * 128 + i * 16 + j).to(tl.float32)
             xs += xv
-            if i == 1 or i == 3 or i == 5:
-                xv = xv * 2048.0
-            else:
-                xv = xv * 128.0
-            if i == 0:
-                f = _bits(t16, 0xF0000)
-            elif i == 1:
-                f = _bits(t8, 0xF000)
-            elif i == 2:
-                f = _bits(t8, 0xF0000)
-            elif i == 3:
-                f = _bits(words, 0xF000)
-            elif i == 4:
-                f = _bits(words, 0xF0000)
-            elif i == 5:
-                f = _bits(r8, 0xF000)
-            elif i == 6:
-                f = _bits(r8, 0xF0000)
-            else:
-                f = _bits(r12, 0xF0000)
+            f, xv = _slab(words, xv, i)
             part += f * xv[None, :]
             xsum += xv
         # sum f x' = sum x' + sum q x (x' = x 2^e): xsum is the sum of x', xs the sum of x

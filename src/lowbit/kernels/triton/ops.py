@@ -53,9 +53,10 @@ def run(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | No
     return launch(xq, w, s, z, bias, tf, cfg, xs=xs.reshape(-1).contiguous(), out_dtype=x2.dtype, via=via)
 
 
-def bench_gpu(fn, reps: int = 40) -> float:
+def bench_gpu(fn, reps: int = 40, read_flush: bool = False) -> float:
     """Median GPU µs of ``fn()``: replayed from a CUDA graph (no Python launch cost in the number), the L2 cache
-    flushed before each replay so weights come from memory as in a real forward."""
+    flushed before each replay so weights come from memory as in a real forward: by writing 256 MB, or with
+    ``read_flush`` by reading them (the L2 then holds clean lines, not up to 50 MB to write back first)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -64,10 +65,14 @@ def bench_gpu(fn, reps: int = 40) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    flush = torch.ones(64 << 20, dtype=torch.int32, device="cuda")
+    sink = torch.empty((), dtype=torch.int64, device="cuda")
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps + 3)]
     for start, end in events:
-        flush.zero_()
+        if read_flush:
+            torch.sum(flush, dim=0, out=sink)
+        else:
+            flush.zero_()
         start.record()
         graph.replay()
         end.record()
