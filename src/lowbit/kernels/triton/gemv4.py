@@ -13,7 +13,7 @@ weights loaded ``evict_first`` (read once) and a choice of decode (``DEC``, a tu
 
 ``PD=1`` requests chunk it + 1 (words, scales, zeros) into registers while chunk it is computed; ``PD=0`` leaves
 the loads in the loop. A tensor-core variant (pairs of nibbles decoded to bf16 ``128 + q`` by one ``lop3``,
-multiplied by x on ``wgmma``) measured 1.5-1.8x slower on an H100 and is not kept.
+multiplied by x on ``wgmma``) measured 1.3-1.7x slower on an H100 and is not kept.
 """
 
 from __future__ import annotations
