@@ -106,3 +106,18 @@ def test_architecture_without_groups_fuses_nothing():
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
     lowbit.quantize_(model, lowbit.config("int8"))
     assert lowbit.fuse_projections(model) == []
+
+
+@pytest.mark.parametrize("method,kernel", [("int8", "cpu_dot8"), ("int4", "cpu_dot4")])
+def test_fused_integer_dot_layers_decode_the_same(src, method, kernel, monkeypatch):
+    """The integer-dot kernels keep rows interleaved in blocks of 4: fused members are row slices of those blocks."""
+    from lowbit.kernels.cpu import native
+    if native.unavailable():
+        pytest.skip(f"lowbit's C kernels cannot be built here: {native.unavailable()}")
+    monkeypatch.setenv("LOWBIT_KERNEL", kernel)
+    model = load(src, method, compute_dtype="float32")
+    ids = token_ids(batch=1)[:, :1]  # one token: the kernels' small-M path, not their dense one
+    before = logits(model, ids)
+    assert len(lowbit.fuse_projections(model)) == 4
+    assert model.model.layers[0].self_attn.q_proj.kernel.name == kernel
+    torch.testing.assert_close(logits(model, ids), before, rtol=1e-5, atol=1e-5)
