@@ -5,7 +5,7 @@ import lowbit
 from lowbit.errors import KernelError
 from lowbit.formats import IntFormat
 from lowbit.kernels import choose
-from lowbit.kernels.cpu import native, unpack_int4pack_cpu
+from lowbit.kernels.cpu import dot, native, unpack_int4pack_cpu
 from lowbit.nn import QuantLinear
 
 FORMATS = [IntFormat(8, None, True), IntFormat(4, 128, False), IntFormat(4, 64, True), IntFormat(4, 32, False)]
@@ -115,7 +115,13 @@ def opcheck_cases():
         (torch.ops.lowbit.int8_linear_cpu.default, (x.bfloat16(), w8, s8.bfloat16(), torch.randn(32))),
         (torch.ops.lowbit.int4_linear_cpu.default, (x, packed, sz, 32, None)),
         (torch.ops.lowbit.int4_linear_cpu.default, (x.bfloat16().reshape(3, 1, 64), packed, sz.bfloat16(), 32, torch.randn(32))),
-    ]
+    ] + ([] if native.unavailable() else [
+        (torch.ops.lowbit.dot4_cpu.default, (x, dot.interleave(q4, 16), None, torch.rand(32, 1), torch.randn(32, 1), 64,
+                                             64, torch.randn(32))),
+        (torch.ops.lowbit.dot8_cpu.default, (x, dot.interleave(w8, 32), torch.rand(32, 2), None, 32, 32, None)),
+        (torch.ops.lowbit.gemv4_cpu.default, (x, q4, torch.randn(16), torch.rand(32, 2), None, 32, None)),
+        (torch.ops.lowbit.gemv8_cpu.default, (x, w8, torch.rand(32, 1), torch.randn(32, 1), 64, None)),
+    ])
 
 
 @pytest.mark.parametrize("op, args", opcheck_cases(), ids=lambda v: str(v)[:40] if not isinstance(v, tuple) else "")
@@ -123,8 +129,13 @@ def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
-def test_compile_fullgraph():
+@pytest.mark.parametrize("kernel", [None, "cpu_dot4", "cpu_gemv4"])
+def test_compile_fullgraph(kernel):
+    if kernel and native.unavailable():
+        pytest.skip(f"lowbit's C kernels cannot be built here: {native.unavailable()}")
     layer = make_layer(IntFormat(4, 32, False), 32, 64, bias=True)
+    if kernel:
+        layer.prepare(torch.float32, kernel)
     x = torch.randn(4, 64)
     compiled = torch.compile(layer, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x), layer(x))

@@ -25,7 +25,7 @@ from lowbit.formats.intgroup import pack_bits, unpack_bits
 from lowbit.kernels.base import fake_linear, flat
 from lowbit.kernels.cpu import native
 from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _finish, _ptr, _table,
-                                     _threads)
+                                     _threads, eager_or_op)
 from lowbit.kernels.request import Activations
 
 CHUNK = 32  # inputs per packed 16-byte chunk, and the smallest activation block
@@ -105,7 +105,6 @@ def _run(fn, x, n, bias, *args):
     return _finish(y, bias, lead, x.dtype)
 
 
-@torch.library.impl("lowbit::dot4_cpu", "CPU")
 def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
     """``x @ W.T`` for ``W = table[codes] * scales + offsets`` per group (codes chunked, see ``to_chunks``, and
     interleaved by ``ROWS`` rows)."""
@@ -119,7 +118,6 @@ def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
                 _ptr(offsets), group, block)
 
 
-@torch.library.impl("lowbit::dot8_cpu", "CPU")
 def dot8_cpu(x, codes, scales, offsets, group, block, bias):
     """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K] interleaved by ``ROWS`` rows."""
     n, k = scales.shape[0], x.shape[-1]
@@ -129,6 +127,10 @@ def dot8_cpu(x, codes, scales, offsets, group, block, bias):
         return _finish(x2.float() @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
     return _run(native.library().lowbit_dot8, x, n, bias, codes.data_ptr(), n, scales.data_ptr(), _ptr(offsets),
                 group, block)
+
+
+torch.library.impl("lowbit::dot4_cpu", "CPU")(dot4_cpu)
+torch.library.impl("lowbit::dot8_cpu", "CPU")(dot8_cpu)
 
 
 @torch.library.register_fake("lowbit::dot4_cpu")
@@ -197,7 +199,7 @@ class CpuDot4Kernel(_DotMixin, CpuGemv4Kernel):
 
     def run(self, x, tensors, prepared, request, bias):
         group = self.group(request)
-        return torch.ops.lowbit.dot4_cpu(x, prepared["codes"], int8_table(request.fmt)[0], prepared["scales"],
+        return eager_or_op(torch.ops.lowbit.dot4_cpu, dot4_cpu)(x, prepared["codes"], int8_table(request.fmt)[0], prepared["scales"],
                                          prepared.get("offsets"), group, block_for(group), bias)
 
 
@@ -217,6 +219,6 @@ class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
 
     def run(self, x, tensors, prepared, request, bias):
         group = self.group(request)
-        return torch.ops.lowbit.dot8_cpu(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), group,
+        return eager_or_op(torch.ops.lowbit.dot8_cpu, dot8_cpu)(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), group,
                                          block_for(group), bias)
 
