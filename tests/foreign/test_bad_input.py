@@ -84,6 +84,17 @@ def test_compressed_tensors_int_scheme_of_unsupported_width_is_named(tmp_path):
     refused(folder, "6-bit")
 
 
+def test_compressed_tensors_group_actorder_without_g_idx_is_refused(tmp_path):
+    """llm-compressor's actorder "weight" stores plain groups; the same tensors labelled actorder "group" would need
+    each input's group (weight_g_idx), so they are refused rather than read as contiguous groups."""
+    folder = copy(tmp_path, "llmc-gptq-w4a16-g32-actorder-weight")
+    cfg = json.loads((folder / "config.json").read_text())
+    for group in cfg["quantization_config"]["config_groups"].values():
+        group["weights"]["actorder"] = "group"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    refused(folder, "actorder='group'", "weight_g_idx")
+
+
 def test_config_says_gptq_but_tensors_are_bitsandbytes(tmp_path):
     folder = copy(tmp_path, "bnb-nf4", quant_method="gptq", bits=4, group_size=32, load_in_4bit=None)
     refused(folder, "gptq", ".qweight")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ FOREIGN = Path(__file__).resolve().parents[1] / "fixtures" / "foreign"
 MANIFEST = json.loads((FOREIGN / "manifest.json").read_text())
 FIXTURES = sorted(MANIFEST["fixtures"])
 RUN = dict(kernel="reference", compute_dtype="float32")
+SOURCES = {"ct": "compressed-tensors", "llmc": "compressed-tensors", "bnb": "bitsandbytes"}  # writer -> origin
 
 
 def expected(name: str) -> dict[str, torch.Tensor]:
@@ -41,7 +43,7 @@ def dequantized(layer: QuantLinear, dtype: torch.dtype) -> torch.Tensor:
 
 def test_every_writer_is_covered():
     writers = {entry["writer"] for entry in MANIFEST["fixtures"].values()}
-    assert {"ct", "bnb", "gptqmodel"} <= writers, writers
+    assert {"ct", "llmc", "bnb", "gptqmodel"} <= writers, writers
     for name in FIXTURES:
         size = sum(p.stat().st_size for p in (FOREIGN / name).iterdir())
         assert size < 100_000, (name, size)
@@ -86,11 +88,44 @@ def test_logits_agree_with_the_writers_model(name):
 def test_inspect_says_where_each_layer_came_from(name):
     model = load(name)
     entry = MANIFEST["fixtures"][name]
-    source = {"ct": "compressed-tensors", "bnb": "bitsandbytes"}.get(entry["writer"], name.split("-")[0])
+    source = SOURCES.get(entry["writer"], name.split("-")[0])
     for info in lowbit.inspect(model).layers:
         assert info.method == "imported"
         assert info.origin.startswith(source), info.origin
         assert info.origin.endswith("exact") or "inexact" in info.origin
+
+
+def test_gptq_v2_zero_points_are_read_as_stored(tmp_path):
+    """GPTQModel's gptq_v2 file stores z (v1 stores z - 1): read as v2 it is the writer's weights (above); the same
+    file relabelled v1 shifts every weight by one step of its group's scale, so the version really is honoured."""
+    name, module = "gptq-v2-4b-g32-asym", "model.layers.0.self_attn.q_proj"
+    assert lowbit.inspect(load(name)).layers[0].origin.startswith("gptq (GPTQ v2 4-bit g32 asym)")
+    folder = tmp_path / name
+    shutil.copytree(FOREIGN / name, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"].update(checkpoint_format="gptq", format="gptq")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "quantize_config.json").unlink()
+    layer = lowbit.from_pretrained(folder, quantization=lowbit.config("imported", **RUN)).get_submodule(module)
+    ref = expected(name)[f"{module}.weight"]
+    scales = layer.canonical_tensors()["scales"].repeat_interleave(32, dim=1)
+    torch.testing.assert_close(dequantized(layer, torch.float32), ref.float() - scales.float(), rtol=2 ** -8, atol=0)
+
+
+def test_llm_compressor_weight_actorder_is_stored_as_plain_groups():
+    """llm-compressor 0.14's GPTQ with actorder "weight" orders columns during calibration only: no weight_g_idx,
+    so the layers map onto plain g32 groups (exact, per the tests above) and not onto act-order layers."""
+    name = "llmc-gptq-w4a16-g32-actorder-weight"
+    qc = json.loads((FOREIGN / name / "config.json").read_text())["quantization_config"]
+    assert qc["config_groups"]["group_0"]["weights"]["actorder"] == "weight"
+    with safe_open(str(FOREIGN / name / "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if k.endswith("g_idx")]
+    model = load(name)
+    assert not any(m.fmt.g_idx for m in model.modules() if isinstance(m, QuantLinear))
+    rtn = load("llmc-rtn-w4a16-g32")  # the GPTQ fixture is not the RTN one under another name
+    module = "model.layers.0.mlp.down_proj"
+    assert not torch.equal(dequantized(model.get_submodule(module), torch.bfloat16),
+                           dequantized(rtn.get_submodule(module), torch.bfloat16))
 
 
 def test_an_imported_model_saves_as_a_lowbit_folder_and_reloads(tmp_path):

@@ -3,7 +3,8 @@
 ``pack-quantized`` (integer weights, 2/3/4/8 bits here): ``weight_packed`` int32 [N, ⌈K·b/32⌉], codes q + 2^(b−1)
 packed densely along K, lowest bits first (its bytes are lowbit's unsigned code stream); ``weight_scale`` [N, G]
 in the model's dtype; ``weight_zero_point`` int32 [⌈N·b/32⌉, G] packed along N the same way (asymmetric only);
-``weight_shape`` [2]; ``weight_g_idx`` [K] with act-order groups. Decoding is ``(q − z) · s``: symmetric layers
+``weight_shape`` [2]; ``weight_g_idx`` [K] with act-order groups (``actorder: group``; ``actorder: weight``, the
+only order llm-compressor 0.14 writes, reorders columns during calibration only and stores plain groups). Decoding is ``(q − z) · s``: symmetric layers
 become lowbit's asymmetric ``IntFormat`` with z = 2^(b−1) (their codes reach −2^(b−1), which lowbit's symmetric
 range does not hold), in the scale's dtype: exact.
 
@@ -89,6 +90,10 @@ def _packed(peek: Peek, name: str, scheme: dict) -> LayerMap:
         roles["zero"] = "weight_zero_point"
     if f"{name}.weight_g_idx" in set(peek.keys):
         roles["g_idx"] = "weight_g_idx"
+    elif args.get("actorder") in ("group", "dynamic"):
+        raise CheckpointError(f"compressed-tensors layer {name} has actorder={args['actorder']!r} but no "
+                              "weight_g_idx tensor; expected one for group activation ordering: the tensors are not "
+                              "the scheme config.json names")
     keys = require(peek, name, roles, "compressed-tensors")
     n, k = (int(v) for v in peek.read(keys["shape"]).tolist())
     check_dtype(peek, keys["packed"], ("I32",), "compressed-tensors pack-quantized")
