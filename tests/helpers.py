@@ -222,6 +222,22 @@ def quantized(source: Path, fields: dict, **run):
     return lowbit.from_pretrained(source, quantization=lowbit.config(fields.pop("method"), **fields, **run))
 
 
+def assert_export_refused(source: Path, fields: dict, target: str, words, out: Path) -> None:
+    """Exporting ``source`` quantized with ``fields`` to ``target`` is a one-line error holding ``words``, and
+    writes nothing."""
+    import pytest
+
+    import lowbit
+    from lowbit.errors import LowbitError
+
+    model = quantized(source, fields)
+    with pytest.raises(LowbitError) as info:
+        lowbit.export(model, out, format=target)
+    message = str(info.value)
+    assert "\n" not in message and all(w in message for w in words), message
+    assert not out.exists()
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 

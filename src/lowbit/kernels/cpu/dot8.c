@@ -131,6 +131,27 @@ static inline __m256i dot_signed(__m256i acc, __m256i w, __m256i x) {
  * the last row's scales and not written. */
 static inline int row_of(int row, int i, int n) { return row + i < n ? row + i : n - 1; }
 
+/* one block's int32 sums into the pass's fp32 accumulators, times dx * s; ``shifted`` (128 * sum(xq) where the weights
+ * were offset to unsigned, else 0) taken back through ``extra`` */
+static inline void add_block(__m256 *acc, float *extra, const __m256i *ia, float d, const float *const *sr, int g,
+                             int shifted) {
+    for (int i = 0; i < R; i++) {
+        float scale = d * sr[i][g];
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[i]), _mm256_set1_ps(scale), acc[i]);
+        extra[i] -= (float)shifted * scale;
+    }
+}
+
+/* the pass's rows that exist, each with its offsets times the activations' group sums (o: NULL without offsets) */
+static inline void store_rows(float *y, int n, int row, const __m256 *acc, float *extra, const float *o,
+                              const float *xs, int groups) {
+    for (int i = 0; i < R && row + i < n; i++) {
+        if (o)
+            for (int g = 0; g < groups; g++) extra[i] += o[(size_t)(row + i) * groups + g] * xs[g];
+        y[row + i] = hsum(acc[i]) + extra[i];
+    }
+}
+
 /* codes: [n padded, k/2] (see above); table: 16 int8 values or NULL (codes are their values); s, o: [n, k/group] (o may be
  * NULL); x: [m, k]; y: [m, n]. Returns 0, or -1 where memory ran out. */
 int lowbit_dot4(const float *x, int m, int k, const uint8_t *codes, int n, const int8_t *table, const float *s,
@@ -172,21 +193,13 @@ int lowbit_dot4(const float *x, int m, int k, const uint8_t *codes, int n, const
 #endif
                     }
                 }
-                float d = a.dx[r * blocks + b];
-                for (int i = 0; i < R; i++) {
 #ifndef VNNI
-                    if (!table) ia[i] = _mm256_madd_epi16(pairs[i], _mm256_set1_epi16(1));
+                if (!table)
+                    for (int i = 0; i < R; i++) ia[i] = _mm256_madd_epi16(pairs[i], _mm256_set1_epi16(1));
 #endif
-                    float scale = d * sr[i][g];
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[i]), _mm256_set1_ps(scale), acc[i]);
-                    if (shift) extra[i] -= (float)(shift * a.qs[r * blocks + b]) * scale;
-                }
+                add_block(acc, extra, ia, a.dx[r * blocks + b], sr, g, shift * a.qs[r * blocks + b]);
             }
-            for (int i = 0; i < R && row + i < n; i++) {
-                if (o)
-                    for (int g = 0; g < groups; g++) extra[i] += o[(size_t)(row + i) * groups + g] * a.xs[r * groups + g];
-                y[(size_t)r * n + row + i] = hsum(acc[i]) + extra[i];
-            }
+            store_rows(y + (size_t)r * n, n, row, acc, extra, o, o ? a.xs + r * groups : NULL, groups);
         }
     }
     return release_rows(a, o != NULL);
@@ -217,18 +230,9 @@ int lowbit_dot8(const float *x, int m, int k, const int8_t *codes, int n, const 
                     for (int i = 0; i < R; i++)
                         ia[i] = dot_signed(ia[i], _mm256_loadu_si256((const __m256i *)(c + (size_t)(j / 32) * (R * 32) + i * 32)), xv);
                 }
-                float d = a.dx[r * blocks + b];
-                for (int i = 0; i < R; i++) {
-                    float scale = d * sr[i][g];
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[i]), _mm256_set1_ps(scale), acc[i]);
-                    if (SIGNED_SHIFT) extra[i] -= (float)(SIGNED_SHIFT * a.qs[r * blocks + b]) * scale;
-                }
+                add_block(acc, extra, ia, a.dx[r * blocks + b], sr, g, SIGNED_SHIFT * a.qs[r * blocks + b]);
             }
-            for (int i = 0; i < R && row + i < n; i++) {
-                if (o)
-                    for (int g = 0; g < groups; g++) extra[i] += o[(size_t)(row + i) * groups + g] * a.xs[r * groups + g];
-                y[(size_t)r * n + row + i] = hsum(acc[i]) + extra[i];
-            }
+            store_rows(y + (size_t)r * n, n, row, acc, extra, o, o ? a.xs + r * groups : NULL, groups);
         }
     }
     return release_rows(a, o != NULL);
