@@ -2,8 +2,8 @@
 
 Each row is printed as soon as it is measured; loading (with quantization), perplexity and generation show tqdm
 bars with an ETA. The fp32 row's size is its checkpoint's; the quantized rows are saved to a temporary folder and
-measured there. The header names the CPU and whether it has bf16 units (AVX512-BF16 or AMX), on which lowbit's
-CPU kernels gain the most.
+measured there. The header names the CPU, the vector instructions lowbit's kernels use there and whether it has bf16
+units (AVX512-BF16 or AMX); each quantized layer's kernel is chosen by measurement on that CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import lowbit
 from lowbit import realmodels
 from lowbit.data import text_path
-from lowbit.kernels.cpu.features import cpu_has_bf16
+from lowbit.kernels.cpu.features import cpu_has_bf16, isa
 from lowbit.loading.tokenizer import load_tokenizer
 
 PROMPT = "Asphalt is a sticky, black and highly viscous"
@@ -95,8 +95,8 @@ def cpu_line() -> str:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
-    units = ("with bf16 units (AVX512-BF16/AMX): quantized layers compute in bf16" if cpu_has_bf16() else
-             "without bf16 units (no AVX512-BF16/AMX): layers compute in fp32, quantized speed-ups are smaller")
+    units = (f"{isa().upper()}, {'with' if cpu_has_bf16() else 'without'} bf16 units (AVX512-BF16/AMX): each "
+             "quantized layer's kernel measured on this CPU (lowbit inspect says which)")
     return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, {units}"
 
 
