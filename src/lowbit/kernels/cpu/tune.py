@@ -5,7 +5,9 @@ weight then, and says so).
 
 Each candidate runs at M=1 (decode) over copies of the layer's tensors that together exceed the last-level cache,
 a different copy each call (``Run``), so every call reads its weights from memory as decoding a model larger than the
-cache does, and nothing else is timed; candidates are interleaved over rounds and the best median kept. Two other
+cache does, and nothing else is timed; candidates are interleaved over rounds and the best median kept. The copies
+(about twice the last-level cache per candidate, so a few hundred MB for a small layer's 5-7 candidates) live only
+while that layer shape is measured, once per CPU: the choice is cached. Two other
 timings were tried and misled: flushing the cache before each call (``time_cold``, kept for the benchmarks) measured
 the flush's aftermath on a 2-core AMD EPYC VM (about 300 µs for every candidate on a 0.4 MB layer that each runs in
 55-115 µs), and calling one copy again and again favoured the dense fp32 copy of small layers, which then fit the
