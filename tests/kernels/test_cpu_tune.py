@@ -101,7 +101,10 @@ def test_each_timed_call_reads_another_copy_of_the_weights():
     run = tune.Run("cpu_dense/float32", get_kernel("cpu_dense"), request, FMT.encode(torch.randn(64, 256)))
     tensors, prepared = run.sets[0]
     size = sum(t.nbytes for t in (*tensors.values(), *prepared.values()))
-    assert len(run.sets) == min(tune.MAX_COPIES, -(-2 * tune.llc_bytes() // size)) > 1
-    assert len({p["weight"].data_ptr() for _, p in run.sets}) == len(run.sets)
-    outputs = [run() for _ in range(3)]
-    assert run.turn == 3 % len(run.sets) and torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[1], outputs[2])
+    with run:  # the copies exist while the candidate is timed
+        assert len(run.sets) == min(tune.MAX_COPIES, -(-2 * tune.llc_bytes() // size)) > 1
+        assert len({p["weight"].data_ptr() for _, p in run.sets}) == len(run.sets)
+        outputs = [run() for _ in range(3)]
+        assert run.turn == 3 % len(run.sets) and torch.equal(outputs[0], outputs[1])
+        assert torch.equal(outputs[1], outputs[2])
+    assert len(run.sets) == 1 and run.turn == 0

@@ -5,9 +5,9 @@ weight then, and says so).
 
 Each candidate runs at M=1 (decode) over copies of the layer's tensors that together exceed the last-level cache,
 a different copy each call (``Run``), so every call reads its weights from memory as decoding a model larger than the
-cache does, and nothing else is timed; candidates are interleaved over rounds and the best median kept. The copies
-(about twice the last-level cache per candidate, so a few hundred MB for a small layer's 5-7 candidates) live only
-while that layer shape is measured, once per CPU: the choice is cached. Two other
+cache does, and nothing else is timed; candidates are interleaved over rounds and the best median kept. A candidate's
+copies (about twice the last-level cache) exist only while it is being timed, once per layer shape and CPU: the choice
+is cached. Two other
 timings were tried and misled: flushing the cache before each call (``time_cold``, kept for the benchmarks) measured
 the flush's aftermath on a 2-core AMD EPYC VM (about 300 µs for every candidate on a 0.4 MB layer that each runs in
 55-115 µs), and calling one copy again and again favoured the dense fp32 copy of small layers, which then fit the
@@ -96,15 +96,25 @@ def _clone(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 class Run:
     """One candidate's M=1 call, each call on the next of several copies of the layer's tensors (together at least
-    twice the last-level cache, at most ``MAX_COPIES``)."""
+    twice the last-level cache, at most ``MAX_COPIES``). The copies exist only inside ``with run:``, while that
+    candidate is timed."""
 
     def __init__(self, label: str, kernel: Kernel, request: KernelRequest, tensors: dict[str, torch.Tensor]):
         self.label, self.kernel, self.request = label, kernel, request
         self.x = torch.randn(1, request.k).to(request.compute_dtype)
         prepared = kernel.prepare(dict(tensors), request)
         size = sum(t.nbytes for t in (*tensors.values(), *prepared.values()) if isinstance(t, torch.Tensor))
-        copies = min(MAX_COPIES, max(1, -(-2 * llc_bytes() // max(size, 1))))
-        self.sets = [(tensors, prepared)] + [(_clone(tensors), _clone(prepared)) for _ in range(copies - 1)]
+        self.copies = min(MAX_COPIES, max(1, -(-2 * llc_bytes() // max(size, 1))))
+        self.sets = [(tensors, prepared)]
+        self.turn = 0
+
+    def __enter__(self) -> Run:
+        tensors, prepared = self.sets[0]
+        self.sets += [(_clone(tensors), _clone(prepared)) for _ in range(self.copies - 1)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.sets[1:]
         self.turn = 0
 
     def __call__(self):
@@ -135,12 +145,19 @@ def candidates(fmt, shape, dtypes) -> dict[str, tuple[Kernel, KernelRequest]]:
     return out
 
 
+def _with_copies(timer: Callable[[Run], float]) -> Callable[[Run], float]:
+    def timed(run: Run) -> float:
+        with run:
+            return timer(run)
+    return timed
+
+
 def measure(fmt, shape, dtypes, tensors: dict[str, torch.Tensor], timer=None) -> dict[str, float]:
     """Best µs per M=1 call of every candidate and of ``cpu_dense/float32`` (the original dense layer)."""
     chosen = {**candidates(fmt, shape, dtypes),
               f"{DENSE}/float32": (get_kernel(DENSE), kernel_request(fmt, shape, "cpu", torch.float32))}
     runs = {label: Run(label, kernel, request, tensors) for label, (kernel, request) in chosen.items()}
-    dense, timer = f"{DENSE}/float32", timer or time_calls
+    dense, timer = f"{DENSE}/float32", _with_copies(timer or time_calls)
     with torch.inference_mode():
         for fn in runs.values():
             fn()  # first calls build libraries and caches
