@@ -8,6 +8,8 @@ decode speed (tokens 2..n per second). Variants:
 - ``hf fp32`` / ``hf bf16``: transformers' ``generate`` on the original model;
 - ``lowbit int8`` / ``lowbit int4``: ``lowbit.generate`` (fused q/k/v and gate/up, static KV cache, the kernels the
   CPU tuner measured; embedding and tied head stored as int8), and the same model under plain ``generate``;
+- ``lowbit int8 (compiled step)`` / ``lowbit int4 (compiled step)`` (``--compiled``): ``compile_for_decode(model,
+  compile=True)``, the whole forward compiled with inductor's C++ wrapper (its first call, with the compile, apart);
 - ``llama.cpp Q4_0`` / ``Q8_0`` (``--llama-python``: a Python with llama-cpp-python, e.g. a separate venv; it is a
   benchmark-only dependency that compiles llama.cpp at install): GGUF files requantized with llama.cpp's own
   ``llama_model_quantize`` from the GGUF that the realmodels package carries, each served by a subprocess that keeps
@@ -121,6 +123,26 @@ def lowbit_runner(model, tokenizer, tokens: int):
     return run
 
 
+def compiled_runner(model, tokenizer, tokens: int):
+    """``compile_for_decode(model, compile=True)``: the whole forward compiled with inductor's C++ wrapper; the prompt
+    and first token timed by a one-token call, the rest from a full call."""
+    import lowbit
+
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    decoder = lowbit.compile_for_decode(model, compile=True)
+
+    def run() -> dict:
+        t0 = time.perf_counter()
+        decoder.generate(ids, 1)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = decoder.generate(ids, tokens)
+        total = time.perf_counter() - t0
+        return {"first_token_s": first, "decode_tok_s": (tokens - 1) / max(total - first, 1e-9),
+                "text": tokenizer.decode(out[0, ids.shape[1]:])}
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma-3-270m"])
@@ -131,6 +153,8 @@ def main() -> None:
     parser.add_argument("--avx2", action="store_true", help="hold lowbit and torch to AVX2 (restarts itself so)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--name", default="cpu_decode", help="results file name (before the date)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also lowbit int4/int8 through compile_for_decode(compile=True) (minutes to compile)")
     args = parser.parse_args()
     if args.avx2 and os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
         env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", LOWBIT_CPU_ISA="avx2")
@@ -163,6 +187,9 @@ def main() -> None:
             setup[f"lowbit {label}"] = round(time.perf_counter() - t0, 1)  # load + quantize + kernel choice
             runners[f"lowbit {label}"] = lowbit_runner(model, tok, args.tokens)
             runners[f"lowbit {label} (hf generate)"] = hf_runner(model, tok, args.tokens)
+            if args.compiled:
+                model = lowbit.from_pretrained(path, quantization=cfg).eval()
+                runners[f"lowbit {label} (compiled step)"] = compiled_runner(model, tok, args.tokens)
         if args.llama_python:
             src = source_gguf(name, tmp)
             for q, ftype in LLAMA_FTYPES.items():
@@ -197,7 +224,10 @@ def main() -> None:
     for name in args.models:
         by = {r["variant"]: r["decode_tok_s_median"] for r in rows if r["model"] == name}
         for mine, theirs in (("lowbit int4", "llama.cpp Q4_0"), ("lowbit int8", "llama.cpp Q8_0"),
-                             ("lowbit int4", "hf float32"), ("lowbit int8", "hf float32")):
+                             ("lowbit int4", "hf float32"), ("lowbit int8", "hf float32"),
+                             ("lowbit int4 (compiled step)", "llama.cpp Q4_0"),
+                             ("lowbit int8 (compiled step)", "llama.cpp Q8_0"),
+                             ("lowbit int4 (compiled step)", "lowbit int4")):
             if mine in by and theirs in by:
                 summary[f"{name}: {mine} / {theirs}"] = round(by[mine] / by[theirs], 3)
     print(json.dumps(summary, indent=1))

@@ -39,6 +39,21 @@ def test_cpu_tokens_are_transformers_greedy_ones():
         decoder.generate(ids[0], 3)
 
 
+def test_cpu_compiled_step_gives_the_eager_tokens():
+    """``compile=True`` on the CPU compiles the whole forward (inductor's C++ wrapper): the same greedy tokens as the
+    eager decoder, the prompt still run eagerly (one compiled graph for the step, none for the prompt)."""
+    model = tiny_llama("cpu").float()
+    lowbit.quantize_(model, lowbit.config("int8"))
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(1))
+    eager = lowbit.compile_for_decode(model).generate(ids, 6)
+    torch._dynamo.reset()
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    compiled = lowbit.compile_for_decode(model, compile=True)
+    assert torch.equal(compiled.generate(ids, 6), eager)
+    assert counts["stats"]["unique_graphs"] == 1, dict(counts["stats"])
+
+
 @pytest.mark.skipif(not CUDA, reason="no CUDA device: the fast path records CUDA graphs (gpu_run.sh runs it)")
 @pytest.mark.parametrize("compile", [False, True], ids=["eager-blocks", "compiled-blocks"])
 def test_tokens_are_the_greedy_continuation(compile):
