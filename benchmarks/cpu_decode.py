@@ -139,7 +139,7 @@ def compiled_runner(model, tokenizer, tokens: int):
         out = decoder.generate(ids, tokens)
         total = time.perf_counter() - t0
         return {"first_token_s": first, "decode_tok_s": (tokens - 1) / max(total - first, 1e-9),
-                "text": tokenizer.decode(out[0, ids.shape[1]:])}
+                "text": tokenizer.decode(out[0, ids.shape[1]:]), "call_s": first + total}
     return run
 
 
@@ -216,6 +216,7 @@ def main() -> None:
             rows.append({"model": name, "variant": label, "decode_tok_s_best": round(max(speeds), 2),
                          "decode_tok_s_median": round(statistics.median(speeds), 2),
                          "first_call_first_token_s": round(first[label]["first_token_s"], 3),
+                         "first_call_s": round(first[label]["call_s"], 1) if "call_s" in first[label] else None,
                          "first_token_s": round(statistics.median(r["first_token_s"] for r in runs), 3),
                          "setup_s": setup.get(label), "kernels": runs[-1].get("kernels"),
                          "text": runs[-1]["text"][:120], "threads": args.threads, "isa": features.isa(),
