@@ -12,8 +12,9 @@ the GPU). The fast path does what the decode benchmark does instead:
 On the CPU there are no CUDA graphs: each step runs as it is, eager unless ``compile=True``, which compiles the
 model's whole forward once with inductor's C++ wrapper (``compile_step_cpu``): the step's hundreds of small kernels
 are then called from C++, not Python (SmolLM2-135M int4 on AVX2: 57.9 against 41.8 tok/s eager; the first call
-compiles for about 140 s on 2 cores, and each new cache length, a multiple of ``CACHE_STEP``, compiles again). Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is
-changed in place (fused projections, compiled blocks); ``model.generate`` keeps working.
+compiles for about 140 s on 2 cores, and each new cache length, a multiple of ``CACHE_STEP``, compiles again).
+Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is changed in place (fused
+projections, compiled blocks or forward); ``model.generate`` keeps working.
 """
 
 from __future__ import annotations

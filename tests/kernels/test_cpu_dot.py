@@ -12,8 +12,8 @@ from test_cpu_gemv import needs_native
 
 from lowbit.kernels.cpu import dot, features, native
 
-DOT4 = {"int2-g32-asym", "int3-g64-sym", "int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-asym", "int4-g128-sym",
-        "int4-g128-bf16-scales", "int4-g256-asym", "int4-channel-asym", "fp4-b32", "mxfp4"}
+DOT4 = {"int2-g32-asym", "int3-g64-sym", "int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-asym",
+        "int4-g128-sym", "int4-g128-bf16-scales", "int4-g256-asym", "int4-channel-asym", "fp4-b32", "mxfp4"}
 DOT8 = {"int8-channel-sym", "int8-g128-asym"}
 ROUNDING_TOL = 0.03  # relative error of int8-rounded activations (about 0.5-1.5% on these random layers)
 

@@ -61,8 +61,8 @@ def from_chunks(chunks: torch.Tensor) -> torch.Tensor:
 
 
 def interleave(rows: torch.Tensor, chunk: int) -> torch.Tensor:
-    """[N, W] bytes → [N padded to ROWS, W]: each block of ROWS rows stored chunk by chunk (``chunk`` bytes of one row,
-    then of the next), the order in which a pass of ``dot8.c`` reads them."""
+    """[N, W] bytes → [N padded to ROWS, W]: each block of ROWS rows stored chunk by chunk (``chunk`` bytes of one
+    row, then of the next), the order in which a pass of ``dot8.c`` reads them."""
     n, width = rows.shape
     if n % ROWS:
         rows = torch.cat([rows, rows.new_zeros(ROWS - n % ROWS, width)])
@@ -199,8 +199,9 @@ class CpuDot4Kernel(_DotMixin, CpuGemv4Kernel):
 
     def run(self, x, tensors, prepared, request, bias):
         group = self.group(request)
-        return eager_or_op(torch.ops.lowbit.dot4_cpu, dot4_cpu)(x, prepared["codes"], int8_table(request.fmt)[0], prepared["scales"],
-                                         prepared.get("offsets"), group, block_for(group), bias)
+        op = eager_or_op(torch.ops.lowbit.dot4_cpu, dot4_cpu)
+        return op(x, prepared["codes"], int8_table(request.fmt)[0], prepared["scales"], prepared.get("offsets"), group,
+                  block_for(group), bias)
 
 
 class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
@@ -219,6 +220,6 @@ class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
 
     def run(self, x, tensors, prepared, request, bias):
         group = self.group(request)
-        return eager_or_op(torch.ops.lowbit.dot8_cpu, dot8_cpu)(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), group,
-                                         block_for(group), bias)
+        op = eager_or_op(torch.ops.lowbit.dot8_cpu, dot8_cpu)
+        return op(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), group, block_for(group), bias)
 

@@ -84,20 +84,24 @@ typedef struct {
     int32_t *qs;
 } rows_t;
 
+/* whether every buffer of the activations was allocated */
+static int rows_ready(rows_t a, int sums) { return a.xq && a.dx && a.qs && (!sums || a.xs); }
+
 /* the activations in both forms; NULL members where the allocation failed (the caller then returns -1) */
 static rows_t prepare_rows(const float *x, int m, int k, int B, int group, int sums) {
     rows_t a = {malloc((size_t)m * k), malloc(sizeof(float) * (size_t)m * (k / B)), NULL,
                 malloc(sizeof(int32_t) * (size_t)m * (k / B))};
     if (sums) a.xs = malloc(sizeof(float) * (size_t)m * (k / group));
-    if (a.xq && a.dx && a.qs && (!sums || a.xs)) {
+    if (rows_ready(a, sums)) {
         quantize_rows(x, m, k, B, a.xq, a.dx, a.qs);
         if (sums) group_sums(m, k, B, group, a.dx, a.qs, a.xs);
     }
     return a;
 }
 
+/* frees the activations; 0, or -1 where they could not be allocated */
 static int release_rows(rows_t a, int sums) {
-    int failed = !(a.xq && a.dx && a.qs && (!sums || a.xs));
+    int failed = !rows_ready(a, sums);
     free(a.xq), free(a.dx), free(a.xs), free(a.qs);
     return failed ? -1 : 0;
 }
@@ -152,12 +156,12 @@ static inline void store_rows(float *y, int n, int row, const __m256 *acc, float
     }
 }
 
-/* codes: [n padded, k/2] (see above); table: 16 int8 values or NULL (codes are their values); s, o: [n, k/group] (o may be
- * NULL); x: [m, k]; y: [m, n]. Returns 0, or -1 where memory ran out. */
+/* codes: [n padded, k/2] (see above); table: 16 int8 values or NULL (codes are their values); s, o: [n, k/group]
+ * (o may be NULL); x: [m, k]; y: [m, n]. Returns 0, or -1 where memory ran out. */
 int lowbit_dot4(const float *x, int m, int k, const uint8_t *codes, int n, const int8_t *table, const float *s,
                 const float *o, int group, int B, float *y, int threads) {
     rows_t a = prepare_rows(x, m, k, B, group, o != NULL);
-    if (!(a.xq && a.dx && a.qs && (!o || a.xs))) return release_rows(a, o != NULL);
+    if (!rows_ready(a, o != NULL)) return release_rows(a, o != NULL);
     int groups = k / group, blocks = k / B, per = group / B, shift = table ? SIGNED_SHIFT : 0;
     __m256i tv = table ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)table)) : _mm256_setzero_si256();
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -205,11 +209,12 @@ int lowbit_dot4(const float *x, int m, int k, const uint8_t *codes, int n, const
     return release_rows(a, o != NULL);
 }
 
-/* codes: [n padded, k] int8, interleaved as above; s, o: [n, k/group] (o may be NULL; group == k: one scale per row); the rest as lowbit_dot4 */
+/* codes: [n padded, k] int8, interleaved as above; s, o: [n, k/group] (o may be NULL; group == k: one scale per row);
+ * the rest as lowbit_dot4 */
 int lowbit_dot8(const float *x, int m, int k, const int8_t *codes, int n, const float *s, const float *o, int group,
                 int B, float *y, int threads) {
     rows_t a = prepare_rows(x, m, k, B, group, o != NULL);
-    if (!(a.xq && a.dx && a.qs && (!o || a.xs))) return release_rows(a, o != NULL);
+    if (!rows_ready(a, o != NULL)) return release_rows(a, o != NULL);
     int groups = k / group, blocks = k / B, per = group / B;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int row = 0; row < n; row += R) {
@@ -228,7 +233,8 @@ int lowbit_dot8(const float *x, int m, int k, const int8_t *codes, int n, const 
                 for (int j = b * B; j < (b + 1) * B; j += 32) {
                     __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + j));
                     for (int i = 0; i < R; i++)
-                        ia[i] = dot_signed(ia[i], _mm256_loadu_si256((const __m256i *)(c + (size_t)(j / 32) * (R * 32) + i * 32)), xv);
+                        ia[i] = dot_signed(ia[i], _mm256_loadu_si256((const __m256i *)(c + (size_t)(j / 32) * (R * 32)
+                                                                                           + i * 32)), xv);
                 }
                 add_block(acc, extra, ia, a.dx[r * blocks + b], sr, g, SIGNED_SHIFT * a.qs[r * blocks + b]);
             }

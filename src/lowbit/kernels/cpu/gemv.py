@@ -176,8 +176,9 @@ class CpuGemv4Kernel(_NativeKernel):
         return {"qweight": _swap_nibbles(codes) if _book(request.fmt).high_first else codes}
 
     def run(self, x, tensors, prepared, request, bias):
-        return eager_or_op(torch.ops.lowbit.gemv4_cpu, gemv4_cpu)(x, prepared["codes"], _table(request.fmt), prepared["scales"],
-                                          prepared.get("offsets"), self.group(request), bias)
+        op = eager_or_op(torch.ops.lowbit.gemv4_cpu, gemv4_cpu)
+        return op(x, prepared["codes"], _table(request.fmt), prepared["scales"], prepared.get("offsets"),
+                  self.group(request), bias)
 
 
 class CpuGemv8Kernel(_NativeKernel):
@@ -216,5 +217,5 @@ class CpuGemv8Kernel(_NativeKernel):
         return {"qweight": prepared["codes"].view(torch.uint8) ^ 0x80}
 
     def run(self, x, tensors, prepared, request, bias):
-        return eager_or_op(torch.ops.lowbit.gemv8_cpu, gemv8_cpu)(x, prepared["codes"], prepared["scales"], prepared.get("offsets"),
-                                          self.group(request), bias)
+        op = eager_or_op(torch.ops.lowbit.gemv8_cpu, gemv8_cpu)
+        return op(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), self.group(request), bias)

@@ -1,9 +1,10 @@
-"""lowbit's own CPU kernels (``gemv.c``, ``dot8.c``): built on first use with the system C compiler, loaded with ctypes.
+"""lowbit's own CPU kernels (``gemv.c``, ``dot8.c``): built on first use with the system C compiler, loaded with
+ctypes.
 
 The C files are compiled into one library once per instruction set (``features.isa()``: AVX2+FMA or AVX-512, the
 latter with AVX512-VNNI where the CPU has it) into ``<cache>/native/`` (the name carries a hash of the sources, the
-flags and the compiler), written under a temporary
-name and renamed, so concurrent processes never load a half-written library. It links the OpenMP runtime that torch
+flags and the compiler), written under a temporary name and renamed, so concurrent processes never load a
+half-written library. It links the OpenMP runtime that torch
 has loaded already (same soname), so its threads are torch's. No compiler, or a failed build: ``library()`` is None
 and ``unavailable()`` says why; the kernels then decline with that reason and the others run the layer.
 """
@@ -63,7 +64,8 @@ def _load(which: str) -> tuple[ctypes.CDLL | None, str | None]:
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
         args = COMMON + flags(which)
-        digest = hashlib.sha256("\0".join([*(s.read_text() for s in SOURCES), *args, version]).encode()).hexdigest()[:16]
+        text = "\0".join([*(source.read_text() for source in SOURCES), *args, version])
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         target = cache_dir() / "native" / f"gemv-{which}-{digest}.so"
         if not target.exists():
             _build(cc, args, target)
