@@ -66,6 +66,9 @@ def test_size_budget_counts_the_whole_output(src, tmp_path):
     ("4bpw", "int4,awq", "cannot be chosen per layer; expected one of fp4"),
     ("four", "int4", "budget 'four' is not a budget"),
     ("4bpw", " , ", "no candidates given"),
+    ("4bpw", "int4,gptq4+fast", "gptq has no switch 'fast'; expected one of +act_order, +mse, +static_groups"),
+    ("4bpw", "int4,gptq4+awq_balance", "gptq has no switch 'awq_balance'"),
+    ("4bpw", "int4+quantize_lm_head", "rtn has no switch 'quantize_lm_head'; expected one of +symmetric"),
 ])
 def test_bad_input_is_one_line(src, tmp_path, budget, candidates, expected):
     with pytest.raises(LowbitError) as e:

@@ -103,12 +103,23 @@ def test_damaged_config_is_one_line(entry, match):
     assert "\n" not in str(e.value)
 
 
-def test_fit_with_a_calibrated_candidate_runs_the_runner(tmp_path):
+def test_switches_turn_on_the_methods_settings():
+    cands = parse_candidates("gptq3+act_order+mse,gptq4,nf4+double_quant,int4g128", 32)
+    assert cands["gptq3+act_order+mse"].replace(act_order=False, mse=False) == cands["gptq4"].replace(bits=3)
+    assert cands["gptq3+act_order+mse"].act_order and cands["gptq3+act_order+mse"].mse
+    assert not cands["gptq4"].act_order and cands["nf4+double_quant"].double_quant
+    assert cands["int4g128"].group_size == 128
+
+
+@pytest.mark.parametrize("gptq, bpw", [("gptq4", 4.9), ("gptq4+act_order+mse", 5.6)])  # act_order stores g_idx
+def test_fit_with_a_calibrated_candidate_runs_the_runner(tmp_path, gptq, bpw):
     src = make_llama_with_tokenizer(tmp_path / "src")
-    res = fit(src, tmp_path / "out", "4.9bpw", "int8,gptq4", group_size=32, samples=2, seq_len=32,
+    res = fit(src, tmp_path / "out", f"{bpw}bpw", f"int8,{gptq}", group_size=32, samples=2, seq_len=32,
               calib_samples=4, calib_seq_len=32)
-    assert res.plan.linear_bytes <= 4.9 * res.layout.params / 8
-    assert "gptq4" in res.plan.counts()
+    assert res.plan.linear_bytes <= bpw * res.layout.params / 8
+    assert gptq in res.plan.counts()
+    if "act_order" in gptq:  # the switch reached the quantizer: its layers store their column order
+        assert any(name.endswith(".g_idx") for name in load_tensors(tmp_path / "out" / "model.safetensors"))
     model = lowbit.from_pretrained(tmp_path / "out")
     ids = token_ids()
     fp = logits(lowbit.from_pretrained(src), ids)

@@ -13,7 +13,8 @@ def add_arguments(p) -> None:
                    help="bits per weight of the quantized Linears (4.25bpw) or the output's size (2.1GB, 500MB)")
     p.add_argument("--candidates", default="int8,int4,int3",
                    help="comma-separated methods or aliases to choose from per layer; an integer method takes its "
-                        "bits as a suffix (hqq4, gptq3) (default: int8,int4,int3)")
+                        "bits and group as a suffix (hqq4, int4g128), + turns a setting on (gptq3+act_order+mse) "
+                        "(default: int8,int4,int3)")
     p.add_argument("--group-size", type=int, default=None, help="group (block) size of every grouped candidate")
     p.add_argument("--calib", default=None, metavar="FILE",
                    help="calibration text, UTF-8 (default: the bundled wiki.calib.txt, as for lowbit quantize)")

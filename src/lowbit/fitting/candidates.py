@@ -1,8 +1,10 @@
 """What ``lowbit fit`` may choose from, and what each choice costs in bytes.
 
 A candidate is a registered method or alias (``int8``, ``int4``, ``nf4``, ``mxfp4``, ``fp8``, ...) or a method
-name followed by its bits (``hqq4``, ``gptq3``, ``rtn4``). ``group_size`` (when given) sets the group of every
-grouped candidate (``block_size`` of code books); per-channel ones (``int8``) stay per channel. The layout reads
+name followed by its bits (``hqq4``, ``gptq3``, ``rtn4``), then optionally ``g`` and a group size (``int4g128``) and
+``+`` switches that turn on the method's yes/no settings (``gptq3+act_order+mse``, ``nf4+double_quant``).
+``group_size`` (when given) sets the group of every grouped candidate (``block_size`` of code books); per-channel
+ones (``int8``) stay per channel. The layout reads
 the checkpoint's skeleton on meta: which Linears a method quantizes, each candidate's format for each of them
 (the candidate's own ``weight_format``, group-size fallbacks included), its stored bytes, and the bytes of every
 tensor kept at full precision, as the output folder will hold them.
@@ -27,6 +29,7 @@ from lowbit.nn.holder import QuantHolder
 from lowbit.registry import build_config, get, names
 
 DEFAULT = ("int8", "int4", "int3")
+BLOCK_WIDE_SWITCHES = {"awq_balance"}  # moves scales across the layers of a block, as the BLOCK_WIDE methods do
 _MOST_PARTS = 4  # stored tensors of a quantized layer at most (codes, scales, zeros, g_idx)
 _ENTRY = 96  # bytes of a header entry beside its name: '"": {"dtype": "F32", "shape": [..], "data_offsets": [..]},'
 _GROUP = re.compile(r"(.+?)(?:g(\d+))?", re.DOTALL)
@@ -38,15 +41,30 @@ def fittable() -> list[str]:
     return [n for n in names() if get(n).name not in BLOCK_WIDE]
 
 
+def _switches(name: str, cfg: QuantConfig, switches: list[str]) -> QuantConfig:
+    """``cfg`` with each named yes/no setting of its method turned on (``+act_order``); the model-wide ones of every
+    method (``quantize_lm_head``, ``strict``) and those that act on a whole block are not per-layer choices."""
+    model_wide = set(QuantConfig.field_names()) | BLOCK_WIDE_SWITCHES
+    flags = sorted(f.name for f in dataclasses.fields(cfg) if f.type in (bool, "bool") and f.name not in model_wide)
+    for flag in switches:
+        if flag not in flags:
+            raise ConfigError(f"candidate {name!r}: {cfg.method} has no switch {flag!r}; expected one of "
+                              f"{', '.join('+' + f for f in flags) or '(none: this method has no yes/no settings)'}")
+        cfg = cfg.replace(**{flag: True})
+    return cfg
+
+
 def _build(name: str, group_size: int | None) -> QuantConfig:
-    """``int4``, ``hqq3``, ``gptq4g128``: a name, then optionally its bits, then optionally ``g`` and a group size
-    (which wins over ``group_size``)."""
-    head, group = _GROUP.fullmatch(name).groups()
+    """``int4``, ``hqq3``, ``gptq4g128``, ``gptq3+act_order+mse``: a name, then optionally its bits, then optionally
+    ``g`` and a group size (which wins over ``group_size``), then optionally ``+`` switches."""
+    spec, *switches = name.split("+")
+    head, group = _GROUP.fullmatch(spec).groups()
     m = _BITS.fullmatch(head)
     base, bits = (m.group(1), m.group(2)) if head not in names() and m else (head, None)
     if base not in names() or (bits and not issubclass(get(base).config_cls, IntGroupConfig)):
         raise ConfigError(f"unknown candidate {name!r}; expected a method or alias ({', '.join(fittable())}), "
-                          "optionally with its bits and group size (e.g. hqq4, gptq3, int4g64)")
+                          "optionally with its bits, group size and switches (e.g. hqq4, gptq3, int4g64, "
+                          "gptq4+act_order)")
     cfg = build_config(base, **({"bits": int(bits)} if bits else {}))
     group = int(group) if group else group_size
     if group is not None:
@@ -54,7 +72,7 @@ def _build(name: str, group_size: int | None) -> QuantConfig:
             cfg = cfg.replace(block_size=group)
         elif isinstance(cfg, IntGroupConfig) and cfg.group_size is not None:
             cfg = cfg.replace(group_size=group)
-    return cfg
+    return _switches(name, cfg, switches)
 
 
 def parse_candidates(candidates: str | list[str] | tuple[str, ...] | None,
