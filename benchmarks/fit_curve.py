@@ -43,6 +43,10 @@ CANDIDATES = "int8,int4,int3,int2,nf4"  # data-free: what this shared 2-core CPU
 UNIFORM = ("int4", "int3", "gptq4")  # gptq4: the best calibrated method that quantizes layer by layer
 
 
+def _name(stem: str, args) -> str:
+    return f"{stem}-{args.label}" if args.label else stem
+
+
 def _score(path, labels, cands, lay, tok, text, args, work: Path) -> float:
     cfg = mixed_config({k: cands[k] for k in set(labels.values())},
                        {n: (label, lay.formats[label][n]) for n, label in labels.items()})
@@ -96,8 +100,14 @@ def run_model(name: str, args, work: Path) -> list[dict]:
                      "mix": counts, "seconds": round(time.perf_counter() - t, 1),
                      "sensitivity_seconds": round(sens_seconds, 1)})
         print(rows[-1], flush=True)
-        write_results(f"fit-curve-{name}-{args.estimator}-partial", rows, describe_device(), {"args": vars(args)})
+        write_results(_name(f"fit-curve-{name}-{args.estimator}-partial", args), rows, describe_device(),
+                      {"args": vars(args)})
     return rows
+
+
+def _estimator(setting: str) -> str:
+    """``fit 4.0 bpw (fisher)`` → fisher; rows of the first runs, without one, used ``output``."""
+    return setting.rsplit("(", 1)[1].rstrip(")") if "(" in setting else "output"
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -112,12 +122,12 @@ def plot(rows: list[dict], out: Path) -> None:
         mine = [r for r in rows if r["model"] == name]
         fp32 = next(r["ppl"] for r in mine if r["setting"] == "fp32")
         mine = [r for r in mine if r["setting"] != "fp32"]
-        for est, style in (("fisher", "o-"), ("output", "s--")):
-            fit = sorted((r for r in mine if r["setting"].startswith("fit") and (est in r["setting"] or (
-                est == "output" and "(" not in r["setting"]))), key=lambda r: r["bpw"])
+        for est, style in (("fisher", "o-"), ("output-fisher", "^-"), ("output", "s--")):
+            fit = sorted((r for r in mine if r["setting"].startswith("fit") and _estimator(r["setting"]) == est),
+                         key=lambda r: r["bpw"])
             if fit:
-                ax.plot([r["bpw"] for r in fit], [r["ppl"] for r in fit], style, color="black",
-                        label=f"lowbit fit ({est})", alpha=1.0 if est == "fisher" else 0.6)
+                ax.plot([r["bpw"] for r in fit], [r["ppl"] for r in fit], style, label=f"lowbit fit ({est})",
+                        alpha=0.6 if est == "output" else 1.0)
         for i, u in enumerate(r for r in mine if r["setting"].startswith("uniform")):
             ax.scatter([u["bpw"]], [u["ppl"]], s=60, marker="sD^v"[i % 4], label=u["setting"], zorder=3)
         ax.axhline(fp32, color="grey", linestyle="--", linewidth=1, label=f"fp32 {fp32:.2f}")
@@ -136,7 +146,7 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="*", type=float, default=[3.25, 3.5, 4.0, 4.5])
     ap.add_argument("--uniform", nargs="*", default=list(UNIFORM), help="uniform rows (default: int4 int3 gptq4)")
     ap.add_argument("--candidates", default=CANDIDATES)
-    ap.add_argument("--estimator", default="fisher", choices=("fisher", "output", "loss"))
+    ap.add_argument("--estimator", default="fisher", choices=("fisher", "output-fisher", "output", "loss"))
     ap.add_argument("--fit-only", action="store_true", help="only the fit rows (the uniform ones measured before)")
     ap.add_argument("--samples", type=int, default=4, help="calibration windows for the sensitivities")
     ap.add_argument("--seq-len", type=int, default=512)
@@ -144,13 +154,15 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--work", default=None, help="folder for the sensitivity cache and quantized folders")
     ap.add_argument("--plot", default=None, help="PNG (default: benchmarks/results/fit-curve-<date>.png)")
+    ap.add_argument("--label", default="", help="added to the results' file names (fit-curve-LABEL-<date>)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="only join the rows of earlier runs' JSON files into one JSON and one PNG")
     args = ap.parse_args()
     if args.merge:
         rows = [r for f in args.merge for r in json.loads(Path(f).read_text())["rows"]]
         print_table(rows, ["model", "setting", "bpw", "ppl"])
-        path = write_results("fit-curve", rows, describe_device(), {"merged": [Path(f).name for f in args.merge]})
+        path = write_results(_name("fit-curve", args), rows, describe_device(),
+                             {"merged": [Path(f).name for f in args.merge]})
         plot(rows, Path(args.plot) if args.plot else RESULTS / (path.stem + ".png"))
         return
     torch.manual_seed(0)
@@ -160,7 +172,7 @@ def main() -> None:
     for name in args.models:
         rows += run_model(name, args, work)
     print_table(rows, ["model", "setting", "bpw", "ppl"])
-    path = write_results("fit-curve", rows, describe_device(), {"args": vars(args)})
+    path = write_results(_name("fit-curve", args), rows, describe_device(), {"args": vars(args)})
     plot(rows, Path(args.plot) if args.plot else RESULTS / (path.stem + ".png"))
 
 

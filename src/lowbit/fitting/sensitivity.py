@@ -7,6 +7,11 @@ Three estimators, all on calibration windows, all with every other layer at full
   how much the loss reacts to that weight, so layers are compared in one currency, for the cost of a few backward
   passes.
 
+- ``output-fisher``: the same second-order estimate taken at the layer's output instead of its weights:
+  ``1/2 * sum over tokens t, outputs j of g[t, j]^2 * (x[t] @ (Wq - W).T)[j]^2``, with ``g`` the gradient of the
+  loss at the layer's output and ``x`` its input, on a seeded pick of token rows. The output error sees how the
+  layer's inputs correlate, which the weight diagonal does not: a GPTQ layer moves its weights further than
+  rounding does but cancels much of that in its output, so the weight diagonal overrates its damage.
 - ``output``: the layer's squared relative output error ``||X (Wq - W)^T||^2 / ||X W^T||^2`` on a seeded pick of its
   input rows (``eval.report.capture_inputs``). Seconds for a whole model, but blind to how much the rest of the
   network amplifies or absorbs a layer's error.
@@ -31,7 +36,7 @@ from lowbit.eval.report import capture_inputs
 from lowbit.fitting.candidates import Layout
 from lowbit.registry import get
 
-ESTIMATORS = ("fisher", "output", "loss")
+ESTIMATORS = ("fisher", "output-fisher", "output", "loss")
 LOSS_POSITIONS = 128  # scored positions per window for the loss estimator (the head runs on these only)
 
 
@@ -139,6 +144,43 @@ def fisher_diagonal(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...])
     return {n: f.div_(len(ids)) for n, f in out.items()}
 
 
+def output_gradients(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...], max_rows: int = 1024,
+                     seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name → (input rows [rows, in], squared loss gradients at the output [rows, out]) of each named Linear, at
+    the same seeded pick of ≤ ``max_rows`` token positions over the windows (one backward pass per window)."""
+    modules = dict(model.named_modules())
+    total = ids.numel()
+    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_rows].sort().values
+    xs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    gs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    local = keep[:0]
+
+    def hook(name: str):
+        def fn(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            xs[name].append(args[0].detach().reshape(-1, args[0].shape[-1])[local].float())
+            output.register_hook(lambda g: gs[name].append(g.reshape(-1, g.shape[-1])[local].float().pow(2)))
+        return fn
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in names:
+        modules[n].weight.requires_grad_(True)  # the outputs then carry a graph to hook
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        for i, window in enumerate(ids):
+            local = keep[(keep >= i * ids.shape[1]) & (keep < (i + 1) * ids.shape[1])] - i * ids.shape[1]
+            loss = model(input_ids=window[None], labels=window[None]).loss
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+    finally:
+        for h in handles:
+            h.remove()
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+    return {n: (torch.cat(xs[n]), torch.cat(gs[n])) for n in names if xs[n]}
+
+
 def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[str, QuantConfig],
             estimator: str = "fisher", max_rows: int = 1024, seed: int = 0,
             log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
@@ -152,6 +194,7 @@ def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[s
     modules = dict(model.named_modules())
     tail = _TailLoss(model, ids) if estimator == "loss" else None
     fisher = fisher_diagonal(model, ids, lay.names) if estimator == "fisher" else {}
+    grads = output_gradients(model, ids, lay.names, max_rows, seed) if estimator == "output-fisher" else {}
     out: dict[str, dict[str, float]] = {label: {} for label in candidates}
     for i, name in enumerate(lay.names):
         linear = modules[name]
@@ -161,6 +204,9 @@ def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[s
             wq = quantized_weight(sub, name, w, x)
             if estimator == "fisher":
                 out[label][name] = float(0.5 * (fisher[name] * (wq - w).pow(2)).sum())
+            elif estimator == "output-fisher":
+                xg, g2 = grads[name]
+                out[label][name] = float(0.5 * (g2 * (xg @ (wq - w).T).pow(2)).sum())
             elif estimator == "output":
                 ref = (x @ w.T).double()
                 out[label][name] = float((x @ (wq - w).T).double().pow(2).sum() / ref.pow(2).sum().clamp(min=1e-30))

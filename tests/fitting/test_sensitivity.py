@@ -1,0 +1,61 @@
+"""The sensitivity estimators on a tiny Llama: the output-Fisher rows line up with autograd's own output gradients,
+and every estimator rates fewer bits as more damage."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_llama, token_ids
+
+import lowbit
+from lowbit.fitting.candidates import layout, parse_candidates
+from lowbit.fitting.sensitivity import measure, output_gradients
+from lowbit.loading.checkpoint import open_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    src = make_llama(tmp_path_factory.mktemp("sens") / "src")
+    return src, lowbit.from_pretrained(src, dtype=torch.float32)
+
+
+def test_output_gradients_match_autograd(tiny):
+    _, model = tiny
+    ids = token_ids(n=16, batch=2)
+    name = "model.layers.1.mlp.down_proj"
+    flags = [p.requires_grad for p in model.parameters()]
+    rows = output_gradients(model, ids, (name,), max_rows=1000)  # more rows than tokens: every position, in order
+    assert [p.requires_grad for p in model.parameters()] == flags  # left as it was
+    x, g2 = rows[name]
+    layer = dict(model.named_modules())[name]
+    want_x, want_g = [], []
+
+    def keep(module, args, output):
+        want_x.append(args[0].detach())
+        output.retain_grad()
+        want_g.append(output)
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        for window in ids:
+            model(input_ids=window[None], labels=window[None]).loss.backward()
+            model.zero_grad(set_to_none=True)
+    finally:
+        handle.remove()
+    assert x.shape == (32, layer.in_features) and g2.shape == (32, layer.out_features)
+    torch.testing.assert_close(x, torch.cat([t.reshape(-1, t.shape[-1]) for t in want_x]))
+    torch.testing.assert_close(g2, torch.cat([t.grad.reshape(-1, t.shape[-1]) for t in want_g]).pow(2))
+    xs, gs = output_gradients(model, ids, (name,), max_rows=10, seed=3)[name]  # a seeded pick: the same rows of both
+    pick = torch.randperm(32, generator=torch.Generator().manual_seed(3))[:10].sort().values
+    torch.testing.assert_close(xs, x[pick])
+    torch.testing.assert_close(gs, g2[pick])
+
+
+@pytest.mark.parametrize("estimator", ["fisher", "output-fisher", "output"])
+def test_fewer_bits_rate_as_more_damage(tiny, estimator):
+    src, model = tiny
+    cands = parse_candidates("int8,int4,int3,int2", 32)
+    sens = measure(model, token_ids(n=32, batch=2), layout(open_checkpoint(src), cands), cands, estimator)
+    for name in sens["int8"]:
+        values = [sens[label][name] for label in ("int8", "int4", "int3", "int2")]
+        assert 0 < values[0] < values[1] < values[2] < values[3], (name, values)
