@@ -9,6 +9,11 @@ same first ``--eval-tokens`` tokens of wiki.eval.txt in 512-token windows. Bits 
 quantized Linears over their weights (as ``lowbit inspect`` counts them).
 
     nice -n 5 python benchmarks/fit_curve.py [--models smollm2-135m] [--budgets 3.25 3.5 4 4.5] [--plot out.png]
+
+With calibrated candidates, as in the README's curve (about 5 minutes a GPTQ row per model on 2 cores):
+
+    python benchmarks/fit_curve.py --candidates int8,gptq4+act_order,gptq3+act_order+mse \
+        --uniform int4 gptq4+act_order gptq3+act_order+mse --calib-samples 32 --eval-tokens 8192 --label calibrated
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ def test_fit_prints_the_plan_and_stays_within_the_budget(src, tmp_path):
     assert 4.3 < achieved <= 4.6
     plan = json.loads((out / "fit_plan.json").read_text())
     assert plan["bpw"] == pytest.approx(achieved, abs=1e-4) and {x["label"] for x in plan["layers"]} >= {"int4", "int3"}
+    assert plan["estimator"] == "fisher"  # auto, with data-free candidates only
     assert (tmp_path / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -118,6 +118,7 @@ def test_fit_with_a_calibrated_candidate_runs_the_runner(tmp_path, gptq, bpw):
               calib_samples=4, calib_seq_len=32)
     assert res.plan.linear_bytes <= bpw * res.layout.params / 8
     assert gptq in res.plan.counts()
+    assert res.plan.estimator == "output-fisher"  # auto, with a calibrated candidate
     if "act_order" in gptq:  # the switch reached the quantizer: its layers store their column order
         assert any(name.endswith(".g_idx") for name in load_tensors(tmp_path / "out" / "model.safetensors"))
     model = lowbit.from_pretrained(tmp_path / "out")

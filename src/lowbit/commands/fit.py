@@ -18,10 +18,11 @@ def add_arguments(p) -> None:
     p.add_argument("--group-size", type=int, default=None, help="group (block) size of every grouped candidate")
     p.add_argument("--calib", default=None, metavar="FILE",
                    help="calibration text, UTF-8 (default: the bundled wiki.calib.txt, as for lowbit quantize)")
-    p.add_argument("--estimator", choices=("fisher", "output-fisher", "output", "loss"), default="fisher",
-                   help="sensitivity: loss increase predicted from squared loss gradients at the weights (default) "
-                        "or at the layer's output, the layer's output error, or the measured loss increase with only "
-                        "that layer quantized (slow)")
+    p.add_argument("--estimator", choices=("auto", "fisher", "output-fisher", "output", "loss"), default="auto",
+                   help="sensitivity: loss increase predicted from squared loss gradients at the weights (fisher) "
+                        "or at the layer's output (output-fisher), the layer's output error, or the measured loss "
+                        "increase with only that layer quantized (slow); auto (default): output-fisher with a "
+                        "calibrated candidate, else fisher")
     p.add_argument("--samples", type=int, default=4, help="calibration windows for the sensitivities (default 4)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     p.add_argument("--calib-samples", type=int, default=128, help="windows for calibrated candidates (default 128)")

@@ -14,7 +14,7 @@ from lowbit.errors import ConfigError
 from lowbit.eval.report import calibration_ids
 from lowbit.fitting.candidates import Layout, layout, parse_candidates
 from lowbit.fitting.plan import FitPlan, above_full_precision, check_reachable, choose, parse_budget
-from lowbit.fitting.sensitivity import measure
+from lowbit.fitting.sensitivity import default_estimator, measure
 from lowbit.loading.checkpoint import open_checkpoint
 from lowbit.loading.output_folder import check_output
 from lowbit.methods.mixed import MixedConfig, mixed_config
@@ -40,7 +40,7 @@ def plan_config(plan: FitPlan, lay: Layout) -> MixedConfig:
 
 
 def fit(src: str | Path, out: str | Path | None, budget: str | float | int, candidates: str | list[str] | None = None,
-        *, calib: str | Path | None = None, group_size: int | None = None, estimator: str = "fisher",
+        *, calib: str | Path | None = None, group_size: int | None = None, estimator: str = "auto",
         samples: int = 8, seq_len: int = 512, max_rows: int = 1024, calib_samples: int = DEFAULT_SAMPLES,
         calib_seq_len: int = DEFAULT_SEQ_LEN, overwrite: bool = False, progress: bool = False,
         log: Callable[[str], None] | None = None) -> FitResult:
@@ -49,7 +49,8 @@ def fit(src: str | Path, out: str | Path | None, budget: str | float | int, cand
 
     Sensitivities come from ``samples`` windows of ``seq_len`` tokens of the calibration text (``calib``, else the
     bundled ``wiki.calib.txt``, as ``lowbit quantize`` does), ``max_rows`` input rows per layer; calibrated
-    candidates are then quantized through the calibration runner with ``calib_samples`` x ``calib_seq_len``."""
+    candidates are then quantized through the calibration runner with ``calib_samples`` x ``calib_seq_len``.
+    ``estimator``: see ``sensitivity``; ``auto`` is ``output-fisher`` with a calibrated candidate, else ``fisher``."""
     if out is not None:
         check_output(out, overwrite, src)
     ckpt = open_checkpoint(src)
@@ -58,6 +59,8 @@ def fit(src: str | Path, out: str | Path | None, budget: str | float | int, cand
     bud = parse_budget(budget)
     cands = parse_candidates(candidates, group_size)
     lay = layout(ckpt, cands)
+    if estimator == "auto":
+        estimator = default_estimator(cands)
     say = log or (lambda line: None)
     if above_full_precision(bud, lay):
         note = (f"budget {bud.text} holds the model at full precision ({lay.dense_bits} bits per weight, "
