@@ -1,6 +1,6 @@
 """How much each layer suffers from each candidate: the numbers ``lowbit fit`` adds up and minimizes.
 
-Three estimators, all on calibration windows, all with every other layer at full precision:
+Four estimators, all on calibration windows, all with every other layer at full precision:
 
 - ``fisher``: the loss increase predicted from the squared gradients of the loss (the diagonal empirical Fisher
   information ``F``, one backward pass per window): ``1/2 * sum(F * (Wq - W)^2)``. It weighs each weight's error by
@@ -37,6 +37,7 @@ from lowbit.fitting.candidates import Layout
 from lowbit.registry import get
 
 ESTIMATORS = ("fisher", "output-fisher", "output", "loss")
+LOSS_POSITIONS = 128  # scored positions per window for the loss estimator (the head runs on these only)
 
 
 def default_estimator(candidates: dict[str, QuantConfig]) -> str:
@@ -45,7 +46,6 @@ def default_estimator(candidates: dict[str, QuantConfig]) -> str:
     ``fisher`` (better than ``output`` at all 7 budgets measured with data-free candidates)."""
     calibrated = any(get(cfg.method).quantizer_cls.requires_calibration for cfg in candidates.values())
     return "output-fisher" if calibrated else "fisher"
-LOSS_POSITIONS = 128  # scored positions per window for the loss estimator (the head runs on these only)
 
 
 def _quantizers(candidates: dict[str, QuantConfig], lay: Layout) -> dict[str, object]:
