@@ -56,7 +56,7 @@ def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, qu
     ``quantization``: a config to quantize a full-precision folder on load. ``fuse``: q/k/v and gate/up as one layer
     each. ``static_cache``: transformers' preallocated KV cache. ``compile``: each transformer block through
     ``torch.compile`` (implies the static cache; the first call then includes the compilation, minutes on a small
-    CPU, and on the 2-core machine of benchmarks/cpu_decode.py it decoded slower than eager there; on the CPU
+    CPU, and on the 2-core machine of benchmarks/cpu_decode.py it decoded slower than eager; on the CPU
     ``lowbit.compile_for_decode(model, compile=True)`` compiles the whole step instead, 1.4x the eager decode).
     """
     from transformers import AutoTokenizer

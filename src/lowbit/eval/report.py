@@ -138,6 +138,11 @@ def calibration_ids(tokenizer: Any, text: str, samples: int = 4, seq_len: int = 
     return torch.tensor([bos + ids[i * per:(i + 1) * per] for i in range(got)], dtype=torch.long)
 
 
+def seeded_rows(total: int, max_rows: int, seed: int) -> torch.Tensor:
+    """The same seeded pick of ≤ ``max_rows`` of ``total`` token positions, in order, wherever rows are sampled."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_rows].sort().values
+
+
 def capture_inputs(model: nn.Module, calib_ids: torch.Tensor, names: list[str], max_rows: int = 512,
                    seed: int = 0, progress: bool = False) -> dict[str, torch.Tensor]:
     """Run ``model`` on each row of ``calib_ids``; keep the same seeded pick of ≤ ``max_rows`` input rows per layer.
@@ -145,8 +150,7 @@ def capture_inputs(model: nn.Module, calib_ids: torch.Tensor, names: list[str], 
     Returns name → [rows, in_features] float32; layers that read the same input share one tensor.
     """
     _positive("max_rows", max_rows, 1, 512)
-    total = calib_ids.numel()
-    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_rows].sort().values
+    keep = seeded_rows(calib_ids.numel(), max_rows, seed)
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # q/k/v share one input tensor: pick its rows once
     offset = 0

@@ -24,6 +24,7 @@ through its quantizer's ``quantize_layer``; data-free ones through their own ``q
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
 
@@ -32,7 +33,7 @@ from torch import nn
 
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
-from lowbit.eval.report import capture_inputs
+from lowbit.eval.report import capture_inputs, seeded_rows
 from lowbit.fitting.candidates import Layout
 from lowbit.registry import get
 
@@ -130,38 +131,43 @@ class _TailLoss:
                 self.blocks[i] = block
 
 
-def fisher_diagonal(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Mean over the windows of each named Linear's squared weight gradient of the next-token loss."""
+@contextlib.contextmanager
+def _gradients_of(model: nn.Module, names: tuple[str, ...]):
+    """Only the named Linears' weights ask for gradients inside the block; every flag is restored after it."""
     modules = dict(model.named_modules())
-    weights = {n: modules[n].weight for n in names}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
-    for w in weights.values():
-        w.requires_grad_(True)
-    out = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
+    for n in names:
+        modules[n].weight.requires_grad_(True)
     try:
+        yield modules
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+
+
+def fisher_diagonal(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Mean over the windows of each named Linear's squared weight gradient of the next-token loss."""
+    with _gradients_of(model, names) as modules:
+        weights = {n: modules[n].weight for n in names}
+        out = {n: torch.zeros_like(w, dtype=torch.float32) for n, w in weights.items()}
         for window in ids:
             loss = model(input_ids=window[None], labels=window[None]).loss
             grads = torch.autograd.grad(loss, list(weights.values()))
             for n, g in zip(weights, grads):
                 out[n].add_(g.float().pow(2))
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
     return {n: f.div_(len(ids)) for n, f in out.items()}
 
 
 def output_gradients(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...], max_rows: int = 1024,
                      seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """name → (input rows [rows, in], squared loss gradients at the output [rows, out]) of each named Linear, at
-    the same seeded pick of ≤ ``max_rows`` token positions over the windows (one backward pass per window)."""
-    modules = dict(model.named_modules())
-    total = ids.numel()
-    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_rows].sort().values
+    the same seeded pick of ≤ ``max_rows`` token positions over the windows (one backward pass per window; the
+    weights ask for gradients only so that the outputs carry a graph to hook)."""
+    keep = seeded_rows(ids.numel(), max_rows, seed)
     xs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     gs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     local = keep[:0]
 
     def hook(name: str):
@@ -170,22 +176,17 @@ def output_gradients(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...]
             output.register_hook(lambda g: gs[name].append(g.reshape(-1, g.shape[-1])[local].float().pow(2)))
         return fn
 
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for n in names:
-        modules[n].weight.requires_grad_(True)  # the outputs then carry a graph to hook
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
-    try:
-        for i, window in enumerate(ids):
-            local = keep[(keep >= i * ids.shape[1]) & (keep < (i + 1) * ids.shape[1])] - i * ids.shape[1]
-            loss = model(input_ids=window[None], labels=window[None]).loss
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-    finally:
-        for h in handles:
-            h.remove()
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
+    with _gradients_of(model, names) as modules:
+        handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+        try:
+            width = ids.shape[1]
+            for i, window in enumerate(ids):
+                local = keep[(keep >= i * width) & (keep < (i + 1) * width)] - i * width
+                model(input_ids=window[None], labels=window[None]).loss.backward()
+                model.zero_grad(set_to_none=True)
+        finally:
+            for h in handles:
+                h.remove()
     return {n: (torch.cat(xs[n]), torch.cat(gs[n])) for n in names if xs[n]}
 
 

@@ -4,9 +4,9 @@
 packed densely along K, lowest bits first (its bytes are lowbit's unsigned code stream); ``weight_scale`` [N, G]
 in the model's dtype; ``weight_zero_point`` int32 [⌈N·b/32⌉, G] packed along N the same way (asymmetric only);
 ``weight_shape`` [2]; ``weight_g_idx`` [K] with act-order groups (``actorder: group``; ``actorder: weight``, the
-only order llm-compressor 0.14 writes, reorders columns during calibration only and stores plain groups). Decoding is ``(q − z) · s``: symmetric layers
-become lowbit's asymmetric ``IntFormat`` with z = 2^(b−1) (their codes reach −2^(b−1), which lowbit's symmetric
-range does not hold), in the scale's dtype: exact.
+only order llm-compressor 0.14 writes, reorders columns during calibration only and stores plain groups). Decoding
+is ``(q − z) · s``: symmetric layers become lowbit's asymmetric ``IntFormat`` with z = 2^(b−1) (their codes reach
+−2^(b−1), which lowbit's symmetric range does not hold), in the scale's dtype: exact.
 
 ``float-quantized`` (fp8 e4m3 weights): ``weight`` [N, K] float8_e4m3fn and ``weight_scale`` per channel [N, 1],
 per tensor [1] or per 128x128 block: lowbit's ``Fp8Format`` with float32 scales (exact); dynamic per-token fp8

@@ -4,8 +4,8 @@ ctypes.
 The C files are compiled into one library once per instruction set (``features.isa()``: AVX2+FMA or AVX-512, the
 latter with AVX512-VNNI where the CPU has it) into ``<cache>/native/`` (the name carries a hash of the sources, the
 flags and the compiler), written under a temporary name and renamed, so concurrent processes never load a
-half-written library. It links the OpenMP runtime that torch
-has loaded already (same soname), so its threads are torch's. No compiler, or a failed build: ``library()`` is None
+half-written library. It links the OpenMP runtime that torch has loaded already (same soname), so its threads are
+torch's. No compiler, or a failed build: ``library()`` is None
 and ``unavailable()`` says why; the kernels then decline with that reason and the others run the layer.
 """
 

@@ -11,8 +11,8 @@ is cached. Two other timings were tried and misled: flushing the cache before ea
 benchmarks) measured the flush's aftermath on a 2-core AMD EPYC VM (about 300 µs for every candidate on a 0.4 MB
 layer that each runs in 55-115 µs), and calling one copy again and again favoured the dense fp32 copy of small
 layers, which then fit the cache as they do not in a model. The choice and every candidate's time go to
-``<cache>/cpu_kernels/<cpu model>-<isa>.json``, read back by the next process on that CPU. ``$LOWBIT_CPU_TUNE=0`` turns measuring off (the static priorities of ``select`` choose:
-deterministic, as the tests want); ``inspect`` shows each layer's reason with the measured times.
+``<cache>/cpu_kernels/<cpu model>-<isa>.json``, read back by the next process on that CPU. ``$LOWBIT_CPU_TUNE=0``
+turns measuring off (the static priorities of ``select`` choose: deterministic, as the tests want); ``inspect`` shows each layer's reason with the measured times.
 """
 
 from __future__ import annotations
