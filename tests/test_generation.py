@@ -41,10 +41,11 @@ def test_cpu_tokens_are_transformers_greedy_ones():
 
 def test_cpu_compiled_step_gives_the_eager_tokens():
     """``compile=True`` on the CPU compiles the whole forward (inductor's C++ wrapper): the same greedy tokens as the
-    eager decoder, the prompt still run eagerly (one compiled graph for the step, none for the prompt)."""
+    eager decoder, the prompt still run eagerly (one compiled graph for the step, none for the prompt). A batch of
+    two: a batch of one would run lowbit's C step where it can (tests/test_decode_cpu.py)."""
     model = tiny_llama("cpu").float()
     lowbit.quantize_(model, lowbit.config("int8"))
-    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(1))
     eager = lowbit.compile_for_decode(model).generate(ids, 6)
     torch._dynamo.reset()
     counts = torch._dynamo.utils.counters

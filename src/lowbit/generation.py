@@ -9,10 +9,12 @@ the GPU). The fast path does what the decode benchmark does instead:
 3. a ``StaticCache`` and one CUDA graph per decode step (forward, argmax, the token and position fed back),
    recorded once per batch size and cache length and replayed for every token; the prompt runs eagerly.
 
-On the CPU there are no CUDA graphs: each step runs as it is, eager unless ``compile=True``, which compiles the
-model's whole forward once with inductor's C++ wrapper (``compile_step_cpu``): the step's hundreds of small kernels
-are then called from C++, not Python (SmolLM2-135M int4 on AVX2: 57.9 against 41.8 tok/s eager; the first call
-compiles for about 140 s on 2 cores, and each new cache length, a multiple of ``CACHE_STEP``, compiles again).
+On the CPU a batch of one decodes with lowbit's C step (``decode_cpu``: every block, the head and the argmax in one
+call per token, on the layers' own kernels; SmolLM2-135M int4 on 2 AVX2 cores: see the README's CPU table), where the
+model allows (``Decoder.c_step_reason`` says why not). Otherwise each step runs as it is, without CUDA graphs, eager
+unless ``compile=True``, which compiles the model's whole forward once with inductor's C++ wrapper
+(``compile_step_cpu``; the first call compiles for about 140 s on 2 cores, and each new cache length, a multiple of
+``CACHE_STEP``, compiles again).
 Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is changed in place (fused
 projections, compiled blocks or forward); ``model.generate`` keeps working.
 """
@@ -105,9 +107,26 @@ class _Step:
 class Decoder:
     """A causal LM made ready for fast greedy decoding; see the module's docstring."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, compile_cpu: bool = False) -> None:
+        from lowbit.decode_cpu import why_not
+
         self.model = model
         self._steps: dict[tuple[int, int], _Step] = {}
+        self._c_step = None
+        self._compile_cpu = compile_cpu  # compile the Python step where the C step cannot run
+        # why a batch of one on the CPU runs the Python step (None: it runs lowbit's C step, ``decode_cpu``)
+        self.c_step_reason = why_not(model) if model_device(model).type == "cpu" else "the model is not on the CPU"
+
+    def _c_step_for(self, length: int):
+        from lowbit.decode_cpu import CpuStep, Unsupported
+
+        if self.c_step_reason is None and (self._c_step is None or self._c_step.max_len < length):
+            try:
+                self._c_step = CpuStep(self.model, length)
+            except Unsupported as e:
+                self.c_step_reason = str(e)
+        return self._c_step if self.c_step_reason is None else None
+
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
@@ -120,6 +139,11 @@ class Decoder:
             raise LowbitError(f"max_new_tokens={max_new_tokens}; expected at least 1")
         batch, prompt = input_ids.shape
         length = -(-(prompt + max_new_tokens) // CACHE_STEP) * CACHE_STEP
+        c_step = self._c_step_for(length) if batch == 1 else None
+        if c_step is not None:
+            return c_step.generate(input_ids, max_new_tokens)
+        if self._compile_cpu:  # the Python step runs: compiled, as asked (once; compile_step_cpu is idempotent)
+            compile_step_cpu(self.model)
         state = self._steps.get((batch, length))
         if state is None:
             state = self._steps[batch, length] = _Step(self.model, batch, length)
@@ -140,11 +164,13 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
 
     ``fuse``: run q/k/v and gate/up as one quantized launch each (``fuse_projections``); ``compile``: on CUDA (the
     default there) compile each block with ``torch.compile``; on the CPU (off by default: the first call compiles
-    for minutes) compile the whole forward with inductor's C++ wrapper (``compile_step_cpu``; the decoder runs the
-    prompt eagerly, but a later ``model.generate`` would compile again for each new shape). On the CPU each step runs
-    as it is, without CUDA graphs. Returns a :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)`` gives
-    the same tokens as ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the compiled
-    code.
+    for minutes), where the C step cannot run, compile the whole forward with inductor's C++ wrapper
+    (``compile_step_cpu``; the decoder runs the prompt eagerly, but a later ``model.generate`` would compile again
+    for each new shape). On the CPU a batch of one runs lowbit's C step where it can (``decode_cpu``).
+
+    Returns a :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)`` gives the same tokens as
+    ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the compiled code (and, on
+    kernels that round activations to int8, of the order of the sums before that rounding).
     """
     device = model_device(model)
     if device.type not in ("cuda", "cpu"):
@@ -152,6 +178,7 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
                           f"{device}); move it with model.to('cuda') or model.to('cpu') first")
     if fuse:
         fuse_projections(model)
-    if compile if compile is not None else device.type == "cuda":
-        compile_step_cpu(model) if device.type == "cpu" else compile_blocks(model)
-    return Decoder(model)
+    compile = compile if compile is not None else device.type == "cuda"
+    if compile and device.type == "cuda":
+        compile_blocks(model)
+    return Decoder(model, compile_cpu=compile and device.type == "cpu")

@@ -2,8 +2,9 @@
 speed measured apart (what ``lowbit generate`` prints).
 
 The model is loaded (and quantized on load, if asked) by ``from_pretrained``, its sibling projections fused
-(q/k/v and gate/up as one quantized layer each, from ``archs.py``), and decoded by transformers' ``generate`` with a
-static KV cache (preallocated once; no cache growth per token). The first token's time includes the prompt and,
+(q/k/v and gate/up as one quantized layer each, from ``archs.py``), and decoded on the CPU by lowbit's C step where
+the model allows (``decode_cpu``: the whole step in one C call per token), else by transformers' ``generate`` with a
+static KV cache (preallocated once; no cache growth per token); ``Generation.engine`` says which, and why. The first token's time includes the prompt and,
 on the CPU, the one-time work of the first use: building lowbit's C kernels and measuring the kernel choice
 (cached per CPU afterwards, ``kernels/cpu/tune.py``).
 """
@@ -30,6 +31,7 @@ class Generation:
     decode_tok_s: float  # tokens 2..n
     threads: int
     kernels: dict[str, int]  # kernel/compute dtype → number of quantized layers running it
+    engine: str = "transformers"  # "lowbit C step" or "transformers" (and why not the C step, on the CPU)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -50,7 +52,7 @@ class _Clock:
 
 def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, quantization=None,
              device: str = "cpu", threads: int | None = None, fuse: bool = True, static_cache: bool = True,
-             compile: bool = False) -> Generation:
+             compile: bool = False, engine: str = "auto") -> Generation:
     """Greedy continuation of ``prompt`` by ``model`` (a folder path, or a loaded causal LM with ``tokenizer``).
 
     ``quantization``: a config to quantize a full-precision folder on load. ``fuse``: q/k/v and gate/up as one layer
@@ -58,6 +60,8 @@ def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, qu
     ``torch.compile`` (implies the static cache; the first call then includes the compilation, minutes on a small
     CPU, and on the 2-core machine of benchmarks/cpu_decode.py it decoded slower than eager; on the CPU
     ``lowbit.compile_for_decode(model, compile=True)`` compiles the whole step instead, 1.4x the eager decode).
+    ``engine``: "auto" decodes a CPU model with lowbit's C step where it can (not with ``compile``, which asks for
+    transformers' step compiled), "transformers" always with transformers' ``generate``.
     """
     from transformers import AutoTokenizer
 
@@ -65,6 +69,9 @@ def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, qu
     from lowbit.loading.pipeline import from_pretrained
     from lowbit.nn import QuantLinear, fuse_projections
 
+    if engine not in ("auto", "transformers"):
+        raise ConfigError(f"engine={engine!r}; expected 'auto' (lowbit's C step on the CPU where it can) or "
+                          "'transformers'")
     if max_new_tokens < 2:
         raise ConfigError(f"max_new_tokens={max_new_tokens}; expected at least 2 (the first token is timed apart)")
     if threads is not None:
@@ -84,16 +91,37 @@ def generate(model, prompt: str, *, tokenizer=None, max_new_tokens: int = 32, qu
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
     clock = _Clock()
     start = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                             cache_implementation="static" if static_cache or compile else None, streamer=clock,
-                             pad_token_id=tokenizer.eos_token_id)
+    used, out = _c_step(model, ids, max_new_tokens, clock.times, engine, compile)
+    if out is None:
+        with torch.inference_mode():
+            out = model.generate(ids, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                 cache_implementation="static" if static_cache or compile else None, streamer=clock,
+                                 pad_token_id=tokenizer.eos_token_id)
+        clock.times.pop(0)  # the first put is the prompt
     new = out[0, ids.shape[1]:]
-    tokens = clock.times[1:]  # the first put is the prompt
+    tokens = clock.times
     decode_s = tokens[-1] - tokens[0]
     kernels = Counter(f"{m.kernel.name}/{str(m.compute_dtype).removeprefix('torch.')}" for m in model.modules()
                       if isinstance(m, QuantLinear) and m.kernel is not None)
     return Generation(text=tokenizer.decode(new, skip_special_tokens=True), prompt_tokens=ids.shape[1],
                       new_tokens=len(new), load_s=round(load_s, 2), first_token_s=round(tokens[0] - start, 3),
                       decode_tok_s=round((len(tokens) - 1) / decode_s, 2) if decode_s > 0 else float("inf"),
-                      threads=torch.get_num_threads(), kernels=dict(kernels))
+                      threads=torch.get_num_threads(), kernels=dict(kernels), engine=used)
+
+
+def _c_step(model, ids, max_new_tokens: int, times: list[float], engine: str, compile: bool):
+    """("lowbit C step", tokens) where the C step decodes ``model``; else (why not, None)."""
+    from lowbit.decode_cpu import CpuStep, Unsupported, why_not
+
+    if engine == "transformers" or compile:
+        return f"transformers ({'compile' if compile else 'engine'} asked for)", None
+    if ids.device.type != "cpu" or ids.shape[0] != 1:
+        return "transformers", None
+    reason = why_not(model)
+    if reason is None:
+        try:
+            step = CpuStep(model, ids.shape[1] + max_new_tokens)
+            return "lowbit C step", step.generate(ids, max_new_tokens, times)
+        except Unsupported as e:
+            reason = str(e)
+    return f"transformers (not the C step: {reason})", None

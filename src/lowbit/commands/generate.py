@@ -16,6 +16,8 @@ def add_arguments(g) -> None:
     g.add_argument("--dynamic-cache", dest="static_cache", action="store_false",
                    help="transformers' growing KV cache instead of the preallocated static one")
     g.add_argument("--compile", action="store_true", help="torch.compile each block (the first token includes it)")
+    g.add_argument("--engine", choices=("auto", "transformers"), default="auto",
+                   help="auto: on the CPU lowbit's C decode step where the model allows, else transformers' generate")
     g.add_argument("--json", default=None, help="also write the timings to this JSON file")
     add_method_args(g, required=False)  # quantize on load; a lowbit folder needs none
 
@@ -29,11 +31,11 @@ def run(args) -> int:
     cfg = config_from_args(args) if args.method else None
     result = generate(args.model, args.prompt, max_new_tokens=args.max_new_tokens, quantization=cfg,
                       device=args.device, threads=args.threads, fuse=args.fuse,
-                      static_cache=args.static_cache, compile=args.compile)
+                      static_cache=args.static_cache, compile=args.compile, engine=args.engine)
     print(result.text)
     print(f"load {result.load_s:.1f} s (quantizing and the CPU kernel choice included) | first token {result.first_token_s:.2f} s (prompt of {result.prompt_tokens} "
           f"tokens and first-call set-up) | decode {result.decode_tok_s:.1f} tok/s over "
-          f"{result.new_tokens - 1} tokens | {result.threads} thread(s)")
+          f"{result.new_tokens - 1} tokens | {result.threads} thread(s) | {result.engine}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result.as_dict(), f, indent=1)

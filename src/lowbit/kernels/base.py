@@ -68,6 +68,11 @@ class Kernel:
             request: KernelRequest, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def native_call(self, tensors: dict[str, torch.Tensor], prepared: dict[str, torch.Tensor], request: KernelRequest):
+        """How the CPU decode step (``kernels/cpu/step.c``) runs this layer without Python: a
+        ``kernels.cpu.step.NativeCall``, or None where this kernel has no C form (the model then decodes in Python)."""
+        return None
+
 
 def flat(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """[..., K] → [M, K] and the leading shape to restore."""

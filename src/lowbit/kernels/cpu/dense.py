@@ -7,9 +7,11 @@ codes (more memory, never slower). ``select`` never picks it by priority; the tu
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from lowbit.kernels.base import Kernel
+from lowbit.kernels.cpu.step import NativeCall
 from lowbit.kernels.request import Activations
 
 
@@ -31,3 +33,9 @@ class CpuDenseKernel(Kernel):
 
     def run(self, x, tensors, prepared, request, bias):
         return F.linear(x, prepared["weight"], None if bias is None else bias.to(x.dtype))
+
+    def native_call(self, tensors, prepared, request):
+        weight = prepared["weight"]
+        if weight.dtype != torch.float32:
+            return None
+        return NativeCall("dense", weight, request.n, request.k, torch.get_num_threads())

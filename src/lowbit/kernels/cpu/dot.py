@@ -24,6 +24,7 @@ from lowbit.formats import IntFormat
 from lowbit.formats.intgroup import pack_bits, unpack_bits
 from lowbit.kernels.base import fake_linear, flat
 from lowbit.kernels.cpu import native
+from lowbit.kernels.cpu.step import NativeCall
 from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _finish, _ptr, _table,
                                      _threads, eager_or_op)
 from lowbit.kernels.request import Activations
@@ -203,6 +204,12 @@ class CpuDot4Kernel(_DotMixin, CpuGemv4Kernel):
         return op(x, prepared["codes"], int8_table(request.fmt)[0], prepared["scales"], prepared.get("offsets"), group,
                   block_for(group), bias)
 
+    def native_call(self, tensors, prepared, request):
+        group = self.group(request)
+        return NativeCall("dot4", prepared["codes"], request.n, request.k, _threads(request.n, request.k), group=group,
+                          block=block_for(group), table=int8_table(request.fmt)[0], scales=prepared["scales"],
+                          offsets=prepared.get("offsets"))
+
 
 class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
     name = "cpu_dot8"
@@ -222,4 +229,9 @@ class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
         group = self.group(request)
         op = eager_or_op(torch.ops.lowbit.dot8_cpu, dot8_cpu)
         return op(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), group, block_for(group), bias)
+
+    def native_call(self, tensors, prepared, request):
+        group = self.group(request)
+        return NativeCall("dot8", prepared["codes"], request.n, request.k, _threads(request.n, request.k), group=group,
+                          block=block_for(group), scales=prepared["scales"], offsets=prepared.get("offsets"))
 

@@ -24,6 +24,7 @@ from lowbit.formats.mx import e8m0_to_float
 from lowbit.kernels.base import Kernel, fake_linear, flat
 from lowbit.kernels.request import Activations
 from lowbit.kernels.cpu import native
+from lowbit.kernels.cpu.step import NativeCall
 from lowbit.qtypes import ZeroKind, fp4_e2m1
 
 DENSE_MIN_M = 8  # rows of activations from which dequantize + dense matmul is faster (benchmarks/cpu_linear.py)
@@ -180,6 +181,11 @@ class CpuGemv4Kernel(_NativeKernel):
         return op(x, prepared["codes"], _table(request.fmt), prepared["scales"], prepared.get("offsets"),
                   self.group(request), bias)
 
+    def native_call(self, tensors, prepared, request):
+        return NativeCall("gemv4", prepared["codes"], request.n, request.k, _threads(request.n, request.k),
+                          group=self.group(request), table=_table(request.fmt), scales=prepared["scales"],
+                          offsets=prepared.get("offsets"))
+
 
 class CpuGemv8Kernel(_NativeKernel):
     name = "cpu_gemv8"
@@ -219,3 +225,8 @@ class CpuGemv8Kernel(_NativeKernel):
     def run(self, x, tensors, prepared, request, bias):
         op = eager_or_op(torch.ops.lowbit.gemv8_cpu, gemv8_cpu)
         return op(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), self.group(request), bias)
+
+    def native_call(self, tensors, prepared, request):
+        return NativeCall("gemv8", prepared["codes"], request.n, request.k, _threads(request.n, request.k),
+                          group=self.group(request), fp8=prepared["codes"].dtype == torch.float8_e4m3fn,
+                          scales=prepared["scales"], offsets=prepared.get("offsets"))

@@ -6,6 +6,7 @@ import torch
 
 from lowbit.kernels.base import Kernel, fake_linear, flat
 from lowbit.kernels.cpu.features import cpu_declines
+from lowbit.kernels.cpu.step import NativeCall
 
 INT8_DENSE_MIN_M = 128  # rows of activations from which int8 runs as convert + dense matmul
 
@@ -56,3 +57,9 @@ class CpuInt8Kernel(Kernel):
 
     def run(self, x, tensors, prepared, request, bias):
         return torch.ops.lowbit.int8_linear_cpu(x, tensors["qweight"], prepared["scales"], bias)
+
+    def native_call(self, tensors, prepared, request):
+        if request.compute_dtype != torch.float32:
+            return None  # the C step runs fp32 activations
+        return NativeCall("gemv8", tensors["qweight"], request.n, request.k, torch.get_num_threads(), group=request.k,
+                          scales=prepared["scales"])

@@ -1,5 +1,5 @@
-"""lowbit's own CPU kernels (``gemv.c``, ``dot8.c``): built on first use with the system C compiler, loaded with
-ctypes.
+"""lowbit's own CPU kernels (``gemv.c``, ``dot8.c``) and decode step (``step.c``): built on first use with the
+system C compiler, loaded with ctypes.
 
 The C files are compiled into one library once per instruction set (``features.isa()``: AVX2+FMA or AVX-512, the
 latter with AVX512-VNNI where the CPU has it) into ``<cache>/native/`` (the name carries a hash of the sources, the
@@ -23,15 +23,16 @@ from pathlib import Path
 from lowbit.kernels.cpu.features import cpu_info, isa
 from lowbit.utils import cache_dir
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "dot8.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("gemv.c", "dot8.c", "step.c"))
 FLAGS = {"avx2": ["-march=haswell"], "avx512": ["-march=x86-64-v4"]}  # haswell: AVX2, FMA, F16C, BMI2
 COMMON = ["-O3", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _SIGNATURES = {"lowbit_gemv4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _P, _I],
                "lowbit_gemv8": [_P, _I, _I, _P, _I, _P, _P, _I, _P, _I, _I],
                "lowbit_dot4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _I, _P, _I],
-               "lowbit_dot8": [_P, _I, _I, _P, _I, _P, _P, _I, _I, _P, _I]}
-_RESTYPES = {"lowbit_dot4": _I, "lowbit_dot8": _I}
+               "lowbit_dot8": [_P, _I, _I, _P, _I, _P, _P, _I, _I, _P, _I],
+               "lowbit_step": [_P, _P, _I, _P]}
+_RESTYPES = {"lowbit_dot4": _I, "lowbit_dot8": _I, "lowbit_step": _I}
 
 
 def flags(which: str) -> list[str]:
