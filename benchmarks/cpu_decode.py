@@ -6,8 +6,9 @@ arrives, so the first token (prompt, and for lowbit the one-time set-up of its f
 decode speed (tokens 2..n per second). Variants:
 
 - ``hf fp32`` / ``hf bf16``: transformers' ``generate`` on the original model;
-- ``lowbit int8`` / ``lowbit int4``: ``lowbit.generate`` (fused q/k/v and gate/up, static KV cache, the kernels the
-  CPU tuner measured; embedding and tied head stored as int8), and the same model under plain ``generate``;
+- ``lowbit int8`` / ``lowbit int4``: ``lowbit.generate`` (fused q/k/v and gate/up, the kernels the CPU tuner
+  measured; embedding and tied head stored as int8; the C decode step of ``decode_cpu`` where the kernels have a C
+  form, the row's ``engine`` says), and the same model under plain transformers ``generate``;
 - ``lowbit int8 (compiled step)`` / ``lowbit int4 (compiled step)`` (``--compiled``): ``compile_for_decode(model,
   compile=True)``, the whole forward compiled with inductor's C++ wrapper (its first call, with the compile, apart);
 - ``llama.cpp Q4_0`` / ``Q8_0`` (``--llama-python``: a Python with llama-cpp-python, e.g. a separate venv; it is a
@@ -119,7 +120,7 @@ def lowbit_runner(model, tokenizer, tokens: int):
     def run() -> dict:
         g = lowbit.generate(model, PROMPT, tokenizer=tokenizer, max_new_tokens=tokens, fuse=False)
         return {"first_token_s": g.first_token_s, "decode_tok_s": g.decode_tok_s, "text": g.text,
-                "kernels": g.kernels}
+                "kernels": g.kernels, "engine": g.engine}
     return run
 
 
@@ -219,6 +220,7 @@ def main() -> None:
                          "first_call_s": round(first[label]["call_s"], 1) if "call_s" in first[label] else None,
                          "first_token_s": round(statistics.median(r["first_token_s"] for r in runs), 3),
                          "setup_s": setup.get(label), "kernels": runs[-1].get("kernels"),
+                         "engine": runs[-1].get("engine"),
                          "text": runs[-1]["text"][:120], "threads": args.threads, "isa": features.isa(),
                          "loadavg_start": load})
     summary = {}

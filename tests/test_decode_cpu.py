@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lowbit
+from lowbit import decode_cpu
 from lowbit.decode_cpu import CpuStep, Unsupported, why_not
 from lowbit.errors import LowbitError
 from lowbit.kernels.cpu import native
@@ -78,6 +79,26 @@ def test_logits_are_transformers_own(kind, quant, tmp_path):
     assert (got - want).abs().max() <= 1e-4 * want.abs().max(), (got - want).abs().max()
 
 
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_prefill_fills_the_cache_the_step_would(kind, tmp_path, monkeypatch):
+    """The prompt runs through the model's own forward at once; the keys and values copied from its cache are those
+    the C step computes token by token at every position the next step reads (Gemma's sliding layer keeps only the
+    last window - 1: the prompt of 20 is longer than its window of 8), and the first token is the same."""
+    model = gemma(tmp_path) if kind == "gemma3" else tiny(kind)
+    lowbit.quantize_(model, QUANT["int4"]())
+    ids = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(6))
+    by_step = CpuStep(model, 32)
+    first = [by_step.step(t, p) for p, t in enumerate(ids[0].tolist())][-1]
+    prefilled = CpuStep(model, 32)
+    monkeypatch.setattr(decode_cpu, "PREFILL_MIN", 2)
+    assert prefilled.prefill(ids) == first
+    read = 8 - 1 if kind == "gemma3" else 20  # position 20 attends to 13..20 through a window of 8
+    for i in range(by_step.k_cache.shape[0]):
+        keep = slice(20 - read, 20) if i == 0 else slice(0, 20)  # Gemma's block 0 is a sliding one
+        for want, got in ((by_step.k_cache, prefilled.k_cache), (by_step.v_cache, prefilled.v_cache)):
+            assert torch.allclose(got[i, :, keep], want[i, :, keep], atol=1e-4), (i, (got - want).abs().max())
+
+
 @pytest.mark.parametrize("kernel", ["cpu_dot4", "cpu_dot8"])
 def test_integer_dot_kernels_run_in_the_step(kernel):
     """The kernels that round activations to int8 (chosen by the CPU tuner) run in the step too: the rounding makes
@@ -91,6 +112,22 @@ def test_integer_dot_kernels_run_in_the_step(kernel):
     want = stepwise(model, ids)
     got = c_logits(step, ids)
     assert (got - want).abs().max() <= 0.02 * want.abs().max(), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_bf16_activation_layers_are_prepared_again(bits):
+    """Layers that chose kernels with bf16 activations (no C form) choose again among the fp32 kernels and are fused;
+    the step then matches transformers' forward on the layers as they are now."""
+    model = tiny("llama")
+    lowbit.quantize_(model, lowbit.config(f"int{bits}", group_size=32 if bits == 4 else None, compute_dtype="bfloat16"))
+    lowbit.fuse_projections(model)
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.compute_dtype == torch.bfloat16 and q.kernel.native_call(q._buffers, q._prepared, q.request) is None
+    step = CpuStep(model, 16)
+    assert q.fused is not None and q.fused[0].linear.compute_dtype == torch.float32
+    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(7))
+    want = stepwise(model, ids)
+    assert (c_logits(step, ids) - want).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_decoder_and_generate_use_the_c_step(tmp_path):
