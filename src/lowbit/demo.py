@@ -45,32 +45,14 @@ def _size_on_disk(model, tmp: Path, label: str) -> int:
     return _files_size(lowbit.save_pretrained(model, tmp / label.split()[0], progress=True))
 
 
-class _TokenBar:
-    """A ``generate`` streamer that advances a tqdm bar per new token (the first ``put`` is the prompt)."""
+def _generate(model, tok, n: int) -> tuple[float, str, str]:
+    """(decode tok/s, the continuation, the engine) from ``lowbit.generate``: on the CPU its C decode step where
+    the model allows (the same for the fp32 row, so the rows differ by their weights only), after a warm-up."""
+    from lowbit.textgen import generate
 
-    def __init__(self, total: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar, self.prompt_seen = tqdm(total=total, desc="generating", unit="token", leave=False), False
-
-    def put(self, value) -> None:
-        if self.prompt_seen:
-            self.bar.update(1)
-        self.prompt_seen = True
-
-    def end(self) -> None:
-        self.bar.close()
-
-
-def _generate(model, tok, n: int) -> tuple[float, str]:
-    ids = tok(PROMPT, return_tensors="pt")
-    with torch.inference_mode():
-        model.generate(**ids, max_new_tokens=2, do_sample=False)  # warm-up
-        start = time.perf_counter()
-        out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=_TokenBar(n))
-        elapsed = time.perf_counter() - start
-    new = out[0, ids["input_ids"].shape[1]:]
-    return len(new) / elapsed, tok.decode(new, skip_special_tokens=True).strip().replace("\n", " ")
+    generate(model, PROMPT, tokenizer=tok, max_new_tokens=2)  # warm-up: kernel builds, the CPU tuner's choice
+    g = generate(model, PROMPT, tokenizer=tok, max_new_tokens=n)
+    return g.decode_tok_s, g.text.strip().replace("\n", " "), g.engine
 
 
 def _embed(model, tok, sentences):
@@ -116,9 +98,9 @@ def run_demo(name: str | None = None, max_tokens: int = 2048, gen_tokens: int = 
                f"embedding cosine vs fp32 on {len(sentences)} sentences (higher is better)")
     print(quality, flush=True)
     header = _line(["model", "weights on disk", "smaller", "perplexity" if causal else "cosine vs fp32",
-                    "generate tok/s" if causal else "sentences/s", "seconds"])
+                    "decode tok/s" if causal else "sentences/s", "seconds"])
     print(header + "\n" + "-" * len(header), flush=True)
-    base_size, ref, continuations = _files_size(path), None, []
+    base_size, ref, continuations, engines = _files_size(path), None, [], set()
     with tempfile.TemporaryDirectory() as tmp:
         for label, cfg in _variants():
             t0 = time.perf_counter()
@@ -127,9 +109,10 @@ def run_demo(name: str | None = None, max_tokens: int = 2048, gen_tokens: int = 
             row = [label, f"{size / 1e6:.0f} MB", f"{base_size / size:.2f}x"]
             if causal:
                 ppl = perplexity(model, tok, text, ctx=512, max_tokens=max_tokens, progress=True)
-                speed, words = _generate(model, tok, gen_tokens)
+                speed, words, engine = _generate(model, tok, gen_tokens)
                 row += [f"{ppl.ppl:.2f}", f"{speed:.1f}"]
                 continuations.append(f"{label}: {PROMPT} >> {words}")
+                engines.add(engine)
             else:
                 emb, speed = _embed(model, tok, sentences)
                 ref = emb if ref is None else ref
@@ -138,5 +121,7 @@ def run_demo(name: str | None = None, max_tokens: int = 2048, gen_tokens: int = 
             del model
     for line in continuations:
         print(line)
+    if engines:
+        print(f"decode: {'; '.join(sorted(engines))} (tokens 2..{gen_tokens}, greedy)")
     print(f"demo done in {time.perf_counter() - start:.0f} s. Try: lowbit quantize SRC OUT --method int4", flush=True)
     return 0
