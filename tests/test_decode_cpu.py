@@ -189,3 +189,47 @@ def test_real_models_decode_transformers_greedy_tokens(name, group):
     with torch.inference_mode():
         ref = model.generate(ids, do_sample=False, max_new_tokens=16, min_new_tokens=16, pad_token_id=tok.eos_token_id)
     assert got.text == tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_model_generate_runs_the_c_step_after_compile_for_decode(kind, tmp_path, monkeypatch):
+    """After ``compile_for_decode`` on the CPU, ``model.generate`` itself decodes with the C step (counted), with the
+    tokens it gave before: past the first cache of 256 positions (which grows), with a static cache, twice in a row;
+    a batch of two runs the original forward."""
+    model = gemma(tmp_path) if kind == "gemma3" else tiny(kind)
+    lowbit.quantize_(model, QUANT["int4"]())
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(8))
+    two = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(9))
+
+    def greedy(x, n, **kw):
+        with torch.inference_mode():
+            return model.generate(x, do_sample=False, max_new_tokens=n, min_new_tokens=n, **kw)
+
+    ref, ref_two = greedy(ids, 300), greedy(two, 5)
+    steps = []
+    original = CpuStep.step
+    monkeypatch.setattr(CpuStep, "step", lambda self, tok, pos: steps.append(pos) or original(self, tok, pos))
+    lowbit.compile_for_decode(model)
+    assert torch.equal(greedy(ids, 300), ref) and steps == list(range(6, 305))
+    assert torch.equal(greedy(ids, 20), ref[:, :26]) and len(steps) == 299 + 19
+    assert torch.equal(greedy(ids, 20, cache_implementation="static"), ref[:, :26]) and len(steps) == 299 + 38
+    assert torch.equal(greedy(two, 5), ref_two) and len(steps) == 299 + 38
+
+
+def test_a_cache_the_c_step_advanced_is_not_continued_silently():
+    """The C step does not write transformers' cache: continuing that cache with a longer input is one line, and
+    ``detach`` gives the model its own forward back."""
+    from transformers import DynamicCache
+
+    model = tiny("llama")
+    lowbit.quantize_(model, QUANT["int4"]())
+    lowbit.compile_for_decode(model)
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(10))
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        out = model.generate(ids, do_sample=False, max_new_tokens=4, min_new_tokens=4, past_key_values=cache)
+        with pytest.raises(LowbitError, match="advanced by lowbit's C decode step to position 9"):
+            model(torch.tensor([[1, 2]]), past_key_values=cache, use_cache=True)
+    decode_cpu.detach(model)
+    assert model.forward.__func__ is type(model).forward
+    assert out.shape == (1, 10)

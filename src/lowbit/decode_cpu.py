@@ -224,18 +224,98 @@ class CpuStep:
         if n >= PREFILL_MIN:
             cache = DynamicCache(config=self.model.config)
             logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0, -1]
-            layers = getattr(cache, "layers", ())
-            if len(layers) == self.k_cache.shape[0] and all(hasattr(layer, "keys") for layer in layers):
-                for i, layer in enumerate(layers):  # a sliding-window layer may keep only its last positions
-                    kept = layer.keys.shape[-2]
-                    self.k_cache[i, :, n - kept:n] = layer.keys[0]
-                    self.v_cache[i, :, n - kept:n] = layer.values[0]
+            if self.take_cache(cache, n):
                 self.logits.copy_(logits)
                 return int(logits.argmax())
         tokens = input_ids[0].tolist()
         for pos, tok in enumerate(tokens):
             nxt = self.step(tok, pos)
         return nxt
+
+    def grown(self, max_len: int) -> CpuStep:
+        """The same model with a cache of ``max_len`` positions, holding this one's."""
+        bigger = CpuStep(self.model, max_len)
+        bigger.k_cache[:, :, :self.max_len] = self.k_cache
+        bigger.v_cache[:, :, :self.max_len] = self.v_cache
+        return bigger
+
+    def take_cache(self, cache, n: int) -> bool:
+        """Copy the keys and values of ``n`` positions from a transformers cache (a growing one, whose sliding-window
+        layers may keep only their last positions, or a preallocated one); False where its layers hide them."""
+        layers = getattr(cache, "layers", ())
+        if len(layers) != self.k_cache.shape[0] or not all(getattr(layer, "keys", None) is not None for layer in layers):
+            return False
+        for i, layer in enumerate(layers):
+            keys, values = layer.keys[0], layer.values[0]
+            kept = keys.shape[-2]
+            if kept > n:  # preallocated: the first n are filled
+                keys, values, kept = keys[:, :n], values[:, :n], n
+            self.k_cache[i, :, n - kept:n] = keys
+            self.v_cache[i, :, n - kept:n] = values
+        return True
+
+
+def attach(model: nn.Module) -> None:
+    """Make ``model.generate`` (any forward of one new token after a prompt it has seen) run the C step on the CPU.
+
+    The forward is wrapped: a prompt runs through the model's own forward, and its cache is copied into the C step's;
+    each following one-token call with that cache at the next position runs the C step and returns its logits (the
+    transformers cache is then not written: only these calls read it). Anything else (gradients, batches, embeddings
+    in, attentions or hidden states out, another cache, a position out of turn) runs the original forward.
+    """
+    if getattr(model, "_lowbit_c_forward", None) is not None:
+        return
+    original = model.forward
+    state = {"cache": None, "pos": 0, "step": None}
+
+    def forward(input_ids=None, *args, **kwargs):
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        simple = not args and not torch.is_grad_enabled() and input_ids is not None and input_ids.shape[0] == 1 \
+            and cache is not None and not any(kwargs.get(k) for k in ("inputs_embeds", "output_attentions",
+                                                                       "output_hidden_states", "labels"))
+        if not simple:
+            return original(input_ids, *args, **kwargs)
+        n = input_ids.shape[1]
+        where = kwargs.get("position_ids", kwargs.get("cache_position"))
+        if where is not None:
+            pos = int(where.reshape(-1)[-1]) - n + 1
+        else:  # the positions follow what the cache holds (transformers' own rule)
+            pos = state["pos"] if state["cache"] is cache else cache.get_seq_length()
+        step = state["step"]
+        if state["cache"] is cache and pos > 0:
+            if n != 1 or pos != state["pos"]:
+                raise LowbitError(f"this cache was advanced by lowbit's C decode step to position {state['pos']} "
+                                  f"without being written; a call of {n} token(s) at position {pos} cannot continue "
+                                  "it: start from the prompt with a new cache")
+            if pos >= step.max_len:
+                step = state["step"] = step.grown(step.max_len + 256)
+            step.step(int(input_ids[0, 0]), pos)
+            state["pos"] += 1
+            return CausalLMOutputWithPast(logits=step.logits.clone().view(1, 1, -1), past_key_values=cache)
+        out = original(input_ids, **kwargs)
+        state["cache"] = None
+        if pos == 0:  # a prompt: its cache becomes the C step's
+            length = -(-(n + 256) // 256) * 256
+            try:
+                if step is None or step.max_len < length:
+                    step = state["step"] = CpuStep(model, length)
+            except Unsupported:
+                return out
+            if step.take_cache(cache, n):
+                state.update(cache=cache, pos=n)
+        return out
+
+    model._lowbit_c_forward, model._lowbit_forward = forward, original
+    model.forward = forward
+
+
+def detach(model: nn.Module) -> None:
+    """Undo :func:`attach`: the model's own forward again."""
+    if getattr(model, "_lowbit_c_forward", None) is not None:
+        model.forward = model._lowbit_forward
+        model._lowbit_c_forward = model._lowbit_forward = None
 
 
 def _c_kernels(model: nn.Module) -> None:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from lowbit.archs import find_blocks
+from lowbit.decode_cpu import attach
 from lowbit.errors import LowbitError
 from lowbit.nn import fuse_projections
 
@@ -41,6 +42,9 @@ def model_device(model: nn.Module) -> torch.device:
 def compile_step_cpu(model: nn.Module) -> None:
     """``torch.compile`` the model's forward in place, shapes static, with inductor's C++ wrapper (on the CPU, per
     block compiles ran slower than eager: each block's guards and Python launches stayed)."""
+    from lowbit.decode_cpu import detach
+
+    detach(model)  # compile the model's own forward, not the C step's wrapper
     if not getattr(model, "_lowbit_compiled_step", False):
         model.forward = torch.compile(model.forward, dynamic=False, options={"cpp_wrapper": True})
         model._lowbit_compiled_step = True
@@ -166,7 +170,9 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     default there) compile each block with ``torch.compile``; on the CPU (off by default: the first call compiles
     for minutes), where the C step cannot run, compile the whole forward with inductor's C++ wrapper
     (``compile_step_cpu``; the decoder runs the prompt eagerly, but a later ``model.generate`` would compile again
-    for each new shape). On the CPU a batch of one runs lowbit's C step where it can (``decode_cpu``).
+    for each new shape). On the CPU a batch of one runs lowbit's C step where it can (``decode_cpu``), and so does
+    ``model.generate`` afterwards (``decode_cpu.attach``: a prompt through the model's forward, then one C call per
+    token).
 
     Returns a :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)`` gives the same tokens as
     ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the compiled code (and, on
@@ -181,4 +187,7 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     compile = compile if compile is not None else device.type == "cuda"
     if compile and device.type == "cuda":
         compile_blocks(model)
-    return Decoder(model, compile_cpu=compile and device.type == "cpu")
+    decoder = Decoder(model, compile_cpu=compile and device.type == "cpu")
+    if decoder.c_step_reason is None:
+        attach(model)  # model.generate runs the C step too
+    return decoder
