@@ -216,20 +216,32 @@ def test_model_generate_runs_the_c_step_after_compile_for_decode(kind, tmp_path,
     assert torch.equal(greedy(two, 5), ref_two) and len(steps) == 299 + 38
 
 
-def test_a_cache_the_c_step_advanced_is_not_continued_silently():
-    """The C step does not write transformers' cache: continuing that cache with a longer input is one line, and
-    ``detach`` gives the model its own forward back."""
+def test_a_cache_the_c_step_advanced_can_be_continued():
+    """The C step does not write transformers' cache; continuing that cache (a chat's next turn) first runs the
+    tokens it took through the model's forward: the logits are those of the model without the C step. A call out of
+    turn is one line; ``detach`` gives the model its own forward back."""
     from transformers import DynamicCache
 
     model = tiny("llama")
     lowbit.quantize_(model, QUANT["int4"]())
-    lowbit.compile_for_decode(model)
     ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(10))
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        out = model.generate(ids, do_sample=False, max_new_tokens=4, min_new_tokens=4, past_key_values=cache)
-        with pytest.raises(LowbitError, match="advanced by lowbit's C decode step to position 9"):
-            model(torch.tensor([[1, 2]]), past_key_values=cache, use_cache=True)
+    more = torch.tensor([[5, 6, 7]])
+
+    def turns():
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            out = model.generate(ids, do_sample=False, max_new_tokens=4, min_new_tokens=4, past_key_values=cache)
+            # the last new token was never fed: it opens the next turn
+            nxt = model(torch.cat([out[:, -1:], more], 1), past_key_values=cache, use_cache=True,
+                        position_ids=torch.arange(9, 13)[None]).logits
+            return out, nxt, cache
+
+    ref, ref_next, _ = turns()
+    lowbit.compile_for_decode(model)
+    out, nxt, cache = turns()
+    assert torch.equal(out, ref) and torch.allclose(nxt, ref_next, atol=1e-4)
+    with pytest.raises(LowbitError, match="a call at position 3 on a cache that lowbit's C decode step holds at "
+                                          "position 13"), torch.inference_mode():
+        model(torch.tensor([[1]]), past_key_values=cache, use_cache=True, position_ids=torch.tensor([[3]]))
     decode_cpu.detach(model)
     assert model.forward.__func__ is type(model).forward
-    assert out.shape == (1, 10)

@@ -256,55 +256,60 @@ class CpuStep:
 
 
 def attach(model: nn.Module) -> None:
-    """Make ``model.generate`` (any forward of one new token after a prompt it has seen) run the C step on the CPU.
+    """Make ``model.generate`` (every forward of one new token on a cache) run the C step on the CPU.
 
-    The forward is wrapped: a prompt runs through the model's own forward, and its cache is copied into the C step's;
-    each following one-token call with that cache at the next position runs the C step and returns its logits (the
-    transformers cache is then not written: only these calls read it). Anything else (gradients, batches, embeddings
-    in, attentions or hidden states out, another cache, a position out of turn) runs the original forward.
+    The forward is wrapped. A call the C step does not take (a prompt, several tokens) runs the model's own forward,
+    and the cache it filled is copied into the C step's; each following one-token call on that cache at the next
+    position runs the C step and returns its logits. Those calls do not write the transformers cache: the tokens they
+    took are run through the model's forward into it before anything else continues that cache. Calls with
+    gradients, batches, embeddings in, or attentions or hidden states out run the original forward.
     """
     if getattr(model, "_lowbit_c_forward", None) is not None:
         return
     original = model.forward
-    state = {"cache": None, "pos": 0, "step": None}
+    state = {"cache": None, "pos": 0, "step": None, "tokens": []}
 
     def forward(input_ids=None, *args, **kwargs):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        key = "cache" if "cache" in kwargs else "past_key_values"
+        cache = kwargs.get(key)
         simple = not args and not torch.is_grad_enabled() and input_ids is not None and input_ids.shape[0] == 1 \
             and cache is not None and not any(kwargs.get(k) for k in ("inputs_embeds", "output_attentions",
                                                                        "output_hidden_states", "labels"))
         if not simple:
             return original(input_ids, *args, **kwargs)
-        n = input_ids.shape[1]
+        n, ours = input_ids.shape[1], state["cache"] is cache
         where = kwargs.get("position_ids", kwargs.get("cache_position"))
         if where is not None:
             pos = int(where.reshape(-1)[-1]) - n + 1
         else:  # the positions follow what the cache holds (transformers' own rule)
-            pos = state["pos"] if state["cache"] is cache else cache.get_seq_length()
+            pos = state["pos"] if ours else cache.get_seq_length()
+        if ours and pos != state["pos"]:
+            raise LowbitError(f"a call at position {pos} on a cache that lowbit's C decode step holds at position "
+                              f"{state['pos']}: continue it in order, or start from the prompt with a new cache")
         step = state["step"]
-        if state["cache"] is cache and pos > 0:
-            if n != 1 or pos != state["pos"]:
-                raise LowbitError(f"this cache was advanced by lowbit's C decode step to position {state['pos']} "
-                                  f"without being written; a call of {n} token(s) at position {pos} cannot continue "
-                                  "it: start from the prompt with a new cache")
+        if ours and n == 1:
             if pos >= step.max_len:
                 step = state["step"] = step.grown(step.max_len + 256)
             step.step(int(input_ids[0, 0]), pos)
             state["pos"] += 1
+            state["tokens"].append(int(input_ids[0, 0]))
             return CausalLMOutputWithPast(logits=step.logits.clone().view(1, 1, -1), past_key_values=cache)
+        if ours and state["tokens"]:  # write the C step's tokens into the transformers cache first
+            done = state["tokens"]
+            original(torch.tensor([done]), **{key: cache}, use_cache=True,
+                     position_ids=torch.arange(pos - len(done), pos)[None])
+        state.update(cache=None, tokens=[])
         out = original(input_ids, **kwargs)
-        state["cache"] = None
-        if pos == 0:  # a prompt: its cache becomes the C step's
-            length = -(-(n + 256) // 256) * 256
-            try:
-                if step is None or step.max_len < length:
-                    step = state["step"] = CpuStep(model, length)
-            except Unsupported:
-                return out
-            if step.take_cache(cache, n):
-                state.update(cache=cache, pos=n)
+        length = -(-(pos + n + 256) // 256) * 256
+        try:
+            if step is None or step.max_len < length:
+                step = state["step"] = step.grown(length) if step is not None else CpuStep(model, length)
+        except Unsupported:
+            return out
+        if step.take_cache(cache, pos + n):  # what the forward cached becomes the C step's
+            state.update(cache=cache, pos=pos + n)
         return out
 
     model._lowbit_c_forward, model._lowbit_forward = forward, original
