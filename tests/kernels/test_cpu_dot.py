@@ -43,7 +43,7 @@ def builds():
 @pytest.mark.parametrize("table", [False, True])
 @pytest.mark.parametrize("group,block", [(64, 64), (128, 64), (96, 32), (256, 32)])
 def test_dot4_is_the_int8_rounded_product(which, table, group, block):
-    m, n, k = 3, 37, 768  # n not a multiple of the 4 rows a pass takes
+    m, n, k = 3, 37, 768  # n not a multiple of the 8 rows a pass takes
     torch.manual_seed(group + block)
     x, y = torch.randn(m, k) * 3, torch.empty(m, n)
     values = torch.randint(0, 16, (n, k), dtype=torch.uint8)

@@ -30,7 +30,7 @@ from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, CpuGemv4Kernel, CpuGemv8Kernel
 from lowbit.kernels.request import Activations
 
 CHUNK = 32  # inputs per packed 16-byte chunk, and the smallest activation block
-ROWS = 4  # rows interleaved chunk by chunk, the rows of one pass (R in dot8.c)
+ROWS = 8  # rows interleaved chunk by chunk, the rows of one pass (R in dot8.c)
 BLOCKS = (64, 32)  # activation blocks tried, largest first: the largest dividing the weight group is used
 
 torch.library.define("lowbit::dot4_cpu", "(Tensor x, Tensor codes, Tensor? table, Tensor scales, Tensor? offsets, "

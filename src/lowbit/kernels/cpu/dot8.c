@@ -127,7 +127,8 @@ static inline __m256i dot_signed(__m256i acc, __m256i w, __m256i x) {
 #define SIGNED_SHIFT 0
 #endif
 
-#define R 4 /* rows of weights per pass: four independent accumulator chains, and each activation load used 4 times */
+#define R 8 /* rows of weights per pass: eight independent accumulator chains, and each activation load used 8 times
+           * (against 4: 11% faster on SmolLM2-135M int4 shapes on AVX2 and AVX-512, int8 the same or 5% faster) */
 
 /* Codes come interleaved by R rows, so a pass reads memory in order: for each block of R rows (the row count padded
  * to a multiple of R), chunk after chunk of 32 inputs, the R rows' chunks one after another (16 bytes each at 4 bits,
