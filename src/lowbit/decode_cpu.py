@@ -7,9 +7,10 @@ memory does not grow beyond the fp32 KV cache.
 Supported: decoder-only models of ``STEP_TYPES`` (Llama, Mistral without a sliding window, Qwen2/Qwen3, Gemma 3
 text) in fp32, batch 1, every projection quantized with a lowbit CPU kernel that has a C form or a plain fp32
 ``nn.Linear``. Quantized layers that chose a kernel with bf16 activations (on CPUs with bf16 units) are prepared
-again with fp32 ones, the C step's, in place. What the C step computes is checked against the model's own modules as it is built: each norm's
-output (with ``w`` or ``1 + w``) and the activation on sample inputs, and the RoPE tables come from the model's own
-rotary module. Anything else: ``why_not`` says why, and ``generation.Decoder`` runs the Python step instead.
+again with fp32 ones, the C step's, in place. What the C step computes is checked against the model's own modules
+as it is built: each norm's output (with ``w`` or ``1 + w``) and the activation on sample inputs; the RoPE tables
+come from the model's own rotary module. Anything else: ``why_not`` says why, and ``generation.Decoder`` runs the
+Python step instead.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ class CpuStep:
                 m.prepare()
             call = m.kernel.native_call(m._buffers, m._prepared, m.request)
             if call is None:
-                raise Unsupported(f"{name} runs the {m.kernel.name} kernel with {m.compute_dtype} activations, which has no "
-                              "C form in the decode step (it runs lowbit's C kernels with fp32 activations)")
+                raise Unsupported(f"{name} runs the {m.kernel.name} kernel with {m.compute_dtype} activations, which "
+                                  "has no C form in the decode step (it runs lowbit's C kernels with fp32 activations)")
         elif type(m) is nn.Linear and m.weight.dtype == torch.float32:
             call = NativeCall("dense", m.weight.detach().contiguous(), m.out_features, m.in_features,
                               torch.get_num_threads())
@@ -243,7 +244,7 @@ class CpuStep:
         """Copy the keys and values of ``n`` positions from a transformers cache (a growing one, whose sliding-window
         layers may keep only their last positions, or a preallocated one); False where its layers hide them."""
         layers = getattr(cache, "layers", ())
-        if len(layers) != self.k_cache.shape[0] or not all(getattr(layer, "keys", None) is not None for layer in layers):
+        if len(layers) != self.k_cache.shape[0] or any(getattr(layer, "keys", None) is None for layer in layers):
             return False
         for i, layer in enumerate(layers):
             keys, values = layer.keys[0], layer.values[0]

@@ -4,9 +4,9 @@ speed measured apart (what ``lowbit generate`` prints).
 The model is loaded (and quantized on load, if asked) by ``from_pretrained``, its sibling projections fused
 (q/k/v and gate/up as one quantized layer each, from ``archs.py``), and decoded on the CPU by lowbit's C step where
 the model allows (``decode_cpu``: the whole step in one C call per token), else by transformers' ``generate`` with a
-static KV cache (preallocated once; no cache growth per token); ``Generation.engine`` says which, and why. The first token's time includes the prompt and,
-on the CPU, the one-time work of the first use: building lowbit's C kernels and measuring the kernel choice
-(cached per CPU afterwards, ``kernels/cpu/tune.py``).
+static KV cache (preallocated once; no cache growth per token); ``Generation.engine`` says which, and why. The
+first token's time includes the prompt and, on the CPU, the one-time work of the first use: building lowbit's C
+kernels and measuring the kernel choice (cached per CPU afterwards, ``kernels/cpu/tune.py``).
 """
 
 from __future__ import annotations

@@ -72,7 +72,9 @@ static int linear(const lb_linear *l, const float *x, float *y) {
     case LB_DENSE: dense(x, l->k, (const float *)l->codes, l->n, y, l->threads); break;
     case LB_GEMV4: lowbit_gemv4(x, 1, l->k, l->codes, l->n, l->table, l->s, l->o, l->group, y, l->threads); break;
     case LB_GEMV8: lowbit_gemv8(x, 1, l->k, l->codes, l->n, l->s, l->o, l->group, y, l->threads, l->fp8); break;
-    case LB_DOT4: rc = lowbit_dot4(x, 1, l->k, l->codes, l->n, l->table, l->s, l->o, l->group, l->block, y, l->threads); break;
+    case LB_DOT4:
+        rc = lowbit_dot4(x, 1, l->k, l->codes, l->n, l->table, l->s, l->o, l->group, l->block, y, l->threads);
+        break;
     case LB_DOT8: rc = lowbit_dot8(x, 1, l->k, l->codes, l->n, l->s, l->o, l->group, l->block, y, l->threads); break;
     default: return -2;
     }
@@ -110,10 +112,12 @@ static float act(float x, int kind) {
 }
 
 static void attend(const lb_model *m, const lb_block *b, const float *q, int pos, float *out, float *p) {
-    int d = m->head_dim, group = m->heads / m->kv_heads, start = b->window > 0 && pos >= b->window ? pos - b->window + 1 : 0;
+    int d = m->head_dim, group = m->heads / m->kv_heads;
+    int start = b->window > 0 && pos >= b->window ? pos - b->window + 1 : 0;
     for (int h = 0; h < m->heads; h++) {
         const float *qh = q + (size_t)h * d;
-        const float *kc = b->k_cache + (size_t)(h / group) * m->max_len * d, *vc = b->v_cache + (size_t)(h / group) * m->max_len * d;
+        size_t head = (size_t)(h / group) * m->max_len * d;
+        const float *kc = b->k_cache + head, *vc = b->v_cache + head;
         float top = -INFINITY, sum = 0.f;
         for (int t = start; t <= pos; t++) {
             float s = 0.f;
@@ -171,7 +175,8 @@ int lowbit_step(const lb_model *m, float *h, int pos, float *logits) {
     size_t need = (size_t)m->hidden + qkv_n + (size_t)m->heads * m->head_dim + 3 * (size_t)m->inter + m->max_len;
     float *buf = malloc(sizeof(float) * need);
     if (!buf) return -1;
-    float *x = buf, *qkv = x + m->hidden, *att = qkv + qkv_n, *mlp = att + m->heads * m->head_dim, *p = mlp + 3 * m->inter;
+    float *x = buf, *qkv = x + m->hidden, *att = qkv + qkv_n, *mlp = att + m->heads * m->head_dim;
+    float *p = mlp + 3 * m->inter;
     int rc = 0;
     for (int i = 0; i < m->n_blocks && !rc; i++) rc = block_step(m, &m->blocks[i], h, pos, x, qkv, att, mlp, p);
     if (!rc) {
