@@ -8,7 +8,8 @@ decode speed (tokens 2..n per second). Variants:
 - ``hf fp32`` / ``hf bf16``: transformers' ``generate`` on the original model;
 - ``lowbit int8`` / ``lowbit int4``: ``lowbit.generate`` (fused q/k/v and gate/up, the kernels the CPU tuner
   measured; embedding and tied head stored as int8; the C decode step of ``decode_cpu`` where the kernels have a C
-  form, the row's ``engine`` says), and the same model under plain transformers ``generate``;
+  form, the row's ``engine`` says), and the same model under plain transformers ``generate``; with
+  ``--model-generate`` also ``model.generate`` after ``compile_for_decode`` (which routes it to the C step);
 - ``lowbit int8 (compiled step)`` / ``lowbit int4 (compiled step)`` (``--compiled``): ``compile_for_decode(model,
   compile=True)``, the whole forward compiled with inductor's C++ wrapper (its first call, with the compile, apart);
 - ``llama.cpp Q4_0`` / ``Q8_0`` (``--llama-python``: a Python with llama-cpp-python, e.g. a separate venv; it is a
@@ -154,6 +155,9 @@ def main() -> None:
     parser.add_argument("--avx2", action="store_true", help="hold lowbit and torch to AVX2 (restarts itself so)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--name", default="cpu_decode", help="results file name (before the date)")
+    parser.add_argument("--model-generate", action="store_true",
+                        help="also lowbit int4/int8 under transformers' model.generate after compile_for_decode "
+                             "(which makes it run the C step on the CPU)")
     parser.add_argument("--compiled", action="store_true",
                         help="also lowbit int4/int8 through compile_for_decode(compile=True) (minutes to compile)")
     args = parser.parse_args()
@@ -188,6 +192,10 @@ def main() -> None:
             setup[f"lowbit {label}"] = round(time.perf_counter() - t0, 1)  # load + quantize + kernel choice
             runners[f"lowbit {label}"] = lowbit_runner(model, tok, args.tokens)
             runners[f"lowbit {label} (hf generate)"] = hf_runner(model, tok, args.tokens)
+            if args.model_generate:  # the user's own call, after compile_for_decode: a model of its own
+                attached = lowbit.from_pretrained(path, quantization=cfg).eval()
+                lowbit.compile_for_decode(attached)
+                runners[f"lowbit {label} (model.generate, C step)"] = hf_runner(attached, tok, args.tokens)
             if args.compiled:
                 model = lowbit.from_pretrained(path, quantization=cfg).eval()
                 runners[f"lowbit {label} (compiled step)"] = compiled_runner(model, tok, args.tokens)
@@ -227,6 +235,8 @@ def main() -> None:
     for name in args.models:
         by = {r["variant"]: r["decode_tok_s_median"] for r in rows if r["model"] == name}
         for mine, theirs in (("lowbit int4", "llama.cpp Q4_0"), ("lowbit int8", "llama.cpp Q8_0"),
+                             ("lowbit int4 (model.generate, C step)", "lowbit int4 (hf generate)"),
+                             ("lowbit int8 (model.generate, C step)", "lowbit int8 (hf generate)"),
                              ("lowbit int4", "hf float32"), ("lowbit int8", "hf float32"),
                              ("lowbit int4 (compiled step)", "llama.cpp Q4_0"),
                              ("lowbit int8 (compiled step)", "llama.cpp Q8_0"),
