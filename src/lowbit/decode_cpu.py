@@ -16,6 +16,7 @@ Python step instead.
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 import time
 
@@ -270,6 +271,7 @@ def attach(model: nn.Module) -> None:
     original = model.forward
     state = {"cache": None, "pos": 0, "step": None, "tokens": []}
 
+    @functools.wraps(original)  # the original's signature: generate asks it for logits_to_keep, among others
     def forward(input_ids=None, *args, **kwargs):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
