@@ -27,13 +27,15 @@ from torch import nn
 from lowbit.archs import arch_info, find_blocks
 from lowbit.errors import LowbitError
 from lowbit.kernels.cpu import native
-from lowbit.kernels.cpu.step import ACTIVATIONS, Block, Model, NativeCall, linear, ptr
+from lowbit.kernels.cpu.native import ptr
+from lowbit.kernels.cpu.step import ACTIVATIONS, Block, Model, NativeCall, linear
 from lowbit.nn import QuantLinear
 
 # Prompts from this many tokens run through the model's forward at once: below it the C step token by token is
 # faster (Gemma-3-270M int4, 2 AVX2 cores: an 8-token prompt took 0.70 s through the forward, whose layers dequantize
 # their weights from M=8, against about 11 ms a token in the C step)
 PREFILL_MIN = 64
+CACHE_STEP = 256  # the C step's cache grows by this many positions
 STEP_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 _ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
 
@@ -108,10 +110,9 @@ class CpuStep:
         c.gate_off, c.up_off = offsets
         c.attn_out = linear(self._call(attn.o_proj, "o_proj"))
         c.mlp_out = linear(self._call(mlp.down_proj, "down_proj"))
-        gemma = hasattr(block, "pre_feedforward_layernorm")
         c.norm_in = self._norm(block.input_layernorm)
-        c.norm_mlp_in = self._norm(block.pre_feedforward_layernorm if gemma else block.post_attention_layernorm)
-        if gemma:
+        c.norm_mlp_in = self._norm(block.get_submodule(_mlp_norm_name(block)))
+        if hasattr(block, "pre_feedforward_layernorm"):  # Gemma: norms after attention and the MLP too
             c.norm_attn_out = self._norm(block.post_attention_layernorm)
             c.norm_mlp_out = self._norm(block.post_feedforward_layernorm)
         for name in ("q_norm", "k_norm"):
@@ -150,8 +151,7 @@ class CpuStep:
                 raise Unsupported(f"{name} runs the {m.kernel.name} kernel with {m.compute_dtype} activations, which "
                                   "has no C form in the decode step (it runs lowbit's C kernels with fp32 activations)")
         elif type(m) is nn.Linear and m.weight.dtype == torch.float32:
-            call = NativeCall("dense", m.weight.detach().contiguous(), m.out_features, m.in_features,
-                              torch.get_num_threads())
+            call = NativeCall("dense", m.weight.detach().contiguous(), m.out_features, m.in_features)
         else:
             raise Unsupported(f"{name} is a {type(m).__name__} of {getattr(m, 'weight', torch.empty(0)).dtype}; the C "
                               "step runs lowbit's CPU kernels and fp32 nn.Linear")
@@ -234,13 +234,6 @@ class CpuStep:
             nxt = self.step(tok, pos)
         return nxt
 
-    def grown(self, max_len: int) -> CpuStep:
-        """The same model with a cache of ``max_len`` positions, holding this one's."""
-        bigger = CpuStep(self.model, max_len)
-        bigger.k_cache[:, :, :self.max_len] = self.k_cache
-        bigger.v_cache[:, :, :self.max_len] = self.v_cache
-        return bigger
-
     def take_cache(self, cache, n: int) -> bool:
         """Copy the keys and values of ``n`` positions from a transformers cache (a growing one, whose sliding-window
         layers may keep only their last positions, or a preallocated one); False where its layers hide them."""
@@ -257,6 +250,18 @@ class CpuStep:
         return True
 
 
+def step_for(model: nn.Module, length: int, step: CpuStep | None = None) -> CpuStep:
+    """``step`` where it holds ``length`` positions; else a step of ``model`` that does (rounded up to a multiple of
+    ``CACHE_STEP``), holding ``step``'s cache. Raises ``Unsupported`` where the C step cannot run the model."""
+    if step is not None and step.max_len >= length:
+        return step
+    bigger = CpuStep(model, -(-length // CACHE_STEP) * CACHE_STEP)
+    if step is not None:
+        bigger.k_cache[:, :, :step.max_len] = step.k_cache
+        bigger.v_cache[:, :, :step.max_len] = step.v_cache
+    return bigger
+
+
 def attach(model: nn.Module) -> None:
     """Make ``model.generate`` (every forward of one new token on a cache) run the C step on the CPU.
 
@@ -269,7 +274,7 @@ def attach(model: nn.Module) -> None:
     if getattr(model, "_lowbit_c_forward", None) is not None:
         return
     original = model.forward
-    state = {"cache": None, "pos": 0, "step": None, "tokens": []}
+    state = {"cache": None, "pos": 0, "step": None, "tokens": [], "unsupported": False}
 
     @functools.wraps(original)  # the original's signature: generate asks it for logits_to_keep, among others
     def forward(input_ids=None, *args, **kwargs):
@@ -278,8 +283,8 @@ def attach(model: nn.Module) -> None:
         key = "cache" if "cache" in kwargs else "past_key_values"
         cache = kwargs.get(key)
         simple = not args and not torch.is_grad_enabled() and input_ids is not None and input_ids.shape[0] == 1 \
-            and cache is not None and not any(kwargs.get(k) for k in ("inputs_embeds", "output_attentions",
-                                                                       "output_hidden_states", "labels"))
+            and cache is not None and not state["unsupported"] \
+            and not any(kwargs.get(k) for k in ("inputs_embeds", "output_attentions", "output_hidden_states", "labels"))
         if not simple:
             return original(input_ids, *args, **kwargs)
         n, ours = input_ids.shape[1], state["cache"] is cache
@@ -293,8 +298,7 @@ def attach(model: nn.Module) -> None:
                               f"{state['pos']}: continue it in order, or start from the prompt with a new cache")
         step = state["step"]
         if ours and n == 1:
-            if pos >= step.max_len:
-                step = state["step"] = step.grown(step.max_len + 256)
+            step = state["step"] = step_for(model, pos + 1, step)
             step.step(int(input_ids[0, 0]), pos)
             state["pos"] += 1
             state["tokens"].append(int(input_ids[0, 0]))
@@ -305,11 +309,10 @@ def attach(model: nn.Module) -> None:
                      position_ids=torch.arange(pos - len(done), pos)[None])
         state.update(cache=None, tokens=[])
         out = original(input_ids, **kwargs)
-        length = -(-(pos + n + 256) // 256) * 256
         try:
-            if step is None or step.max_len < length:
-                step = state["step"] = step.grown(length) if step is not None else CpuStep(model, length)
-        except Unsupported:
+            step = state["step"] = step_for(model, pos + n + 1, step)
+        except Unsupported:  # found once: the model's own forward from now on
+            state["unsupported"] = True
             return out
         if step.take_cache(cache, pos + n):  # what the forward cached becomes the C step's
             state.update(cache=cache, pos=pos + n)

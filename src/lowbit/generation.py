@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lowbit.archs import find_blocks
-from lowbit.decode_cpu import attach
+from lowbit.decode_cpu import CpuStep, Unsupported, attach, detach, step_for, why_not
 from lowbit.errors import LowbitError
 from lowbit.nn import fuse_projections
 
@@ -42,8 +42,6 @@ def model_device(model: nn.Module) -> torch.device:
 def compile_step_cpu(model: nn.Module) -> None:
     """``torch.compile`` the model's forward in place, shapes static, with inductor's C++ wrapper (on the CPU, per
     block compiles ran slower than eager: each block's guards and Python launches stayed)."""
-    from lowbit.decode_cpu import detach
-
     detach(model)  # compile the model's own forward, not the C step's wrapper
     if not getattr(model, "_lowbit_compiled_step", False):
         model.forward = torch.compile(model.forward, dynamic=False, options={"cpp_wrapper": True})
@@ -112,8 +110,6 @@ class Decoder:
     """A causal LM made ready for fast greedy decoding; see the module's docstring."""
 
     def __init__(self, model: nn.Module, compile_cpu: bool = False) -> None:
-        from lowbit.decode_cpu import why_not
-
         self.model = model
         self._steps: dict[tuple[int, int], _Step] = {}
         self._c_step = None
@@ -121,12 +117,10 @@ class Decoder:
         # why a batch of one on the CPU runs the Python step (None: it runs lowbit's C step, ``decode_cpu``)
         self.c_step_reason = why_not(model) if model_device(model).type == "cpu" else "the model is not on the CPU"
 
-    def _c_step_for(self, length: int):
-        from lowbit.decode_cpu import CpuStep, Unsupported
-
-        if self.c_step_reason is None and (self._c_step is None or self._c_step.max_len < length):
+    def _c_step_for(self, length: int) -> CpuStep | None:
+        if self.c_step_reason is None:
             try:
-                self._c_step = CpuStep(self.model, length)
+                self._c_step = step_for(self.model, length, self._c_step)
             except Unsupported as e:
                 self.c_step_reason = str(e)
         return self._c_step if self.c_step_reason is None else None

@@ -38,4 +38,4 @@ class CpuDenseKernel(Kernel):
         weight = prepared["weight"]
         if weight.dtype != torch.float32:
             return None
-        return NativeCall("dense", weight, request.n, request.k, torch.get_num_threads())
+        return NativeCall("dense", weight, request.n, request.k)

@@ -25,8 +25,8 @@ from lowbit.formats.intgroup import pack_bits, unpack_bits
 from lowbit.kernels.base import fake_linear, flat
 from lowbit.kernels.cpu import native
 from lowbit.kernels.cpu.step import NativeCall
-from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _finish, _ptr, _table,
-                                     _threads, eager_or_op)
+from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _finish, _table,
+                                     eager_or_op)
 from lowbit.kernels.request import Activations
 
 CHUNK = 32  # inputs per packed 16-byte chunk, and the smallest activation block
@@ -101,7 +101,7 @@ def _run(fn, x, n, bias, *args):
     x2, lead = flat(x)
     x2 = x2.float().contiguous()
     y = torch.empty(x2.shape[0], n)
-    if fn(x2.data_ptr(), x2.shape[0], x2.shape[1], *args, y.data_ptr(), _threads(n, x2.shape[1])):
+    if fn(x2.data_ptr(), x2.shape[0], x2.shape[1], *args, y.data_ptr(), native.threads_for(n, x2.shape[1])):
         raise MemoryError(f"lowbit's CPU kernel could not allocate {x2.shape[0]} x {x2.shape[1]} int8 activations")
     return _finish(y, bias, lead, x.dtype)
 
@@ -115,8 +115,8 @@ def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
         values = c.float() if table is None else table.float()[c.long()]
         x2, lead = flat(x)
         return _finish(x2.float() @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
-    return _run(native.library().lowbit_dot4, x, n, bias, codes.data_ptr(), n, _ptr(table), scales.data_ptr(),
-                _ptr(offsets), group, block)
+    return _run(native.library().lowbit_dot4, x, n, bias, codes.data_ptr(), n, native.ptr(table), scales.data_ptr(),
+                native.ptr(offsets), group, block)
 
 
 def dot8_cpu(x, codes, scales, offsets, group, block, bias):
@@ -126,7 +126,7 @@ def dot8_cpu(x, codes, scales, offsets, group, block, bias):
         x2, lead = flat(x)
         values = deinterleave(codes, n, CHUNK).float()
         return _finish(x2.float() @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
-    return _run(native.library().lowbit_dot8, x, n, bias, codes.data_ptr(), n, scales.data_ptr(), _ptr(offsets),
+    return _run(native.library().lowbit_dot8, x, n, bias, codes.data_ptr(), n, scales.data_ptr(), native.ptr(offsets),
                 group, block)
 
 
@@ -206,9 +206,8 @@ class CpuDot4Kernel(_DotMixin, CpuGemv4Kernel):
 
     def native_call(self, tensors, prepared, request):
         group = self.group(request)
-        return NativeCall("dot4", prepared["codes"], request.n, request.k, _threads(request.n, request.k), group=group,
-                          block=block_for(group), table=int8_table(request.fmt)[0], scales=prepared["scales"],
-                          offsets=prepared.get("offsets"))
+        return NativeCall("dot4", prepared["codes"], request.n, request.k, group=group, block=block_for(group),
+                          table=int8_table(request.fmt)[0], scales=prepared["scales"], offsets=prepared.get("offsets"))
 
 
 class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
@@ -232,6 +231,6 @@ class CpuDot8Kernel(_DotMixin, CpuGemv8Kernel):
 
     def native_call(self, tensors, prepared, request):
         group = self.group(request)
-        return NativeCall("dot8", prepared["codes"], request.n, request.k, _threads(request.n, request.k), group=group,
-                          block=block_for(group), scales=prepared["scales"], offsets=prepared.get("offsets"))
+        return NativeCall("dot8", prepared["codes"], request.n, request.k, group=group, block=block_for(group),
+                          scales=prepared["scales"], offsets=prepared.get("offsets"))
 

@@ -29,20 +29,11 @@ from lowbit.qtypes import ZeroKind, fp4_e2m1
 
 DENSE_MIN_M = 8  # rows of activations from which dequantize + dense matmul is faster (benchmarks/cpu_linear.py)
 FP8_BITS = 2.0**120  # an e4m3 byte shifted into fp32's exponent and mantissa is its value times 2^-120
-PARALLEL_MIN = 1 << 17  # weights from which the rows are split over torch's threads (a fork/join costs µs)
 
 torch.library.define("lowbit::gemv4_cpu", "(Tensor x, Tensor codes, Tensor? table, Tensor scales, Tensor? offsets, "
                                           "int group, Tensor? bias) -> Tensor")
 torch.library.define("lowbit::gemv8_cpu", "(Tensor x, Tensor codes, Tensor scales, Tensor? offsets, int group, "
                                           "Tensor? bias) -> Tensor")
-
-
-def _threads(n: int, k: int) -> int:
-    return torch.get_num_threads() if n * k >= PARALLEL_MIN else 1
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def _dequantize(values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
@@ -75,8 +66,8 @@ def gemv4_cpu(x, codes, table, scales, offsets, group, bias):
         values = c.float() if table is None else table[c.long()]
         return _finish(x2 @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
     y = torch.empty(m, n)
-    native.library().lowbit_gemv4(x2.data_ptr(), m, k, codes.data_ptr(), n, _ptr(table), scales.data_ptr(),
-                                  _ptr(offsets), group, y.data_ptr(), _threads(n, k))
+    native.library().lowbit_gemv4(x2.data_ptr(), m, k, codes.data_ptr(), n, native.ptr(table), scales.data_ptr(),
+                                  native.ptr(offsets), group, y.data_ptr(), native.threads_for(n, k))
     return _finish(y, bias, lead, x.dtype)
 
 
@@ -91,8 +82,8 @@ def gemv8_cpu(x, codes, scales, offsets, group, bias):
         values = codes.float() / FP8_BITS if fp8 else codes.float()
         return _finish(x2 @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
     y = torch.empty(m, n)
-    native.library().lowbit_gemv8(x2.data_ptr(), m, k, codes.data_ptr(), n, scales.data_ptr(), _ptr(offsets), group,
-                                  y.data_ptr(), _threads(n, k), int(fp8))
+    native.library().lowbit_gemv8(x2.data_ptr(), m, k, codes.data_ptr(), n, scales.data_ptr(), native.ptr(offsets),
+                                  group, y.data_ptr(), native.threads_for(n, k), int(fp8))
     return _finish(y, bias, lead, x.dtype)
 
 
@@ -182,9 +173,8 @@ class CpuGemv4Kernel(_NativeKernel):
                   self.group(request), bias)
 
     def native_call(self, tensors, prepared, request):
-        return NativeCall("gemv4", prepared["codes"], request.n, request.k, _threads(request.n, request.k),
-                          group=self.group(request), table=_table(request.fmt), scales=prepared["scales"],
-                          offsets=prepared.get("offsets"))
+        return NativeCall("gemv4", prepared["codes"], request.n, request.k, group=self.group(request),
+                          table=_table(request.fmt), scales=prepared["scales"], offsets=prepared.get("offsets"))
 
 
 class CpuGemv8Kernel(_NativeKernel):
@@ -227,6 +217,6 @@ class CpuGemv8Kernel(_NativeKernel):
         return op(x, prepared["codes"], prepared["scales"], prepared.get("offsets"), self.group(request), bias)
 
     def native_call(self, tensors, prepared, request):
-        return NativeCall("gemv8", prepared["codes"], request.n, request.k, _threads(request.n, request.k),
-                          group=self.group(request), fp8=prepared["codes"].dtype == torch.float8_e4m3fn,
-                          scales=prepared["scales"], offsets=prepared.get("offsets"))
+        return NativeCall("gemv8", prepared["codes"], request.n, request.k, group=self.group(request),
+                          fp8=prepared["codes"].dtype == torch.float8_e4m3fn, scales=prepared["scales"],
+                          offsets=prepared.get("offsets"))

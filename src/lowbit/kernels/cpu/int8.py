@@ -61,5 +61,4 @@ class CpuInt8Kernel(Kernel):
     def native_call(self, tensors, prepared, request):
         if request.compute_dtype != torch.float32:
             return None  # the C step runs fp32 activations
-        return NativeCall("gemv8", tensors["qweight"], request.n, request.k, torch.get_num_threads(), group=request.k,
-                          scales=prepared["scales"])
+        return NativeCall("gemv8", tensors["qweight"], request.n, request.k, group=request.k, scales=prepared["scales"])

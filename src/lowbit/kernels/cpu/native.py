@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 from lowbit.kernels.cpu.features import cpu_info, isa
 from lowbit.utils import cache_dir
 
@@ -33,6 +35,17 @@ _SIGNATURES = {"lowbit_gemv4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _P, _I],
                "lowbit_dot8": [_P, _I, _I, _P, _I, _P, _P, _I, _I, _P, _I],
                "lowbit_step": [_P, _P, _I, _P]}
 _RESTYPES = {"lowbit_dot4": _I, "lowbit_dot8": _I, "lowbit_step": _I}
+PARALLEL_MIN = 1 << 17  # weights from which the rows are split over torch's threads (a fork/join costs µs)
+
+
+def threads_for(n: int, k: int) -> int:
+    """The OpenMP threads a kernel call over an [n, k] weight uses."""
+    return torch.get_num_threads() if n * k >= PARALLEL_MIN else 1
+
+
+def ptr(t: torch.Tensor | None) -> int | None:
+    """A tensor's address for ctypes (None: NULL)."""
+    return None if t is None else t.data_ptr()
 
 
 def flags(which: str) -> list[str]:

@@ -84,9 +84,9 @@ static int linear(const lb_linear *l, const float *x, float *y) {
 }
 
 static int linears(const lb_linear *ls, int count, const float *x, float *y) { /* consecutive outputs */
-    for (int i = 0; i < count && ls[i].kind != LB_NONE; y += ls[i].n, i++)
-        if (linear(&ls[i], x, y)) return -1;
-    return 0;
+    int rc = 0;
+    for (int i = 0; i < count && ls[i].kind != LB_NONE && !rc; y += ls[i].n, i++) rc = linear(&ls[i], x, y);
+    return rc;
 }
 
 static void rmsnorm(const float *x, const float *w, int n, float eps, float *y) {
@@ -140,7 +140,8 @@ static int block_step(const lb_model *m, const lb_block *b, float *h, int pos, f
                       float *mlp, float *p) {
     int d = m->head_dim, hid = m->hidden;
     rmsnorm(h, b->norm_in, hid, m->eps, x);
-    if (linears(b->attn_in, 3, x, qkv)) return -1;
+    int rc = linears(b->attn_in, 3, x, qkv);
+    if (rc) return rc;
     float *q = qkv + b->q_off, *k = qkv + b->k_off, *v = qkv + b->v_off;
     for (int i = 0; i < m->heads; i++) {
         if (b->q_norm) rmsnorm(q + i * d, b->q_norm, d, m->eps, q + i * d);
@@ -153,15 +154,15 @@ static int block_step(const lb_model *m, const lb_block *b, float *h, int pos, f
         memcpy(b->v_cache + ((size_t)i * m->max_len + pos) * d, v + i * d, sizeof(float) * d);
     }
     attend(m, b, q, pos, att, p);
-    if (linear(&b->attn_out, att, x)) return -1;
+    if ((rc = linear(&b->attn_out, att, x))) return rc;
     if (b->norm_attn_out) rmsnorm(x, b->norm_attn_out, hid, m->eps, x);
     for (int i = 0; i < hid; i++) h[i] += x[i];
     rmsnorm(h, b->norm_mlp_in, hid, m->eps, x);
-    if (linears(b->mlp_in, 2, x, mlp)) return -1;
+    if ((rc = linears(b->mlp_in, 2, x, mlp))) return rc;
     const float *g = mlp + b->gate_off, *u = mlp + b->up_off;
     float *a = mlp + 2 * m->inter;
     for (int i = 0; i < m->inter; i++) a[i] = act(g[i], m->act) * u[i];
-    if (linear(&b->mlp_out, a, x)) return -1;
+    if ((rc = linear(&b->mlp_out, a, x))) return rc;
     if (b->norm_mlp_out) rmsnorm(x, b->norm_mlp_out, hid, m->eps, x);
     for (int i = 0; i < hid; i++) h[i] += x[i];
     return 0;

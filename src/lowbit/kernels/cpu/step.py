@@ -10,6 +10,8 @@ import dataclasses
 
 import torch
 
+from lowbit.kernels.cpu.native import ptr, threads_for
+
 KINDS = {"none": 0, "dense": 1, "gemv4": 2, "gemv8": 3, "dot4": 4, "dot8": 5}
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -23,7 +25,6 @@ class NativeCall:
     codes: torch.Tensor  # the fp32 [n, k] weight for "dense"
     n: int
     k: int
-    threads: int  # the OpenMP threads the layer's own forward would use
     group: int = 0
     block: int = 0
     fp8: bool = False
@@ -53,14 +54,10 @@ class Model(ctypes.Structure):
                 ("blocks", ctypes.POINTER(Block))]
 
 
-def ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 def linear(call: NativeCall | None) -> Linear:
     """The C descriptor of ``call`` (None: an unused slot)."""
     if call is None:
         return Linear(kind=KINDS["none"])
     return Linear(kind=KINDS[call.kind], n=call.n, k=call.k, group=call.group, block=call.block, fp8=int(call.fp8),
-                  threads=call.threads, codes=ptr(call.codes), table=ptr(call.table), s=ptr(call.scales),
-                  o=ptr(call.offsets), bias=ptr(call.bias))
+                  threads=threads_for(call.n, call.k), codes=ptr(call.codes), table=ptr(call.table),
+                  s=ptr(call.scales), o=ptr(call.offsets), bias=ptr(call.bias))
