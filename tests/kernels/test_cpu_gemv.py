@@ -5,9 +5,10 @@ import pytest
 import torch
 from kernel_conformance import FORMATS, KernelConformance
 
-from lowbit.kernels.cpu import features, native
+from lowbit.kernels.cpu import features, gemv, native
 
-GEMV4 = {"int4-g16-asym", "int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-asym", "int4-g128-sym",
+# not int4-g16: the kernel reads 32 codes of a row at a time
+GEMV4 = {"int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-asym", "int4-g128-sym",
          "int4-g128-bf16-scales", "int4-g256-asym", "int4-channel-asym", "nf4-b64", "nf4-b64-dq", "fp4-b32", "mxfp4"}
 GEMV8 = {"int8-channel-sym", "int8-g128-asym", "fp8-channel", "fp8-block128"}
 
@@ -60,15 +61,17 @@ def test_isa_switches(monkeypatch):
 
 @needs_native
 def test_both_builds_give_the_same_numbers():
-    """The AVX2 and AVX-512 builds compute the same products (up to fp32 summation order)."""
+    """The AVX2 and AVX-512 builds compute the same products (up to fp32 summation order), over a last block of
+    rows that is not full."""
     if features.isa() != "avx512":
         pytest.skip("this CPU has no AVX-512: only the AVX2 build runs here")
-    n, k, group = 48, 256, 64
+    n, k, group = 45, 256, 64
     x, y2, y5 = torch.randn(3, k), torch.empty(3, n), torch.empty(3, n)
     codes = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
+    stored = gemv.interleave(codes, gemv.GEMV4_CHUNK)
     table, s, o = torch.randn(16), torch.rand(n, k // group), torch.randn(n, k // group)
     for lib, y in ((native.library("avx2"), y2), (native.library("avx512"), y5)):
-        lib.lowbit_gemv4(x.data_ptr(), 3, k, codes.data_ptr(), n, table.data_ptr(), s.data_ptr(), o.data_ptr(), group,
+        lib.lowbit_gemv4(x.data_ptr(), 3, k, stored.data_ptr(), n, table.data_ptr(), s.data_ptr(), o.data_ptr(), group,
                          y.data_ptr(), 1)
     c = torch.stack([codes & 15, codes >> 4], -1).reshape(n, k).long()
     w = (table[c].reshape(n, -1, group) * s[..., None] + o[..., None]).reshape(n, k)

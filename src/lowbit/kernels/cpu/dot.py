@@ -25,12 +25,11 @@ from lowbit.formats.intgroup import pack_bits, unpack_bits
 from lowbit.kernels.base import fake_linear, flat
 from lowbit.kernels.cpu import native
 from lowbit.kernels.cpu.step import NativeCall
-from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _finish, _table,
-                                     eager_or_op)
+from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, ROWS, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _finish,
+                                     _table, deinterleave, eager_or_op, interleave)
 from lowbit.kernels.request import Activations
 
 CHUNK = 32  # inputs per packed 16-byte chunk, and the smallest activation block
-ROWS = 8  # rows interleaved chunk by chunk, the rows of one pass (R in dot8.c)
 BLOCKS = (64, 32)  # activation blocks tried, largest first: the largest dividing the weight group is used
 
 torch.library.define("lowbit::dot4_cpu", "(Tensor x, Tensor codes, Tensor? table, Tensor scales, Tensor? offsets, "
@@ -59,21 +58,6 @@ def from_chunks(chunks: torch.Tensor) -> torch.Tensor:
     """The inverse of ``to_chunks``."""
     v = chunk_values(chunks).reshape(chunks.shape[0], -1, 2)
     return (v[..., 0] | (v[..., 1] << 4)).contiguous()
-
-
-def interleave(rows: torch.Tensor, chunk: int) -> torch.Tensor:
-    """[N, W] bytes → [N padded to ROWS, W]: each block of ROWS rows stored chunk by chunk (``chunk`` bytes of one
-    row, then of the next), the order in which a pass of ``dot8.c`` reads them."""
-    n, width = rows.shape
-    if n % ROWS:
-        rows = torch.cat([rows, rows.new_zeros(ROWS - n % ROWS, width)])
-    return rows.reshape(-1, ROWS, width // chunk, chunk).transpose(1, 2).reshape(-1, width).contiguous()
-
-
-def deinterleave(codes: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
-    """The inverse of ``interleave``: the first ``n`` rows, in row order."""
-    width = codes.shape[1]
-    return codes.reshape(-1, width // chunk, ROWS, chunk).transpose(1, 2).reshape(-1, width)[:n].contiguous()
 
 
 def chunk_values(chunks: torch.Tensor) -> torch.Tensor:
@@ -184,7 +168,7 @@ class CpuDot4Kernel(_DotMixin, CpuGemv4Kernel):
                 return {"codes": interleave(chunks_of(values + half), 16), "scales": scales, "offsets": -half * scales}
             return {"codes": interleave(chunks_of(values), 16), "scales": scales,
                     "offsets": -tensors["zeros"].float() * scales}
-        prepared = super().prepare(tensors, request)
+        prepared = self.row_major(tensors, request)
         prepared["scales"] = (prepared["scales"] / int8_table(request.fmt)[1]).contiguous()
         prepared["codes"] = interleave(to_chunks(prepared["codes"]), 16)
         return prepared
@@ -196,7 +180,7 @@ class CpuDot4Kernel(_DotMixin, CpuGemv4Kernel):
             if request.symmetric:
                 values = (values.to(torch.int16) - (1 << (request.bits - 1))).to(torch.int8)
             return {"qweight": pack_bits(values, request.bits)}
-        return super().canonical_from_prepared({**prepared, "codes": from_chunks(prepared["codes"])}, request)
+        return self.canonical_from_row_major({**prepared, "codes": from_chunks(prepared["codes"])}, request)
 
     def run(self, x, tensors, prepared, request, bias):
         group = self.group(request)

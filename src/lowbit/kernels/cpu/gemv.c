@@ -4,7 +4,10 @@
  * table (integer grids, NF4, FP4 and MXFP4 alike), 8-bit codes are signed integers or fp8 e4m3 (as their bits: the
  * caller multiplies the scales by 2^120, see fp8_bits). So, per output,
  *     y[m, n] = sum_g  s[n, g] * dot(x[m, group g], table[codes of group g])  +  o[n, g] * sum(x[m, group g]).
- * Built twice from this one file, for AVX2+FMA and for AVX-512 (F, BW, VL); rows are split over OpenMP threads.
+ * 4-bit codes run 8 rows a pass (one FMA chain each, the activations loaded once for all), from codes stored in
+ * that order (see lowbit_gemv4); AVX2 looks the table up with byte shuffles of its four byte planes, AVX-512 with
+ * one permute. Built twice from this one file, for AVX2+FMA and for AVX-512 (F, BW, VL); rows are split over
+ * OpenMP threads.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -55,10 +58,6 @@ static inline float vsum(vec v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-static inline vec lut8(__m256i idx, __m256 lo, __m256 hi) {
-    __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
-    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-}
 #define FP8_MASK 0x87F00000
 static inline vec int8x8(const int8_t *p, int fp8) {
     __m256i i = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
@@ -68,55 +67,125 @@ static inline vec int8x8(const int8_t *p, int fp8) {
 #define STEP8 8
 #endif
 
-/* 8 packed bytes (16 codes, low nibble first) → the 16 codes in order, one per byte */
-static inline __m128i nibbles(const uint8_t *p) {
-    __m128i b = _mm_loadl_epi64((const __m128i *)p), mask = _mm_set1_epi8(0x0F);
-    return _mm_unpacklo_epi8(_mm_and_si128(b, mask), _mm_and_si128(_mm_srli_epi16(b, 4), mask));
-}
+#define GROWS 8  /* rows of one pass, stored 16 bytes (32 codes) of one row, then of the next */
 
-/* codes: [n, k/2] bytes; table: 16 floats, or NULL for the codes' own values 0..15; s, o: [n, k/group] (o may be NULL); x: [m, k]; y: [m, n] */
-void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, const float *table, const float *s,
-                  const float *o, int group, float *y, int threads) {
-    int groups = k / group, affine = table == NULL;
-    float *xs = o ? malloc(sizeof(float) * (size_t)m * groups) : NULL;
-    if (o) group_sums(x, m, k, group, xs);
-    static const float identity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    if (affine) table = identity;
+#ifdef __AVX512F__
+/* 16 bytes (32 codes, low nibble first) → the 32 codes in input order, one per byte, as two halves of 16 */
+static inline void codes32(const uint8_t *p, __m128i *lo, __m128i *hi) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(0x0F);
+    __m128i l = _mm_and_si128(b, mask), h = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
+    *lo = _mm_unpacklo_epi8(l, h);
+    *hi = _mm_unpackhi_epi8(l, h);
+}
+#else
+/* The table's fp32 values as four byte planes (each 16 bytes, in both 128-bit lanes): a byte shuffle of the codes
+ * per plane and two rounds of unpacks give 32 values in 4 vectors, inputs in the order of xperm8 */
+typedef struct { __m256i p[4]; } planes;
+static inline planes table_planes(const float *table) {
+    planes t;
+    uint8_t b[4][16];
+    for (int i = 0; i < 16; i++) {
+        uint32_t u;
+        __builtin_memcpy(&u, table + i, 4);
+        for (int j = 0; j < 4; j++) b[j][i] = (uint8_t)(u >> (8 * j));
+    }
+    for (int j = 0; j < 4; j++) t.p[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b[j]));
+    return t;
+}
+static inline void lut32(const uint8_t *p, const planes *t, vec *v) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(0x0F);
+    __m256i c = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(b, mask)),
+                                        _mm_and_si128(_mm_srli_epi16(b, 4), mask), 1);
+    __m256i p0 = _mm256_shuffle_epi8(t->p[0], c), p1 = _mm256_shuffle_epi8(t->p[1], c);
+    __m256i p2 = _mm256_shuffle_epi8(t->p[2], c), p3 = _mm256_shuffle_epi8(t->p[3], c);
+    __m256i a = _mm256_unpacklo_epi8(p0, p1), bb = _mm256_unpackhi_epi8(p0, p1);
+    __m256i cc = _mm256_unpacklo_epi8(p2, p3), d = _mm256_unpackhi_epi8(p2, p3);
+    v[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(a, cc));
+    v[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(a, cc));
+    v[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(bb, d));
+    v[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(bb, d));
+}
+/* lut32's order: within each 8 inputs, the even ones first (the low nibbles' lane), then the odd ones */
+static void xperm8(const float *x, int k, float *xp) {
+    for (int j = 0; j < k; j += 8)
+        for (int i = 0; i < 4; i++) xp[j + i] = x[j + 2 * i], xp[j + 4 + i] = x[j + 2 * i + 1];
+}
+#endif
+
+/* the pass over rows [row, row + rows) (rows is GROWS except in the last block) for one activation row xr */
+static inline void gemv4_rows(const float *xr, int k, const uint8_t *block, int row, int rows, const float *s,
+                              const float *o, const float *xs, int group, const float *table, float *y) {
+    int groups = k / group;
 #ifdef __AVX512F__
     vec t16 = _mm512_loadu_ps(table);
 #else
-    __m256 tlo = _mm256_loadu_ps(table), thi = _mm256_loadu_ps(table + 8);
+    planes t = table_planes(table);
 #endif
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int row = 0; row < n; row++) {
-        const uint8_t *c = codes + (size_t)row * (k / 2);
-        const float *srow = s + (size_t)row * groups, *orow = o ? o + (size_t)row * groups : NULL;
-        for (int r = 0; r < m; r++) {
-            const float *xr = x + (size_t)r * k;
-            vec total = vzero();
-            float extra = 0.f;
-            for (int g = 0; g < groups; g++) {
-                vec acc0 = vzero(), acc1 = vzero();
-                int k0 = g * group;
-                for (int j = 0; j < group; j += 16) {
-                    __m128i q = nibbles(c + (k0 + j) / 2);
+    vec total[GROWS];
+    float extra[GROWS];
+    for (int i = 0; i < rows; i++) total[i] = vzero(), extra[i] = 0.f;
+    for (int g = 0; g < groups; g++) {
+        vec acc[GROWS];
+        for (int i = 0; i < rows; i++) acc[i] = vzero();
+        int k0 = g * group;
+        for (int j = 0; j < group; j += 32) {
+            const uint8_t *c = block + (size_t)((k0 + j) / 32) * (16 * GROWS);
 #ifdef __AVX512F__
-                    vec v = affine ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)) : lut16(q, t16);
-                    acc0 = vfma(v, vload(xr + k0 + j), acc0);
-#else
-                    __m256i i0 = _mm256_cvtepu8_epi32(q), i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(q, 8));
-                    vec v0 = affine ? _mm256_cvtepi32_ps(i0) : lut8(i0, tlo, thi);
-                    vec v1 = affine ? _mm256_cvtepi32_ps(i1) : lut8(i1, tlo, thi);
-                    acc0 = vfma(v0, vload(xr + k0 + j), acc0);
-                    acc1 = vfma(v1, vload(xr + k0 + j + 8), acc1);
-#endif
-                }
-                total = vfma(vadd(acc0, acc1), vset1(srow[g]), total);
-                if (orow) extra += orow[g] * xs[r * groups + g];
+            vec x0 = vload(xr + k0 + j), x1 = vload(xr + k0 + j + 16);
+            for (int i = 0; i < rows; i++) {
+                __m128i lo, hi;
+                codes32(c + 16 * i, &lo, &hi);
+                acc[i] = vfma(lut16(lo, t16), x0, acc[i]);
+                acc[i] = vfma(lut16(hi, t16), x1, acc[i]);
             }
-            y[(size_t)r * n + row] = vsum(total) + extra;
+#else
+            vec x0 = vload(xr + k0 + j), x1 = vload(xr + k0 + j + 8);
+            vec x2 = vload(xr + k0 + j + 16), x3 = vload(xr + k0 + j + 24);
+            for (int i = 0; i < rows; i++) {
+                vec v[4];
+                lut32(c + 16 * i, &t, v);
+                acc[i] = vfma(v[3], x3, vfma(v[2], x2, vfma(v[1], x1, vfma(v[0], x0, acc[i]))));
+            }
+#endif
+        }
+        for (int i = 0; i < rows; i++) {
+            total[i] = vfma(acc[i], vset1(s[(size_t)(row + i) * groups + g]), total[i]);
+            if (o) extra[i] += o[(size_t)(row + i) * groups + g] * xs[g];
         }
     }
+    for (int i = 0; i < rows; i++) y[row + i] = vsum(total[i]) + extra[i];
+}
+
+/* codes: [n padded to GROWS, k/2] bytes, low nibble first, each block of GROWS rows stored 16 bytes (32 codes) of
+ * one row, then of the next; table: 16 floats, or NULL for the codes' own values 0..15; s, o: [n, k/group] (o may
+ * be NULL); group: a multiple of 32; x: [m, k]; y: [m, n] */
+void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, const float *table, const float *s,
+                  const float *o, int group, float *y, int threads) {
+    int groups = k / group, blocks = (n + GROWS - 1) / GROWS;
+    float *xs = o ? malloc(sizeof(float) * (size_t)m * groups) : NULL;
+    if (o) group_sums(x, m, k, group, xs);
+    static const float identity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    if (table == NULL) table = identity;
+#ifndef __AVX512F__
+    float *xp = malloc(sizeof(float) * (size_t)m * k);
+    for (int r = 0; r < m; r++) xperm8(x + (size_t)r * k, k, xp + (size_t)r * k);
+    x = xp;
+#endif
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        int row = b * GROWS, rows = n - row < GROWS ? n - row : GROWS;
+        const uint8_t *block = codes + (size_t)row * (k / 2);
+        for (int r = 0; r < m; r++) {
+            const float *xr = x + (size_t)r * k, *xsr = xs ? xs + (size_t)r * groups : NULL;
+            if (rows == GROWS)  /* a constant row count: the call specialized, its loops unrolled */
+                gemv4_rows(xr, k, block, row, GROWS, s, o, xsr, group, table, y + (size_t)r * n);
+            else
+                gemv4_rows(xr, k, block, row, rows, s, o, xsr, group, table, y + (size_t)r * n);
+        }
+    }
+#ifndef __AVX512F__
+    free(xp);
+#endif
     free(xs);
 }
 

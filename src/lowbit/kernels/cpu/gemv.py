@@ -27,6 +27,8 @@ from lowbit.kernels.cpu import native
 from lowbit.kernels.cpu.step import NativeCall
 from lowbit.qtypes import ZeroKind, fp4_e2m1
 
+ROWS = 8  # rows interleaved chunk by chunk, the rows of one pass of the 4-bit kernels (GROWS in gemv.c, R in dot8.c)
+GEMV4_CHUNK = 16  # bytes (32 codes) of one row stored before the next row's (gemv.c)
 DENSE_MIN_M = 8  # rows of activations from which dequantize + dense matmul is faster (benchmarks/cpu_linear.py)
 FP8_BITS = 2.0**120  # an e4m3 byte shifted into fp32's exponent and mantissa is its value times 2^-120
 
@@ -50,6 +52,21 @@ def _finish(y: torch.Tensor, bias: torch.Tensor | None, lead: tuple[int, ...], d
     return y.reshape(*lead, y.shape[-1]).to(dtype)
 
 
+def interleave(rows: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[N, W] bytes → [N padded to ROWS, W]: each block of ROWS rows stored chunk by chunk (``chunk`` bytes of one
+    row, then of the next), the order in which a pass of ``gemv.c``'s and ``dot8.c``'s kernels reads them."""
+    n, width = rows.shape
+    if n % ROWS:
+        rows = torch.cat([rows, rows.new_zeros(ROWS - n % ROWS, width)])
+    return rows.reshape(-1, ROWS, width // chunk, chunk).transpose(1, 2).reshape(-1, width).contiguous()
+
+
+def deinterleave(codes: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
+    """The inverse of ``interleave``: the first ``n`` rows, in row order."""
+    width = codes.shape[1]
+    return codes.reshape(-1, width // chunk, ROWS, chunk).transpose(1, 2).reshape(-1, width)[:n].contiguous()
+
+
 def eager_or_op(op, impl):
     """``impl`` (the op's own CPU body) in a plain eager call, which skips the dispatcher (about 8 µs of a call's
     20 on a small layer); the op under torch.compile, whose fake implementation keeps the graph whole."""
@@ -57,12 +74,14 @@ def eager_or_op(op, impl):
 
 
 def gemv4_cpu(x, codes, table, scales, offsets, group, bias):
-    """``x @ W.T`` for ``W = table[codes] * scales + offsets`` per group; codes [N, K/2] low nibble first."""
+    """``x @ W.T`` for ``W = table[codes] * scales + offsets`` per group; codes [N, K/2] low nibble first,
+    interleaved by ``ROWS`` rows in chunks of ``GEMV4_CHUNK`` bytes."""
     x2, lead = flat(x)
     x2 = x2.float().contiguous()
-    (m, k), n = x2.shape, codes.shape[0]
+    (m, k), n = x2.shape, scales.shape[0]
     if m >= DENSE_MIN_M:
-        c = torch.stack([codes & 15, codes >> 4], dim=-1).reshape(n, k)
+        flat_codes = deinterleave(codes, n, GEMV4_CHUNK)
+        c = torch.stack([flat_codes & 15, flat_codes >> 4], dim=-1).reshape(n, k)
         values = c.float() if table is None else table[c.long()]
         return _finish(x2 @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
     y = torch.empty(m, n)
@@ -131,8 +150,8 @@ class _NativeKernel(Kernel):
         if request.g_idx:
             return False, "needs groups of consecutive inputs, not a g_idx"
         group = request.group_size or request.k
-        if self.bits == 4 and group % 16:
-            return False, f"needs groups of a multiple of 16 inputs, got {group}"
+        if self.bits == 4 and group % 32:
+            return False, f"needs groups of a multiple of 32 inputs, got {group}"
         why = native.unavailable()
         if why:
             return False, why
@@ -146,11 +165,21 @@ class CpuGemv4Kernel(_NativeKernel):
     name = "cpu_gemv4"
     priority = 15  # above the built-ins: with fp32 activations (which they run 10-40x slower) these run
     bits = 4
+    row_block = ROWS  # fused members start on a block of interleaved rows
 
     def handles(self, request):
         return (request.kind == "int" and request.bits == 4) or request.kind in ("codebook", "mx")
 
     def prepare(self, tensors, request):
+        prepared = self.row_major(tensors, request)
+        return {**prepared, "codes": interleave(prepared["codes"], GEMV4_CHUNK)}
+
+    def canonical_from_prepared(self, prepared, request):
+        return self.canonical_from_row_major({**prepared, "codes": deinterleave(prepared["codes"], request.n,
+                                                                                GEMV4_CHUNK)}, request)
+
+    def row_major(self, tensors, request):
+        """The codes (in row order, low nibble first), scales and offsets of ``w = table[code] * s + o``."""
         fmt, codes = request.fmt, tensors["qweight"]
         if isinstance(fmt, IntFormat):
             scales = tensors["scales"].float().reshape(request.n, -1)
@@ -161,7 +190,7 @@ class CpuGemv4Kernel(_NativeKernel):
         scales = e8m0_to_float(tensors["scales"]) if isinstance(fmt, MxFormat) else fmt.absmax(tensors)
         return {"codes": _swap_nibbles(codes) if book.high_first else codes, "scales": scales.float().contiguous()}
 
-    def canonical_from_prepared(self, prepared, request):
+    def canonical_from_row_major(self, prepared, request):
         codes = prepared["codes"]
         if isinstance(request.fmt, IntFormat):
             return {"qweight": codes ^ 0x88 if request.zero is ZeroKind.NONE else codes}
