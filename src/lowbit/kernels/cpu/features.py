@@ -49,16 +49,20 @@ def isa() -> str:
     What the CPU has, capped by ``$LOWBIT_CPU_ISA`` and by torch's own switch ``$ATEN_CPU_CAPABILITY``
     (``avx2``, ``default``), so one setting runs torch's and lowbit's AVX2 code paths on an AVX-512 CPU.
     """
+    return _isa(os.environ.get(ISA_ENV, ""), os.environ.get("ATEN_CPU_CAPABILITY", ""))
+
+
+@functools.lru_cache(maxsize=16)  # every CPU kernel call asks: worked out once per setting of the two variables
+def _isa(wanted: str, aten: str) -> str:
     flags = cpu_info()[1]
     have = "avx512" if {"avx512f", "avx512bw", "avx512vl"} <= flags else "avx2" if {"avx2", "fma"} <= flags else "none"
     caps = [have]
-    wanted = os.environ.get(ISA_ENV, "").strip().lower()
+    wanted, aten = wanted.strip().lower(), aten.strip().lower()
     if wanted:
         if wanted not in ISAS:
             raise ConfigError(f"{ISA_ENV}={wanted!r} is not a known instruction set; expected one of {ISAS}, "
                               f"or unset it")
         caps.append(wanted)
-    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
     if aten in ("avx2", "default"):
         caps.append("avx2" if aten == "avx2" else "none")
     return min(caps, key=ISAS.index)

@@ -93,9 +93,10 @@ static inline planes table_planes(const float *table) {
     return t;
 }
 static inline void lut32(const uint8_t *p, const planes *t, vec *v) {
-    __m128i b = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(0x0F);
-    __m256i c = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(b, mask)),
-                                        _mm_and_si128(_mm_srli_epi16(b, 4), mask), 1);
+    /* the 16 bytes in both lanes (one load), the high lane shifted right by 4: low nibbles, then high ones */
+    __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    __m256i c = _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                                 _mm256_set1_epi8(0x0F));
     __m256i p0 = _mm256_shuffle_epi8(t->p[0], c), p1 = _mm256_shuffle_epi8(t->p[1], c);
     __m256i p2 = _mm256_shuffle_epi8(t->p[2], c), p3 = _mm256_shuffle_epi8(t->p[3], c);
     __m256i a = _mm256_unpacklo_epi8(p0, p1), bb = _mm256_unpackhi_epi8(p0, p1);

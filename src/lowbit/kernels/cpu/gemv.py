@@ -49,7 +49,8 @@ def _dequantize(values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tenso
 def _finish(y: torch.Tensor, bias: torch.Tensor | None, lead: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     if bias is not None:
         y += bias.float()
-    return y.reshape(*lead, y.shape[-1]).to(dtype)
+    y = y.reshape(*lead, y.shape[-1])
+    return y if y.dtype == dtype else y.to(dtype)
 
 
 def interleave(rows: torch.Tensor, chunk: int) -> torch.Tensor:
