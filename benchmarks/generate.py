@@ -10,6 +10,10 @@ Modes (each writes its rows into one JSON file as it goes, so a run cut off keep
   call compiles, the second is timed.
 - ``fast``: ``lowbit.compile_for_decode(model)`` then its ``generate`` (fused projections, per-layer compile, one
   CUDA graph per decode step), beside the others in the same run.
+- ``attached``: ``lowbit.compile_for_decode(model)`` then the user's own ``model.generate(ids, ...)`` (default cache):
+  each new token of a batch of one replays the recorded step (``stepping.attach``); the first call records, the
+  median of three timed calls is reported. Modes run in the order above, whatever the order given: ``fast`` and
+  ``attached`` change the model.
 
 Variants: ``bf16`` (the model as built) and ``lowbit.quantize_`` copies (lm_head and embeddings stay bf16).
 
@@ -32,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lowbit  # noqa: E402
 from decode import PROMPT, VARIANTS, copy_gbs, llama_8b, weight_bytes  # noqa: E402
+
+
+MODES = ("host", "eager", "static", "fast", "attached")
 
 
 def host_us(fn, calls: int = 200) -> tuple[float, float]:
@@ -99,7 +106,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--label", default="", help="a name for this tree in the JSON file (before/after)")
     ap.add_argument("--modes", nargs="+", default=["host", "eager", "static"],
-                    choices=["host", "eager", "static", "fast"])
+                    choices=MODES)
     ap.add_argument("--variants", nargs="+", default=["bf16", "int4_g128", "int8"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1])
     ap.add_argument("--tokens", type=int, default=64)
@@ -120,7 +127,7 @@ def main() -> None:
     if "host" in args.modes:
         payload["rows"] += host_rows(args.variants)
         write()
-    modes = [m for m in args.modes if m != "host"]
+    modes = [m for m in MODES if m in args.modes and m != "host"]  # fast and attached change the model: last
     if not modes:
         return
     base = llama_8b(args.layers)
@@ -141,8 +148,11 @@ def main() -> None:
                         tps, toks = generate_tps(model, b, args.eager_tokens, reps=3)
                     elif mode == "static":
                         tps, toks = generate_tps(model, b, args.tokens, cache_implementation="static")
-                    else:
+                    elif mode == "fast":
                         tps, toks = fast_tps(lowbit.compile_for_decode(model), model, b, args.tokens)
+                    else:
+                        lowbit.compile_for_decode(model)
+                        tps, toks = generate_tps(model, b, args.tokens, reps=3)
                 except Exception as e:  # noqa: BLE001 - recorded; the other cells still run
                     payload["notes"][f"{name} {mode} batch {b}"] = f"{type(e).__name__}: {e}"[:400]
                     print(name, mode, b, payload["notes"][f"{name} {mode} batch {b}"], flush=True)
@@ -150,7 +160,7 @@ def main() -> None:
                     continue
                 row = {"mode": mode, "variant": name, "batch": b, "tok_s": round(tps, 1),
                        "first_tokens": toks[0, :8].tolist()}
-                if mode == "fast" and b == 1:  # the batch-1 ceiling: copy bandwidth over the bytes read per token
+                if mode in ("fast", "attached") and b == 1:  # the batch-1 ceiling: copy bandwidth over the bytes read per token
                     payload.setdefault("copy_gbs", round(copy_gbs()))
                     row["ceiling_tok_s"] = round(payload["copy_gbs"] * 1e9 / weight_bytes(model), 1)
                     row["of_ceiling"] = round(tps / row["ceiling_tok_s"], 3)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit import decode_cpu
+from lowbit import decode_cpu, stepping
 from lowbit.decode_cpu import CpuStep, Unsupported, why_not
 from lowbit.errors import LowbitError
 from lowbit.kernels.cpu import native
@@ -240,8 +240,8 @@ def test_a_cache_the_c_step_advanced_can_be_continued():
     lowbit.compile_for_decode(model)
     out, nxt, cache = turns()
     assert torch.equal(out, ref) and torch.allclose(nxt, ref_next, atol=1e-4)
-    with pytest.raises(LowbitError, match="a call at position 3 on a cache that lowbit's C decode step holds at "
+    with pytest.raises(LowbitError, match="a call at position 3 on a cache that lowbit's decode step holds at "
                                           "position 13"), torch.inference_mode():
         model(torch.tensor([[1]]), past_key_values=cache, use_cache=True, position_ids=torch.tensor([[3]]))
-    decode_cpu.detach(model)
+    stepping.detach(model)
     assert model.forward.__func__ is type(model).forward

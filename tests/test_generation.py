@@ -73,3 +73,48 @@ def test_tokens_are_the_greedy_continuation(compile):
     chosen = logits.gather(-1, out[:, 7:, None])[..., 0]
     margin = 0.02 * logits.std()
     assert bool((chosen >= logits.max(-1).values - margin).all()), (chosen - logits.max(-1).values).min()
+
+
+def _greedy_within_margin(model, out, prompt):
+    """Every token after the prompt is the argmax of the plain model's logits over the sequence before it (teacher
+    forced), up to a rounding margin for near ties."""
+    with torch.inference_mode():
+        logits = model(out).logits.float()[:, prompt - 1:-1]
+    chosen = logits.gather(-1, out[:, prompt:, None])[..., 0]
+    return bool((chosen >= logits.max(-1).values - 0.02 * logits.std()).all())
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device: the fast path records CUDA graphs (gpu_run.sh runs it)")
+def test_model_generate_replays_the_recorded_step(monkeypatch):
+    """After ``compile_for_decode`` on CUDA, ``model.generate`` of a batch of one runs the engine's steps (counted),
+    past its first cache (which doubles); its tokens are greedy ones. Continuing the cache it was given (a chat's next
+    turn) first runs the tokens it lacks through the model: the next logits are the plain model's. A batch of two
+    runs the model's own forward."""
+    from transformers import DynamicCache
+
+    from lowbit import generation, stepping
+
+    monkeypatch.setattr(generation, "CACHE_STEP", 16)
+    model = tiny_llama("cuda")
+    lowbit.quantize_(model, lowbit.config("int4", group_size=128))
+    ids = torch.randint(0, 128, (1, 7), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    two = torch.randint(0, 128, (2, 7), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    more = torch.tensor([[5, 6, 7]], device="cuda")
+    steps = []
+    original = generation.GraphEngine.step
+    monkeypatch.setattr(generation.GraphEngine, "step",
+                        lambda self, x, pos, lacking: steps.append(pos) or original(self, x, pos, lacking))
+    lowbit.compile_for_decode(model)
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        out = model.generate(ids, do_sample=False, max_new_tokens=60, min_new_tokens=60, past_key_values=cache)
+        nxt = model(torch.cat([out[:, -1:], more], 1), past_key_values=cache, use_cache=True,
+                    position_ids=torch.arange(66, 70, device="cuda")[None]).logits.float()
+        batch = model.generate(two, do_sample=False, max_new_tokens=5, min_new_tokens=5)
+    assert steps == list(range(7, 66))
+    stepping.detach(model)
+    assert _greedy_within_margin(model, out, 7) and _greedy_within_margin(model, batch, 7)
+    assert len(steps) == 59  # the batch of two took none
+    with torch.inference_mode():
+        ref = model(torch.cat([out, more], 1)).logits.float()[:, -4:]
+    assert torch.allclose(nxt, ref, atol=0.05 * float(ref.std())), (nxt - ref).abs().max()

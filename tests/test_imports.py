@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "lowbit.loading": 6,
     "lowbit.calibration.runner": 7, "lowbit.eval": 7, "lowbit.training.merge": 7, "lowbit.fitting": 7,
     "lowbit.api": 8, "lowbit.exports": 8, "lowbit.cli": 8, "lowbit.commands": 8, "lowbit.demo": 8, "lowbit.realmodels": 8, "lowbit.hf": 8, "lowbit": 8,
-    "lowbit.textgen": 8, "lowbit.generation": 8, "lowbit.decode_cpu": 8,
+    "lowbit.textgen": 8, "lowbit.generation": 8, "lowbit.decode_cpu": 8, "lowbit.stepping": 8,
     "lowbit.__main__": 8,
 }
 

@@ -16,7 +16,6 @@ Python step instead.
 from __future__ import annotations
 
 import ctypes
-import functools
 import inspect
 import time
 
@@ -262,71 +261,26 @@ def step_for(model: nn.Module, length: int, step: CpuStep | None = None) -> CpuS
     return bigger
 
 
-def attach(model: nn.Module) -> None:
-    """Make ``model.generate`` (every forward of one new token on a cache) run the C step on the CPU.
+class CpuEngine:
+    """``model.generate`` on the C step (``stepping.attach``): a prompt runs through the model's forward and the cache
+    it filled is copied into the C step's; each next token is one C step."""
 
-    The forward is wrapped. A call the C step does not take (a prompt, several tokens) runs the model's own forward,
-    and the cache it filled is copied into the C step's; each following one-token call on that cache at the next
-    position runs the C step and returns its logits. Those calls do not write the transformers cache: the tokens they
-    took are run through the model's forward into it before anything else continues that cache. Calls with
-    gradients, batches, embeddings in, or attentions or hidden states out run the original forward.
-    """
-    if getattr(model, "_lowbit_c_forward", None) is not None:
-        return
-    original = model.forward
-    state = {"cache": None, "pos": 0, "step": None, "tokens": [], "unsupported": False}
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.c_step, self.refused = model, None, False
 
-    @functools.wraps(original)  # the original's signature: generate asks it for logits_to_keep, among others
-    def forward(input_ids=None, *args, **kwargs):
-        from transformers.modeling_outputs import CausalLMOutputWithPast
-
-        key = "cache" if "cache" in kwargs else "past_key_values"
-        cache = kwargs.get(key)
-        simple = not args and not torch.is_grad_enabled() and input_ids is not None and input_ids.shape[0] == 1 \
-            and cache is not None and not state["unsupported"] \
-            and not any(kwargs.get(k) for k in ("inputs_embeds", "output_attentions", "output_hidden_states", "labels"))
-        if not simple:
-            return original(input_ids, *args, **kwargs)
-        n, ours = input_ids.shape[1], state["cache"] is cache
-        where = kwargs.get("position_ids", kwargs.get("cache_position"))
-        if where is not None:
-            pos = int(where.reshape(-1)[-1]) - n + 1
-        else:  # the positions follow what the cache holds (transformers' own rule)
-            pos = state["pos"] if ours else cache.get_seq_length()
-        if ours and pos != state["pos"]:
-            raise LowbitError(f"a call at position {pos} on a cache that lowbit's C decode step holds at position "
-                              f"{state['pos']}: continue it in order, or start from the prompt with a new cache")
-        step = state["step"]
-        if ours and n == 1:
-            step = state["step"] = step_for(model, pos + 1, step)
-            step.step(int(input_ids[0, 0]), pos)
-            state["pos"] += 1
-            state["tokens"].append(int(input_ids[0, 0]))
-            return CausalLMOutputWithPast(logits=step.logits.clone().view(1, 1, -1), past_key_values=cache)
-        if ours and state["tokens"]:  # write the C step's tokens into the transformers cache first
-            done = state["tokens"]
-            original(torch.tensor([done]), **{key: cache}, use_cache=True,
-                     position_ids=torch.arange(pos - len(done), pos)[None])
-        state.update(cache=None, tokens=[])
+    def prompt(self, original, input_ids: torch.Tensor, kwargs: dict, cache, pos: int):
         out = original(input_ids, **kwargs)
         try:
-            step = state["step"] = step_for(model, pos + n + 1, step)
+            self.c_step = step_for(self.model, pos + input_ids.shape[1] + 1, self.c_step)
         except Unsupported:  # found once: the model's own forward from now on
-            state["unsupported"] = True
-            return out
-        if step.take_cache(cache, pos + n):  # what the forward cached becomes the C step's
-            state.update(cache=cache, pos=pos + n)
-        return out
+            self.refused = True
+            return out, None
+        return out, ([] if self.c_step.take_cache(cache, pos + input_ids.shape[1]) else None)
 
-    model._lowbit_c_forward, model._lowbit_forward = forward, original
-    model.forward = forward
-
-
-def detach(model: nn.Module) -> None:
-    """Undo :func:`attach`: the model's own forward again."""
-    if getattr(model, "_lowbit_c_forward", None) is not None:
-        model.forward = model._lowbit_forward
-        model._lowbit_c_forward = model._lowbit_forward = None
+    def step(self, input_ids: torch.Tensor, pos: int, lacking) -> torch.Tensor:
+        self.c_step = step_for(self.model, pos + 1, self.c_step)
+        self.c_step.step(int(input_ids[0, 0]), pos)
+        return self.c_step.logits.clone()
 
 
 def _c_kernels(model: nn.Module) -> None:

@@ -16,7 +16,9 @@ unless ``compile=True``, which compiles the model's whole forward once with indu
 (``compile_step_cpu``; the first call compiles for about 140 s on 2 cores, and each new cache length, a multiple of
 ``CACHE_STEP``, compiles again).
 Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is changed in place (fused
-projections, compiled blocks or forward); ``model.generate`` keeps working.
+projections, compiled blocks or forward). ``model.generate`` keeps working, and for a batch of one it runs the same
+steps (``stepping.attach``): on CUDA each new token replays the recorded step (``GraphEngine``), on the CPU it is one
+C step (``decode_cpu.CpuEngine``); sampling, stopping criteria and streamers work as usual around them.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import torch
 from torch import nn
 
 from lowbit.archs import find_blocks
-from lowbit.decode_cpu import CpuStep, Unsupported, attach, detach, step_for, why_not
+from lowbit.decode_cpu import CpuEngine, CpuStep, Unsupported, step_for, why_not
 from lowbit.errors import LowbitError
 from lowbit.nn import fuse_projections
+from lowbit.stepping import attach, detach
 
 WARM_STEPS = 3  # eager steps before a step is recorded (the first of them compile the blocks)
 CACHE_STEP = 256  # cache lengths are rounded up to this, so nearby lengths share a recorded graph
@@ -68,42 +71,87 @@ class _Step:
         from transformers import StaticCache
 
         device = model_device(model)
-        self.model = model
+        self.model, self.length = model, length
         self.cache = StaticCache(config=model.config, max_cache_len=length)
         self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.out = torch.zeros(batch, length + 1, dtype=torch.long, device=device)
+        self.logits: torch.Tensor | None = None  # [batch, vocab] of the last step (allocated by the first)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm = 0
 
     def step(self) -> None:
         logits = self.model(input_ids=self.tok, past_key_values=self.cache, cache_position=self.pos,
-                            use_cache=True).logits
-        nxt = logits[:, -1:].argmax(-1)
+                            use_cache=True).logits[:, -1]
+        if self.logits is None:
+            self.logits = torch.empty_like(logits)
+        self.logits.copy_(logits)
+        nxt = logits.argmax(-1, keepdim=True)
         self.out.index_copy_(1, self.pos + 1, nxt)
         self.tok.copy_(nxt)
         self.pos.add_(1)
 
-    def run(self, steps: int) -> None:
-        if self.tok.device.type != "cuda":  # the CPU: no graphs to record, each step runs (compiled blocks, if any)
-            for _ in range(steps):
-                self.step()
+    def advance(self) -> None:
+        """One step: on CUDA eagerly (on a side stream) for the first ``WARM_STEPS`` (the first compile the blocks),
+        then recorded as a CUDA graph once and replayed; on the CPU as it is (compiled blocks, if any)."""
+        if self.tok.device.type != "cuda":
+            self.step()
             return
-        if self.graph is None:
-            warm = min(steps, WARM_STEPS)
+        if self.graph is None and self.warm < WARM_STEPS:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(warm):
-                    self.step()
+                self.step()
             torch.cuda.current_stream().wait_stream(side)
-            steps -= warm
-            if steps == 0:
-                return
+            self.warm += 1
+            return
+        if self.graph is None:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.step()  # recorded, not run
-        for _ in range(steps):
-            self.graph.replay()
+        self.graph.replay()
+
+    def prompt(self, input_ids: torch.Tensor, logits_to_keep: int = 0):
+        """Run the prompt (eagerly: it runs once, not worth a compile) on the emptied cache; the model's output."""
+        self.cache.reset()
+        with torch.compiler.set_stance("force_eager"):
+            return self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True,
+                              logits_to_keep=logits_to_keep,
+                              cache_position=torch.arange(input_ids.shape[1], device=input_ids.device))
+
+
+class GraphEngine:
+    """``model.generate`` on CUDA through the decoder's recorded step (``stepping.attach``): a prompt on a fresh
+    cache runs on a static cache of the engine's own (the caller's stays empty); each next token is one replay of
+    the step's CUDA graph, its logits copied out. The engine's cache doubles when a sequence outgrows it (the
+    tokens so far run through the model again, and a new graph is recorded)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.state, self.refused = model, None, False
+
+    def _fresh(self, length: int) -> _Step:
+        if self.state is None or self.state.length < length:
+            self.state = _Step(self.model, 1, -(-length // CACHE_STEP) * CACHE_STEP)
+        return self.state
+
+    def prompt(self, original, input_ids: torch.Tensor, kwargs: dict, cache, pos: int):
+        mask = kwargs.get("attention_mask")
+        if pos != 0 or cache.get_seq_length() != 0 or (mask is not None and not bool(mask.all())):
+            return original(input_ids, **kwargs), None  # a cache already filled, or padding: the model's own way
+        with torch.inference_mode():
+            out = self._fresh(input_ids.shape[1] + CACHE_STEP).prompt(input_ids, kwargs.get("logits_to_keep", 0))
+        out.past_key_values = cache
+        return out, [input_ids.clone()]
+
+    def step(self, input_ids: torch.Tensor, pos: int, lacking: list[torch.Tensor]) -> torch.Tensor:
+        state = self.state
+        if pos >= state.length:  # outgrown: the tokens so far into a cache twice as long
+            state = self._fresh(2 * state.length)
+            state.prompt(torch.cat(lacking, 1))
+        state.tok.copy_(input_ids)
+        state.pos.fill_(pos)
+        state.advance()
+        return state.logits[0].clone()
 
 
 class Decoder:
@@ -145,15 +193,13 @@ class Decoder:
         state = self._steps.get((batch, length))
         if state is None:
             state = self._steps[batch, length] = _Step(self.model, batch, length)
-        state.cache.reset()
-        with torch.compiler.set_stance("force_eager"):  # the prompt runs once: not worth a compile
-            logits = self.model(input_ids=input_ids, past_key_values=state.cache, use_cache=True,
-                                cache_position=torch.arange(prompt, device=input_ids.device)).logits
+        logits = state.prompt(input_ids, logits_to_keep=1).logits
         state.out[:, :prompt] = input_ids
         state.out[:, prompt:prompt + 1] = logits[:, -1:].argmax(-1)
         state.tok.copy_(state.out[:, prompt:prompt + 1])
         state.pos.fill_(prompt)
-        state.run(max_new_tokens - 1)
+        for _ in range(max_new_tokens - 1):
+            state.advance()
         return state.out[:, :prompt + max_new_tokens].clone()
 
 
@@ -164,9 +210,10 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     default there) compile each block with ``torch.compile``; on the CPU (off by default: the first call compiles
     for minutes), where the C step cannot run, compile the whole forward with inductor's C++ wrapper
     (``compile_step_cpu``; the decoder runs the prompt eagerly, but a later ``model.generate`` would compile again
-    for each new shape). On the CPU a batch of one runs lowbit's C step where it can (``decode_cpu``), and so does
-    ``model.generate`` afterwards (``decode_cpu.attach``: a prompt through the model's forward, then one C call per
-    token).
+    for each new shape). On the CPU a batch of one runs lowbit's C step where it can (``decode_cpu``). Afterwards
+    ``model.generate`` of a batch of one runs the same steps (``stepping.attach``): on CUDA a prompt on a fresh
+    cache, then one replay of the recorded step per token; on the CPU a prompt through the model's forward, then one
+    C call per token.
 
     Returns a :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)`` gives the same tokens as
     ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the compiled code (and, on
@@ -182,6 +229,8 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     if compile and device.type == "cuda":
         compile_blocks(model)
     decoder = Decoder(model, compile_cpu=compile and device.type == "cpu")
-    if decoder.c_step_reason is None:
-        attach(model)  # model.generate runs the C step too
+    if device.type == "cuda":
+        attach(model, GraphEngine(model))  # model.generate replays the recorded step too
+    elif decoder.c_step_reason is None:
+        attach(model, CpuEngine(model))  # model.generate runs the C step too
     return decoder
