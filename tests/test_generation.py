@@ -86,7 +86,8 @@ def _greedy_within_margin(model, out, prompt):
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA device: the fast path records CUDA graphs (gpu_run.sh runs it)")
 def test_model_generate_replays_the_recorded_step(monkeypatch):
-    """After ``compile_for_decode`` on CUDA, ``model.generate`` of a batch of one runs the engine's steps (counted),
+    """With ``GraphEngine`` attached after ``compile_for_decode``, ``model.generate`` of a batch of one runs its steps
+    (counted),
     past its first cache (which doubles); its tokens are greedy ones. Continuing the cache it was given (a chat's next
     turn) first runs the tokens it lacks through the model: the next logits are the plain model's. A batch of two
     runs the model's own forward."""
@@ -105,6 +106,7 @@ def test_model_generate_replays_the_recorded_step(monkeypatch):
     monkeypatch.setattr(generation.GraphEngine, "step",
                         lambda self, x, pos, lacking: steps.append(pos) or original(self, x, pos, lacking))
     lowbit.compile_for_decode(model)
+    stepping.attach(model, generation.GraphEngine(model))
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
         out = model.generate(ids, do_sample=False, max_new_tokens=60, min_new_tokens=60, past_key_values=cache)

@@ -16,9 +16,10 @@ unless ``compile=True``, which compiles the model's whole forward once with indu
 (``compile_step_cpu``; the first call compiles for about 140 s on 2 cores, and each new cache length, a multiple of
 ``CACHE_STEP``, compiles again).
 Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is changed in place (fused
-projections, compiled blocks or forward). ``model.generate`` keeps working, and for a batch of one it runs the same
-steps (``stepping.attach``): on CUDA each new token replays the recorded step (``GraphEngine``), on the CPU it is one
-C step (``decode_cpu.CpuEngine``); sampling, stopping criteria and streamers work as usual around them.
+projections, compiled blocks or forward). ``model.generate`` keeps working; on the CPU, for a batch of one, it runs
+the C step (``stepping.attach`` with ``decode_cpu.CpuEngine``), and on CUDA ``stepping.attach(model,
+GraphEngine(model))`` makes each of its new tokens one replay of the recorded step; sampling, stopping criteria and
+streamers work as usual around them.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class _Step:
 
 
 class GraphEngine:
-    """``model.generate`` on CUDA through the decoder's recorded step (``stepping.attach``): a prompt on a fresh
+    """``model.generate`` on CUDA through the decoder's recorded step (``stepping.attach(model, GraphEngine(model))``
+    after ``compile_for_decode``): a prompt on a fresh
     cache runs on a static cache of the engine's own (the caller's stays empty); each next token is one replay of
     the step's CUDA graph, its logits copied out. The engine's cache doubles when a sequence outgrows it (the
     tokens so far run through the model again, and a new graph is recorded)."""
@@ -210,10 +212,10 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     default there) compile each block with ``torch.compile``; on the CPU (off by default: the first call compiles
     for minutes), where the C step cannot run, compile the whole forward with inductor's C++ wrapper
     (``compile_step_cpu``; the decoder runs the prompt eagerly, but a later ``model.generate`` would compile again
-    for each new shape). On the CPU a batch of one runs lowbit's C step where it can (``decode_cpu``). Afterwards
-    ``model.generate`` of a batch of one runs the same steps (``stepping.attach``): on CUDA a prompt on a fresh
-    cache, then one replay of the recorded step per token; on the CPU a prompt through the model's forward, then one
-    C call per token.
+    for each new shape). On the CPU a batch of one runs lowbit's C step where it can (``decode_cpu``), and so does
+    ``model.generate`` of a batch of one afterwards (``stepping.attach``: a prompt through the model's forward,
+    then one C call per token). On CUDA, ``stepping.attach(model, GraphEngine(model))`` does the same with the
+    recorded step: a prompt on a fresh cache, then one replay per token.
 
     Returns a :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)`` gives the same tokens as
     ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the compiled code (and, on
@@ -229,8 +231,6 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     if compile and device.type == "cuda":
         compile_blocks(model)
     decoder = Decoder(model, compile_cpu=compile and device.type == "cpu")
-    if device.type == "cuda":
-        attach(model, GraphEngine(model))  # model.generate replays the recorded step too
-    elif decoder.c_step_reason is None:
+    if device.type == "cpu" and decoder.c_step_reason is None:
         attach(model, CpuEngine(model))  # model.generate runs the C step too
     return decoder
