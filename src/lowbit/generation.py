@@ -123,10 +123,10 @@ class _Step:
 
 class GraphEngine:
     """``model.generate`` on CUDA through the decoder's recorded step (``stepping.attach(model, GraphEngine(model))``
-    after ``compile_for_decode``): a prompt on a fresh
-    cache runs on a static cache of the engine's own (the caller's stays empty); each next token is one replay of
-    the step's CUDA graph, its logits copied out. The engine's cache doubles when a sequence outgrows it (the
-    tokens so far run through the model again, and a new graph is recorded)."""
+    after ``compile_for_decode``): a prompt on a fresh cache runs on a static cache of the engine's own (the caller's
+    stays empty); each next token is one replay of the step's CUDA graph, its logits copied out. The engine's cache
+    doubles when a sequence outgrows it (the tokens so far run through the model again, and a new graph is
+    recorded)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model, self.state, self.refused = model, None, False
