@@ -34,7 +34,9 @@ from lowbit.nn import QuantLinear
 # faster (Gemma-3-270M int4, 2 AVX2 cores: an 8-token prompt took 0.70 s through the forward, whose layers dequantize
 # their weights from M=8, against about 11 ms a token in the C step)
 PREFILL_MIN = 64
-CACHE_STEP = 256  # the C step's cache grows by this many positions
+# decode caches (the C step's, the recorded CUDA step's) hold a multiple of this many positions: nearby lengths share
+# one cache, and one recorded graph
+CACHE_STEP = 256
 STEP_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 _ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
 

@@ -28,13 +28,12 @@ import torch
 from torch import nn
 
 from lowbit.archs import find_blocks
-from lowbit.decode_cpu import CpuEngine, CpuStep, Unsupported, step_for, why_not
+from lowbit.decode_cpu import CACHE_STEP, CpuEngine, CpuStep, Unsupported, step_for, why_not
 from lowbit.errors import LowbitError
 from lowbit.nn import fuse_projections
 from lowbit.stepping import attach, detach
 
 WARM_STEPS = 3  # eager steps before a step is recorded (the first of them compile the blocks)
-CACHE_STEP = 256  # cache lengths are rounded up to this, so nearby lengths share a recorded graph
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -24,9 +24,12 @@ static void group_sums(const float *x, int m, int k, int group, float *xs) {
         }
 }
 
+/* e4m3 byte s.eeee.mmm, sign-extended to 32 bits, shifted left 20: bits 27..20 hold it and 31..28 the sign; keeping
+ * bit 31 and bits 26..20 gives the fp32 whose value is the e4m3 value * 2^-120 (subnormals included) */
+#define FP8_MASK 0x87F00000
+
 #ifdef __AVX512F__
 typedef __m512 vec;
-#define VW 16
 #define vzero _mm512_setzero_ps
 #define vload _mm512_loadu_ps
 #define vset1 _mm512_set1_ps
@@ -35,9 +38,6 @@ typedef __m512 vec;
 static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
 /* 16 codes (16 bytes) → 16 values */
 static inline vec lut16(__m128i codes, vec table) { return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(codes), table); }
-/* e4m3 byte s.eeee.mmm, sign-extended to 32 bits, shifted left 20: bits 27..20 hold it and 31..28 the sign; keeping
- * bit 31 and bits 26..20 gives the fp32 whose value is the e4m3 value * 2^-120 (subnormals included) */
-#define FP8_MASK 0x87F00000
 static inline vec int8x16(const int8_t *p, int fp8) {
     __m512i i = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
     if (fp8) return _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(i, 20), _mm512_set1_epi32(FP8_MASK)));
@@ -46,7 +46,6 @@ static inline vec int8x16(const int8_t *p, int fp8) {
 #define STEP8 16
 #else
 typedef __m256 vec;
-#define VW 8
 #define vzero _mm256_setzero_ps
 #define vload _mm256_loadu_ps
 #define vset1 _mm256_set1_ps
@@ -58,7 +57,6 @@ static inline float vsum(vec v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-#define FP8_MASK 0x87F00000
 static inline vec int8x8(const int8_t *p, int fp8) {
     __m256i i = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
     if (fp8) return _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(i, 20), _mm256_set1_epi32(FP8_MASK)));
@@ -70,6 +68,8 @@ static inline vec int8x8(const int8_t *p, int fp8) {
 #define GROWS 8  /* rows of one pass, stored 16 bytes (32 codes) of one row, then of the next */
 
 #ifdef __AVX512F__
+typedef vec lut;  /* the 16 table values in one register */
+static inline lut make_lut(const float *table) { return _mm512_loadu_ps(table); }
 /* 16 bytes (32 codes, low nibble first) → the 32 codes in input order, one per byte, as two halves of 16 */
 static inline void codes32(const uint8_t *p, __m128i *lo, __m128i *hi) {
     __m128i b = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(0x0F);
@@ -80,9 +80,9 @@ static inline void codes32(const uint8_t *p, __m128i *lo, __m128i *hi) {
 #else
 /* The table's fp32 values as four byte planes (each 16 bytes, in both 128-bit lanes): a byte shuffle of the codes
  * per plane and two rounds of unpacks give 32 values in 4 vectors, inputs in the order of xperm8 */
-typedef struct { __m256i p[4]; } planes;
-static inline planes table_planes(const float *table) {
-    planes t;
+typedef struct { __m256i p[4]; } lut;
+static inline lut make_lut(const float *table) {
+    lut t;
     uint8_t b[4][16];
     for (int i = 0; i < 16; i++) {
         uint32_t u;
@@ -92,7 +92,7 @@ static inline planes table_planes(const float *table) {
     for (int j = 0; j < 4; j++) t.p[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b[j]));
     return t;
 }
-static inline void lut32(const uint8_t *p, const planes *t, vec *v) {
+static inline void lut32(const uint8_t *p, const lut *t, vec *v) {
     /* the 16 bytes in both lanes (one load), the high lane shifted right by 4: low nibbles, then high ones */
     __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
     __m256i c = _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
@@ -115,13 +115,9 @@ static void xperm8(const float *x, int k, float *xp) {
 
 /* the pass over rows [row, row + rows) (rows is GROWS except in the last block) for one activation row xr */
 static inline void gemv4_rows(const float *xr, int k, const uint8_t *block, int row, int rows, const float *s,
-                              const float *o, const float *xs, int group, const float *table, float *y) {
+                              const float *o, const float *xs, int group, const lut *table, float *y) {
     int groups = k / group;
-#ifdef __AVX512F__
-    vec t16 = _mm512_loadu_ps(table);
-#else
-    planes t = table_planes(table);
-#endif
+    lut t = *table;  /* in registers for the pass (through the pointer, stores to y would force reloads) */
     vec total[GROWS];
     float extra[GROWS];
     for (int i = 0; i < rows; i++) total[i] = vzero(), extra[i] = 0.f;
@@ -136,8 +132,8 @@ static inline void gemv4_rows(const float *xr, int k, const uint8_t *block, int 
             for (int i = 0; i < rows; i++) {
                 __m128i lo, hi;
                 codes32(c + 16 * i, &lo, &hi);
-                acc[i] = vfma(lut16(lo, t16), x0, acc[i]);
-                acc[i] = vfma(lut16(hi, t16), x1, acc[i]);
+                acc[i] = vfma(lut16(lo, t), x0, acc[i]);
+                acc[i] = vfma(lut16(hi, t), x1, acc[i]);
             }
 #else
             vec x0 = vload(xr + k0 + j), x1 = vload(xr + k0 + j + 8);
@@ -166,7 +162,7 @@ void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, con
     float *xs = o ? malloc(sizeof(float) * (size_t)m * groups) : NULL;
     if (o) group_sums(x, m, k, group, xs);
     static const float identity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    if (table == NULL) table = identity;
+    lut t = make_lut(table ? table : identity);  /* built once for every pass */
 #ifndef __AVX512F__
     float *xp = malloc(sizeof(float) * (size_t)m * k);
     for (int r = 0; r < m; r++) xperm8(x + (size_t)r * k, k, xp + (size_t)r * k);
@@ -179,9 +175,9 @@ void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, con
         for (int r = 0; r < m; r++) {
             const float *xr = x + (size_t)r * k, *xsr = xs ? xs + (size_t)r * groups : NULL;
             if (rows == GROWS)  /* a constant row count: the call specialized, its loops unrolled */
-                gemv4_rows(xr, k, block, row, GROWS, s, o, xsr, group, table, y + (size_t)r * n);
+                gemv4_rows(xr, k, block, row, GROWS, s, o, xsr, group, &t, y + (size_t)r * n);
             else
-                gemv4_rows(xr, k, block, row, rows, s, o, xsr, group, table, y + (size_t)r * n);
+                gemv4_rows(xr, k, block, row, rows, s, o, xsr, group, &t, y + (size_t)r * n);
         }
     }
 #ifndef __AVX512F__
