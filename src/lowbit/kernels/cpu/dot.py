@@ -22,11 +22,11 @@ import torch
 
 from lowbit.formats import IntFormat
 from lowbit.formats.intgroup import pack_bits, unpack_bits
-from lowbit.kernels.base import fake_linear, flat
+from lowbit.kernels.base import fake_linear
 from lowbit.kernels.cpu import native
 from lowbit.kernels.cpu.step import NativeCall
-from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, ROWS, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _finish,
-                                     _table, deinterleave, eager_or_op, interleave)
+from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, ROWS, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _table,
+                                     deinterleave, dequantized_matmul, eager_or_op, interleave, native_finish, native_io)
 from lowbit.kernels.request import Activations
 
 CHUNK = 32  # inputs per packed 16-byte chunk, and the smallest activation block
@@ -82,12 +82,11 @@ def int8_table(fmt) -> tuple[torch.Tensor | None, float, bool]:
 
 
 def _run(fn, x, n, bias, *args):
-    x2, lead = flat(x)
-    x2 = x2.float().contiguous()
-    y = torch.empty(x2.shape[0], n)
-    if fn(x2.data_ptr(), x2.shape[0], x2.shape[1], *args, y.data_ptr(), native.threads_for(n, x2.shape[1])):
-        raise MemoryError(f"lowbit's CPU kernel could not allocate {x2.shape[0]} x {x2.shape[1]} int8 activations")
-    return _finish(y, bias, lead, x.dtype)
+    xf, m, y = native_io(x, n)
+    k = xf.shape[-1]
+    if fn(xf.data_ptr(), m, k, *args, y.data_ptr(), native.threads_for(n, k)):
+        raise MemoryError(f"lowbit's CPU kernel could not allocate {m} x {k} int8 activations")
+    return native_finish(y, bias, x.dtype)
 
 
 def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
@@ -97,8 +96,7 @@ def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
     if x.numel() // k >= DENSE_MIN_M:
         c = chunk_values(deinterleave(codes, n, CHUNK // 2))
         values = c.float() if table is None else table.float()[c.long()]
-        x2, lead = flat(x)
-        return _finish(x2.float() @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
+        return dequantized_matmul(x, _dequantize(values, scales, offsets), bias)
     return _run(native.library().lowbit_dot4, x, n, bias, codes.data_ptr(), n, native.ptr(table), scales.data_ptr(),
                 native.ptr(offsets), group, block)
 
@@ -107,9 +105,7 @@ def dot8_cpu(x, codes, scales, offsets, group, block, bias):
     """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K] interleaved by ``ROWS`` rows."""
     n, k = scales.shape[0], x.shape[-1]
     if x.numel() // k >= DENSE_MIN_M:
-        x2, lead = flat(x)
-        values = deinterleave(codes, n, CHUNK).float()
-        return _finish(x2.float() @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
+        return dequantized_matmul(x, _dequantize(deinterleave(codes, n, CHUNK).float(), scales, offsets), bias)
     return _run(native.library().lowbit_dot8, x, n, bias, codes.data_ptr(), n, scales.data_ptr(), native.ptr(offsets),
                 group, block)
 

@@ -46,11 +46,28 @@ def _dequantize(values: torch.Tensor, scales: torch.Tensor, offsets: torch.Tenso
     return w.reshape(n, -1)
 
 
-def _finish(y: torch.Tensor, bias: torch.Tensor | None, lead: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def dequantized_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ w.T (+ bias)`` in fp32 for a dequantized fp32 weight ``w``, in ``x``'s dtype (the many-row path)."""
+    x2, lead = flat(x)
+    y = x2.float() @ w.T
     if bias is not None:
         y += bias.float()
-    y = y.reshape(*lead, y.shape[-1])
-    return y if y.dtype == dtype else y.to(dtype)
+    return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+
+
+def native_io(x: torch.Tensor, n: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """For a C kernel's call: ``x`` as contiguous fp32 (itself when it is one, as in decoding), its number of rows,
+    and the fp32 output ``[..., n]`` it writes, already in the result's shape. A decode step calls this for every
+    layer, so it does without reshapes (each a dispatch of about 1 µs)."""
+    xf = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+    return xf, xf.numel() // xf.shape[-1], torch.empty(*xf.shape[:-1], n)
+
+
+def native_finish(y: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """A C kernel's output ``y`` with the bias added, in the caller's dtype."""
+    if bias is not None:
+        y += bias.float()
+    return y if dtype == torch.float32 else y.to(dtype)
 
 
 def interleave(rows: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -77,34 +94,28 @@ def eager_or_op(op, impl):
 def gemv4_cpu(x, codes, table, scales, offsets, group, bias):
     """``x @ W.T`` for ``W = table[codes] * scales + offsets`` per group; codes [N, K/2] low nibble first,
     interleaved by ``ROWS`` rows in chunks of ``GEMV4_CHUNK`` bytes."""
-    x2, lead = flat(x)
-    x2 = x2.float().contiguous()
-    (m, k), n = x2.shape, scales.shape[0]
-    if m >= DENSE_MIN_M:
+    n, k = scales.shape[0], x.shape[-1]
+    if x.numel() // k >= DENSE_MIN_M:
         flat_codes = deinterleave(codes, n, GEMV4_CHUNK)
         c = torch.stack([flat_codes & 15, flat_codes >> 4], dim=-1).reshape(n, k)
-        values = c.float() if table is None else table[c.long()]
-        return _finish(x2 @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
-    y = torch.empty(m, n)
-    native.library().lowbit_gemv4(x2.data_ptr(), m, k, codes.data_ptr(), n, native.ptr(table), scales.data_ptr(),
+        return dequantized_matmul(x, _dequantize(c.float() if table is None else table[c.long()], scales, offsets), bias)
+    xf, m, y = native_io(x, n)
+    native.library().lowbit_gemv4(xf.data_ptr(), m, k, codes.data_ptr(), n, native.ptr(table), scales.data_ptr(),
                                   native.ptr(offsets), group, y.data_ptr(), native.threads_for(n, k))
-    return _finish(y, bias, lead, x.dtype)
+    return native_finish(y, bias, x.dtype)
 
 
 def gemv8_cpu(x, codes, scales, offsets, group, bias):
     """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K], or e4m3 whose scales carry
     the factor ``FP8_BITS`` (the C kernel reads e4m3 bits as fp32 values 2^-120 times too small)."""
-    x2, lead = flat(x)
-    x2 = x2.float().contiguous()
-    (m, k), n = x2.shape, codes.shape[0]
-    fp8 = codes.dtype == torch.float8_e4m3fn
-    if m >= DENSE_MIN_M:
+    (n, k), fp8 = codes.shape, codes.dtype == torch.float8_e4m3fn
+    if x.numel() // k >= DENSE_MIN_M:
         values = codes.float() / FP8_BITS if fp8 else codes.float()
-        return _finish(x2 @ _dequantize(values, scales, offsets).T, bias, lead, x.dtype)
-    y = torch.empty(m, n)
-    native.library().lowbit_gemv8(x2.data_ptr(), m, k, codes.data_ptr(), n, scales.data_ptr(), native.ptr(offsets),
+        return dequantized_matmul(x, _dequantize(values, scales, offsets), bias)
+    xf, m, y = native_io(x, n)
+    native.library().lowbit_gemv8(xf.data_ptr(), m, k, codes.data_ptr(), n, scales.data_ptr(), native.ptr(offsets),
                                   group, y.data_ptr(), native.threads_for(n, k), int(fp8))
-    return _finish(y, bias, lead, x.dtype)
+    return native_finish(y, bias, x.dtype)
 
 
 torch.library.impl("lowbit::gemv4_cpu", "CPU")(gemv4_cpu)
