@@ -43,6 +43,41 @@ class TestCpuGemv8Avx2(_Avx2, TestCpuGemv8):
     pass
 
 
+@needs_native
+class TestCpuGemv4RoundedAvx2(_Avx2, KernelConformance):
+    """The code books that are not bf16 values; each weight moves by at most 2^-9 of itself."""
+
+    kernel = "cpu_gemv4r"
+    accepts = {"nf4-b64", "nf4-b64-dq", "fp4-b32"}
+    min_tol = 2.0**-8
+
+
+def test_rounded_code_books_only_where_they_pay(monkeypatch):
+    """cpu_gemv4r takes NF4 on AVX2 only: integer grids and MXFP4 are bf16 values already (cpu_gemv4 runs them
+    through the same lookup, exactly), and AVX-512 looks any table up as fast."""
+    from lowbit.formats import CodebookFormat, IntFormat, MxFormat
+    from lowbit.kernels import get_kernel, kernel_request
+    from lowbit.qtypes import nf4
+
+    kernel = get_kernel("cpu_gemv4r")
+
+    def verdict(fmt):
+        return kernel.can_implement(kernel_request(fmt, (64, 256), "cpu", torch.float32))
+
+    monkeypatch.setenv(features.ISA_ENV, "avx2")
+    assert verdict(CodebookFormat(nf4, 64))[0]
+    rounded = gemv._rounded_table(CodebookFormat(nf4, 64))
+    assert torch.equal(rounded, rounded.bfloat16().float()) and not torch.equal(rounded, gemv._table(
+        CodebookFormat(nf4, 64)))
+    for exact in (MxFormat(), IntFormat(4, 64, symmetric=True)):
+        ok, why = verdict(exact)
+        assert not ok and "bf16 values already" in why
+    if {"avx512f", "avx512bw", "avx512vl"} <= features.cpu_info()[1]:
+        monkeypatch.setenv(features.ISA_ENV, "avx512")
+        ok, why = verdict(CodebookFormat(nf4, 64))
+        assert not ok and "avx512 looks the exact code book up as fast" in why
+
+
 class TestCpuDense(KernelConformance):
     kernel = "cpu_dense"
     accepts = set(FORMATS) - {"fp8-channel-dynamic", "w8a8"}
@@ -60,9 +95,10 @@ def test_isa_switches(monkeypatch):
 
 
 @needs_native
-def test_both_builds_give_the_same_numbers():
+@pytest.mark.parametrize("bf16_table", [False, True], ids=["fp32-table", "bf16-table"])
+def test_both_builds_give_the_same_numbers(bf16_table):
     """The AVX2 and AVX-512 builds compute the same products (up to fp32 summation order), over a last block of
-    rows that is not full."""
+    rows that is not full; a table of bf16 values takes AVX2's two-plane lookup, exactly."""
     if features.isa() != "avx512":
         pytest.skip("this CPU has no AVX-512: only the AVX2 build runs here")
     n, k, group = 45, 256, 64
@@ -70,6 +106,8 @@ def test_both_builds_give_the_same_numbers():
     codes = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
     stored = gemv.interleave(codes, gemv.GEMV4_CHUNK)
     table, s, o = torch.randn(16), torch.rand(n, k // group), torch.randn(n, k // group)
+    if bf16_table:
+        table = table.bfloat16().float()
     for lib, y in ((native.library("avx2"), y2), (native.library("avx512"), y5)):
         lib.lowbit_gemv4(x.data_ptr(), 3, k, stored.data_ptr(), n, table.data_ptr(), s.data_ptr(), o.data_ptr(), group,
                          y.data_ptr(), 1)

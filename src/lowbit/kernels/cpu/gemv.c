@@ -79,24 +79,31 @@ static inline void codes32(const uint8_t *p, __m128i *lo, __m128i *hi) {
 }
 #else
 /* The table's fp32 values as four byte planes (each 16 bytes, in both 128-bit lanes): a byte shuffle of the codes
- * per plane and two rounds of unpacks give 32 values in 4 vectors, inputs in the order of xperm8 */
-typedef struct { __m256i p[4]; } lut;
+ * per plane and two rounds of unpacks give 32 values in 4 vectors, inputs in the order of xperm8. Where every value
+ * is a bf16 (its low 16 bits zero: integer grids, MXFP4, code books rounded by cpu_gemv4r), the two high planes do:
+ * one round of unpacks gives 16-bit values, each pair of which becomes two fp32 by a shift and by a mask (four
+ * shuffles and four integer operations per 32 weights against twelve shuffles), inputs in the order of xperm16 */
+typedef struct { __m256i p[4]; int half; } lut;
 static inline lut make_lut(const float *table) {
     lut t;
     uint8_t b[4][16];
+    t.half = 1;
     for (int i = 0; i < 16; i++) {
         uint32_t u;
         __builtin_memcpy(&u, table + i, 4);
+        t.half &= (u & 0xFFFF) == 0;
         for (int j = 0; j < 4; j++) b[j][i] = (uint8_t)(u >> (8 * j));
     }
     for (int j = 0; j < 4; j++) t.p[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b[j]));
     return t;
 }
-static inline void lut32(const uint8_t *p, const lut *t, vec *v) {
-    /* the 16 bytes in both lanes (one load), the high lane shifted right by 4: low nibbles, then high ones */
+/* the 16 bytes in both lanes (one load), the high lane shifted right by 4: low nibbles, then high ones */
+static inline __m256i nibbles32(const uint8_t *p) {
     __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
-    __m256i c = _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                                 _mm256_set1_epi8(0x0F));
+    return _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
+}
+static inline void lut32(const uint8_t *p, const lut *t, vec *v) {
+    __m256i c = nibbles32(p);
     __m256i p0 = _mm256_shuffle_epi8(t->p[0], c), p1 = _mm256_shuffle_epi8(t->p[1], c);
     __m256i p2 = _mm256_shuffle_epi8(t->p[2], c), p3 = _mm256_shuffle_epi8(t->p[3], c);
     __m256i a = _mm256_unpacklo_epi8(p0, p1), bb = _mm256_unpackhi_epi8(p0, p1);
@@ -106,16 +113,31 @@ static inline void lut32(const uint8_t *p, const lut *t, vec *v) {
     v[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(bb, d));
     v[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(bb, d));
 }
+static inline void lut32_half(const uint8_t *p, const lut *t, vec *v) {
+    __m256i c = nibbles32(p), high = _mm256_set1_epi32((int)0xFFFF0000);
+    __m256i p2 = _mm256_shuffle_epi8(t->p[2], c), p3 = _mm256_shuffle_epi8(t->p[3], c);
+    __m256i a = _mm256_unpacklo_epi8(p2, p3), d = _mm256_unpackhi_epi8(p2, p3);
+    v[0] = _mm256_castsi256_ps(_mm256_slli_epi32(a, 16));
+    v[1] = _mm256_castsi256_ps(_mm256_and_si256(a, high));
+    v[2] = _mm256_castsi256_ps(_mm256_slli_epi32(d, 16));
+    v[3] = _mm256_castsi256_ps(_mm256_and_si256(d, high));
+}
 /* lut32's order: within each 8 inputs, the even ones first (the low nibbles' lane), then the odd ones */
 static void xperm8(const float *x, int k, float *xp) {
     for (int j = 0; j < k; j += 8)
         for (int i = 0; i < 4; i++) xp[j + i] = x[j + 2 * i], xp[j + 4 + i] = x[j + 2 * i + 1];
 }
+/* lut32_half's order: per 16 inputs, those at 0, 4, 8, 12, then at 1, 5, 9, 13, then 2, 6, 10, 14, then 3, 7, 11, 15 */
+static void xperm16(const float *x, int k, float *xp) {
+    for (int j = 0; j < k; j += 16)
+        for (int i = 0; i < 4; i++)
+            for (int r = 0; r < 4; r++) xp[j + 4 * r + i] = x[j + 4 * i + r];
+}
 #endif
 
 /* the pass over rows [row, row + rows) (rows is GROWS except in the last block) for one activation row xr */
 static inline void gemv4_rows(const float *xr, int k, const uint8_t *block, int row, int rows, const float *s,
-                              const float *o, const float *xs, int group, const lut *table, float *y) {
+                              const float *o, const float *xs, int group, const lut *table, int half, float *y) {
     int groups = k / group;
     lut t = *table;  /* in registers for the pass (through the pointer, stores to y would force reloads) */
     vec total[GROWS];
@@ -140,7 +162,10 @@ static inline void gemv4_rows(const float *xr, int k, const uint8_t *block, int 
             vec x2 = vload(xr + k0 + j + 16), x3 = vload(xr + k0 + j + 24);
             for (int i = 0; i < rows; i++) {
                 vec v[4];
-                lut32(c + 16 * i, &t, v);
+                if (half)
+                    lut32_half(c + 16 * i, &t, v);
+                else
+                    lut32(c + 16 * i, &t, v);
                 acc[i] = vfma(v[3], x3, vfma(v[2], x2, vfma(v[1], x1, vfma(v[0], x0, acc[i]))));
             }
 #endif
@@ -163,9 +188,12 @@ void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, con
     if (o) group_sums(x, m, k, group, xs);
     static const float identity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     lut t = make_lut(table ? table : identity);  /* built once for every pass */
-#ifndef __AVX512F__
+#ifdef __AVX512F__
+    const int half = 0;
+#else
+    const int half = t.half;
     float *xp = malloc(sizeof(float) * (size_t)m * k);
-    for (int r = 0; r < m; r++) xperm8(x + (size_t)r * k, k, xp + (size_t)r * k);
+    for (int r = 0; r < m; r++) (half ? xperm16 : xperm8)(x + (size_t)r * k, k, xp + (size_t)r * k);
     x = xp;
 #endif
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -174,10 +202,14 @@ void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, con
         const uint8_t *block = codes + (size_t)row * (k / 2);
         for (int r = 0; r < m; r++) {
             const float *xr = x + (size_t)r * k, *xsr = xs ? xs + (size_t)r * groups : NULL;
-            if (rows == GROWS)  /* a constant row count: the call specialized, its loops unrolled */
-                gemv4_rows(xr, k, block, row, GROWS, s, o, xsr, group, &t, y + (size_t)r * n);
+            float *yr = y + (size_t)r * n;
+            /* constant row counts and lookups: each call specialized, its loops unrolled */
+            if (rows == GROWS && half)
+                gemv4_rows(xr, k, block, row, GROWS, s, o, xsr, group, &t, 1, yr);
+            else if (rows == GROWS)
+                gemv4_rows(xr, k, block, row, GROWS, s, o, xsr, group, &t, 0, yr);
             else
-                gemv4_rows(xr, k, block, row, rows, s, o, xsr, group, &t, y + (size_t)r * n);
+                gemv4_rows(xr, k, block, row, rows, s, o, xsr, group, &t, half, yr);
         }
     }
 #ifndef __AVX512F__

@@ -146,6 +146,15 @@ def _table(fmt) -> torch.Tensor | None:
     return (code_values(book, torch.device("cpu")) / (1.0 if isinstance(fmt, MxFormat) else book.levels)).contiguous()
 
 
+def _bf16_exact(table: torch.Tensor | None) -> bool:
+    return table is None or torch.equal(table, table.bfloat16().float())
+
+
+@functools.lru_cache(maxsize=32)
+def _rounded_table(fmt) -> torch.Tensor:
+    return _table(fmt).bfloat16().float().contiguous()
+
+
 def _swap_nibbles(b: torch.Tensor) -> torch.Tensor:
     return (b << 4) | (b >> 4)
 
@@ -208,14 +217,42 @@ class CpuGemv4Kernel(_NativeKernel):
             return {"qweight": codes ^ 0x88 if request.zero is ZeroKind.NONE else codes}
         return {"qweight": _swap_nibbles(codes) if _book(request.fmt).high_first else codes}
 
+    def table(self, request) -> torch.Tensor | None:
+        return _table(request.fmt)
+
     def run(self, x, tensors, prepared, request, bias):
         op = eager_or_op(torch.ops.lowbit.gemv4_cpu, gemv4_cpu)
-        return op(x, prepared["codes"], _table(request.fmt), prepared["scales"], prepared.get("offsets"),
+        return op(x, prepared["codes"], self.table(request), prepared["scales"], prepared.get("offsets"),
                   self.group(request), bias)
 
     def native_call(self, tensors, prepared, request):
         return NativeCall("gemv4", prepared["codes"], request.n, request.k, group=self.group(request),
-                          table=_table(request.fmt), scales=prepared["scales"], offsets=prepared.get("offsets"))
+                          table=self.table(request), scales=prepared["scales"], offsets=prepared.get("offsets"))
+
+
+class CpuGemv4RoundedKernel(CpuGemv4Kernel):
+    """``cpu_gemv4`` with the code book's 16 values rounded to bf16 (8 significant bits: the weights move by at most
+    2^-9 of their size, as when bitsandbytes dequantizes NF4 for bf16 compute; activations and sums stay fp32).
+    AVX2 then looks a value up with two byte planes instead of four, about 1.2x faster (``gemv.c``). It takes the
+    code books that are not bf16 values already (NF4, FP4 over its maximum); integer grids and MXFP4 are, and
+    ``cpu_gemv4`` runs them that fast exactly. Below ``cpu_gemv4``: only the CPU tuner picks it, where it is faster.
+    """
+
+    name = "cpu_gemv4r"
+    priority = 13
+
+    def can_implement(self, request):
+        ok, why = super().can_implement(request)
+        if not ok:
+            return ok, why
+        if request.kind not in ("codebook", "mx") or _bf16_exact(_table(request.fmt)):
+            return False, "its code book is bf16 values already: cpu_gemv4 runs it as fast, exactly"
+        if native.isa() != "avx2":
+            return False, f"{native.isa()} looks the exact code book up as fast (cpu_gemv4)"
+        return True, "lowbit AVX2 GEMV with the code book rounded to bf16 (fp32 activations and sums)"
+
+    def table(self, request) -> torch.Tensor | None:
+        return _rounded_table(request.fmt)
 
 
 class CpuGemv8Kernel(_NativeKernel):
