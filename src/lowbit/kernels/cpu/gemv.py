@@ -236,6 +236,7 @@ class CpuGemv4RoundedKernel(CpuGemv4Kernel):
     AVX2 then looks a value up with two byte planes instead of four, about 1.2x faster (``gemv.c``). It takes the
     code books that are not bf16 values already (NF4, FP4 over its maximum); integer grids and MXFP4 are, and
     ``cpu_gemv4`` runs them that fast exactly. Below ``cpu_gemv4``: only the CPU tuner picks it, where it is faster.
+    SmolLM2-135M nf4 over 16,352 tokens of the evaluation text: perplexity 30.912 exact, 30.924 rounded.
     """
 
     name = "cpu_gemv4r"
