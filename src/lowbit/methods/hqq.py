@@ -77,14 +77,14 @@ def hqq_quantize(w: torch.Tensor, fmt: IntFormat, cfg: HqqConfig) -> tuple[dict[
         wq = (wf * inv + zero).round_().clamp_(0, qmax)
         err = wf - (wq - zero) / inv
         current = float(err.abs().mean())
-        if current >= best:
-            break
-        best, rounds = current, rounds + 1
         target = wf - _shrink(err, beta, cfg.lp_norm)
         if cfg.optimize_scale:
             inv = _fit_inv_scale(wq, target, inv)
         zero = (wq - target * inv).mean(1, keepdim=True)
         beta *= cfg.kappa
+        if current >= best:  # as the HQQ library: the round whose error grew still updates the zero-point
+            break
+        best, rounds = current, rounds + 1
     codes = (wf * inv + zero).round_().clamp_(0, qmax)
     scales, zeros = (1.0 / inv), zero
     flat = hi == lo  # constant groups: code 0 with z = -sign(c) and s = |c| give c back (0 → exact zero)
