@@ -247,7 +247,7 @@ class CpuGemv4RoundedKernel(CpuGemv4Kernel):
         if not ok:
             return ok, why
         if request.kind not in ("codebook", "mx") or _bf16_exact(_table(request.fmt)):
-            return False, "its code book is bf16 values already: cpu_gemv4 runs it as fast, exactly"
+            return False, "its 16 values are bf16 values already: cpu_gemv4 runs them as fast, exactly"
         if native.isa() != "avx2":
             return False, f"{native.isa()} looks the exact code book up as fast (cpu_gemv4)"
         return True, "lowbit AVX2 GEMV with the code book rounded to bf16 (fp32 activations and sums)"

@@ -69,6 +69,16 @@ def unavailable(which: str | None = None) -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
+def build_id(which: str) -> str:
+    """A hash of the C sources, the flags for ``which`` and the compiler: the library's name, and part of the CPU
+    tuner's cache key (changed kernels are measured again)."""
+    cc = compiler()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout if cc else ""
+    text = "\0".join([*(source.read_text() for source in SOURCES), *COMMON, *flags(which), version])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
 def _load(which: str) -> tuple[ctypes.CDLL | None, str | None]:
     if which not in FLAGS:
         return None, "this CPU has neither AVX2+FMA nor AVX-512 (or LOWBIT_CPU_ISA/ATEN_CPU_CAPABILITY say none)"
@@ -76,11 +86,8 @@ def _load(which: str) -> tuple[ctypes.CDLL | None, str | None]:
     if cc is None:
         return None, "no C compiler found (cc, gcc, clang or $CC): install one (e.g. apt install gcc)"
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
         args = COMMON + flags(which)
-        text = "\0".join([*(source.read_text() for source in SOURCES), *args, version])
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        target = cache_dir() / "native" / f"gemv-{which}-{digest}.so"
+        target = cache_dir() / "native" / f"gemv-{which}-{build_id(which)}.so"
         if not target.exists():
             _build(cc, args, target)
         lib = ctypes.CDLL(str(target))

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from lowbit.kernels.base import Kernel, get_kernel, kernels
+from lowbit.kernels.cpu import native
 from lowbit.kernels.cpu.features import cpu_info, isa
 from lowbit.kernels.request import KernelRequest, kernel_request
 from lowbit.utils import cache_dir
@@ -57,11 +58,13 @@ def cache_path() -> Path:
 
 
 def key(fmt, shape: tuple[int, int], dtypes: tuple[torch.dtype, ...]) -> str:
-    """The cache key: format, shape, dtypes, torch, the kernels that would race (a new kernel measures again) and how
-    they are timed (choices timed another way before are measured again)."""
+    """The cache key: format, shape, dtypes, torch, the kernels that would race (a new kernel measures again), the
+    build of lowbit's C kernels (so do changed ones) and how they are timed (choices timed another way before are
+    measured again)."""
     names = ",".join(str(d).removeprefix("torch.") for d in dtypes)
     racing = ",".join(sorted({label.split("/")[0] for label in candidates(fmt, shape, dtypes)}))
-    return f"{fmt.key()}|{shape[0]}x{shape[1]}|{names}|torch {torch.__version__}|{racing}|streamed"
+    build = "none" if native.unavailable() else native.build_id(isa())
+    return f"{fmt.key()}|{shape[0]}x{shape[1]}|{names}|torch {torch.__version__}|{racing}|C {build}|streamed"
 
 
 @functools.lru_cache(maxsize=1)
