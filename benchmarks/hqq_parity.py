@@ -47,6 +47,15 @@ def ours(w: torch.Tensor, fmt: IntFormat, cfg) -> torch.Tensor:
     return fmt.decode(out, torch.float32).reshape(-1, fmt.group_size)
 
 
+def _value(default, text: str):
+    """``text`` as the type of the field's default (``true``/``false`` for a bool)."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise SystemExit(f"--opt expects true or false for a yes/no field, got {text!r}")
+        return text.lower() == "true"
+    return type(default)(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bits", type=int, default=4)
@@ -56,7 +65,7 @@ def main() -> None:
     ap.add_argument("--weights-only", action="store_true", help="compare the weights, run no perplexity")
     ap.add_argument("--layers", type=int, default=None, help="the first N Linears only (implies --weights-only)")
     args = ap.parse_args()
-    fields = {k: type(getattr(lowbit.config("hqq"), k))(v) for k, v in (o.split("=") for o in args.opt)}
+    fields = {k: _value(getattr(lowbit.config("hqq"), k), v) for k, v in (o.split("=") for o in args.opt)}
     cfg = lowbit.config("hqq", bits=args.bits, group_size=args.group_size, **fields)
     fmt = IntFormat(bits=args.bits, group_size=args.group_size, symmetric=False, float_zero=True)
     path = realmodels.model_path("gemma-3-270m")
