@@ -115,3 +115,25 @@ def test_both_builds_give_the_same_numbers(bf16_table):
     w = (table[c].reshape(n, -1, group) * s[..., None] + o[..., None]).reshape(n, k)
     torch.testing.assert_close(y2, x @ w.T, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y5, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("kernel, method, fields", [
+    ("cpu_gemv4", "nf4", {}), ("cpu_gemv4", "int4", {"group_size": 64}), ("cpu_gemv4", "hqq", {"iters": 2}),
+    ("cpu_gemv8", "int8", {}), ("cpu_gemv8", "fp8", {}), ("cpu_gemv8", "rtn", {"bits": 8, "symmetric": False}),
+    ("cpu_dot4", "int4", {}), ("cpu_dot4", "fp4", {}), ("cpu_dot8", "rtn", {"bits": 8, "symmetric": False})])
+def test_many_rows_run_in_slices_of_the_weight(monkeypatch, kernel, method, fields):
+    """Prefill dequantizes a slice of rows at a time in C (here 64: the smallest); 203 outputs leave a last slice of
+    11 rows, which for interleaved codes ends inside a block of 8."""
+    import lowbit
+    from torch import nn
+
+    monkeypatch.setenv("LOWBIT_KERNEL", kernel)
+    monkeypatch.setattr(gemv, "DENSE_SLICE_BYTES", 1)
+    torch.manual_seed(0)
+    config = lowbit.config(method, compute_dtype="float32", **fields)
+    layer = lowbit.quantize_(nn.Sequential(nn.Linear(256, 203)), config)[0]
+    x = torch.randn(2, 9, 256)
+    y = layer(x)
+    assert layer.kernel.name == kernel and y.shape == (2, 9, 203)
+    torch.testing.assert_close(y, x @ layer.dequantize(torch.float32).T + layer.bias, rtol=1e-4, atol=1e-4)

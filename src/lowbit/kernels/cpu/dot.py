@@ -25,8 +25,9 @@ from lowbit.formats.intgroup import pack_bits, unpack_bits
 from lowbit.kernels.base import fake_linear
 from lowbit.kernels.cpu import native
 from lowbit.kernels.cpu.step import NativeCall
-from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, ROWS, CpuGemv4Kernel, CpuGemv8Kernel, _dequantize, _table,
-                                     deinterleave, dequantized_matmul, eager_or_op, interleave, native_finish, native_io)
+from lowbit.kernels.cpu.gemv import (DENSE_MIN_M, ROWS, CpuGemv4Kernel, CpuGemv8Kernel, _table, deinterleave,
+                                     dequantized_matmul, dequantized_rows, dequantized_rows8, eager_or_op, interleave,
+                                     native_finish, native_io)
 from lowbit.kernels.request import Activations
 
 CHUNK = 32  # inputs per packed 16-byte chunk, and the smallest activation block
@@ -94,9 +95,9 @@ def dot4_cpu(x, codes, table, scales, offsets, group, block, bias):
     interleaved by ``ROWS`` rows)."""
     n, k = scales.shape[0], x.shape[-1]
     if x.numel() // k >= DENSE_MIN_M:
-        c = chunk_values(deinterleave(codes, n, CHUNK // 2))
-        values = c.float() if table is None else table.float()[c.long()]
-        return dequantized_matmul(x, _dequantize(values, scales, offsets), bias)
+        values = None if table is None else table.float()
+        return dequantized_matmul(x, n, lambda r0, r1: dequantized_rows(codes, values, scales, offsets, group, r0, r1,
+                                                                         split=True), bias)
     return _run(native.library().lowbit_dot4, x, n, bias, codes.data_ptr(), n, native.ptr(table), scales.data_ptr(),
                 native.ptr(offsets), group, block)
 
@@ -105,7 +106,8 @@ def dot8_cpu(x, codes, scales, offsets, group, block, bias):
     """``x @ W.T`` for ``W = codes * scales + offsets`` per group; codes int8 [N, K] interleaved by ``ROWS`` rows."""
     n, k = scales.shape[0], x.shape[-1]
     if x.numel() // k >= DENSE_MIN_M:
-        return dequantized_matmul(x, _dequantize(deinterleave(codes, n, CHUNK).float(), scales, offsets), bias)
+        return dequantized_matmul(x, n, lambda r0, r1: dequantized_rows8(codes, scales, offsets, group, r0, r1,
+                                                                          interleaved=True), bias)
     return _run(native.library().lowbit_dot8, x, n, bias, codes.data_ptr(), n, scales.data_ptr(), native.ptr(offsets),
                 group, block)
 

@@ -218,6 +218,34 @@ void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, con
     free(xs);
 }
 
+/* The many-row path (prefill): rows [0, rows) of 4-bit codes stored as lowbit_gemv4 or lowbit_dot4 read them
+ * (blocks of GROWS rows, 16 bytes of a row then of the next, from a block's start) → fp32 weights
+ * w[rows, k] = table[code] * s + o, for a dense matmul. One lookup per byte in a table of the 256 value pairs;
+ * split: byte j of a 16-byte chunk holds input j (low nibble) and j + 16 (high), else inputs 2j and 2j + 1 */
+void lowbit_dequant4(const uint8_t *codes, int rows, int k, const float *table, const float *s, const float *o,
+                     int group, int split, float *w, int threads) {
+    static const float identity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const float *t = table ? table : identity;
+    float pairs[256][2];
+    for (int b = 0; b < 256; b++) pairs[b][0] = t[b & 15], pairs[b][1] = t[b >> 4];
+    int groups = k / group, hi = split ? 16 : 1, step = split ? 1 : 2;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *row = codes + (size_t)(r / GROWS) * GROWS * (k / 2) + (size_t)(r % GROWS) * 16;
+        float *wr = w + (size_t)r * k;
+        for (int c = 0; c < k / 32; c++) {
+            int g = c * 32 / group;
+            float sc = s[(size_t)r * groups + g], off = o ? o[(size_t)r * groups + g] : 0.f;
+            const uint8_t *p = row + (size_t)c * 16 * GROWS;
+            float *out = wr + c * 32;
+            for (int j = 0; j < 16; j++) {
+                out[j * step] = pairs[p[j]][0] * sc + off;
+                out[j * step + hi] = pairs[p[j]][1] * sc + off;
+            }
+        }
+    }
+}
+
 static inline float fp8_bits(int8_t c) {
     union { int32_t i; float f; } u = {.i = ((int32_t)c << 20) & (int32_t)FP8_MASK};
     return u.f;
@@ -257,6 +285,27 @@ static inline float gemv8_row(const float *xr, const int8_t *c, const float *sro
         if (orow) extra += orow[g] * xs[g];
     }
     return vsum(total) + extra;
+}
+
+/* The many-row path for 8-bit codes: rows [0, rows) → fp32 weights w[rows, k] = code * s + o (e4m3 codes through
+ * fp8_bits); codes [rows, k], or interleaved as lowbit_dot8 reads them (blocks of GROWS rows, 32 bytes of a row then
+ * of the next, from a block's start) */
+void lowbit_dequant8(const int8_t *codes, int rows, int k, const float *s, const float *o, int group, int interleaved,
+                     int fp8, float *w, int threads) {
+    int groups = k / group;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float *wr = w + (size_t)r * k;
+        const int8_t *row = interleaved ? codes + (size_t)(r / GROWS) * GROWS * k + (size_t)(r % GROWS) * 32
+                                        : codes + (size_t)r * k;
+        for (int g = 0; g < groups; g++) {
+            float sc = s[(size_t)r * groups + g], off = o ? o[(size_t)r * groups + g] : 0.f;
+            for (int j = g * group; j < (g + 1) * group; j++) {
+                int8_t c = interleaved ? row[(size_t)(j / 32) * (GROWS * 32) + j % 32] : row[j];
+                wr[j] = (fp8 ? fp8_bits(c) : (float)c) * sc + off;
+            }
+        }
+    }
 }
 
 /* codes: [n, k] int8, or e4m3 bytes when fp8; s, o: [n, k/group] (o may be NULL; group == k: one scale per row) */

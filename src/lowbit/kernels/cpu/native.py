@@ -33,7 +33,9 @@ _SIGNATURES = {"lowbit_gemv4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _P, _I],
                "lowbit_gemv8": [_P, _I, _I, _P, _I, _P, _P, _I, _P, _I, _I],
                "lowbit_dot4": [_P, _I, _I, _P, _I, _P, _P, _P, _I, _I, _P, _I],
                "lowbit_dot8": [_P, _I, _I, _P, _I, _P, _P, _I, _I, _P, _I],
-               "lowbit_step": [_P, _P, _I, _P]}
+               "lowbit_step": [_P, _P, _I, _P],
+               "lowbit_dequant4": [_P, _I, _I, _P, _P, _P, _I, _I, _P, _I],
+               "lowbit_dequant8": [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I]}
 _RESTYPES = {"lowbit_dot4": _I, "lowbit_dot8": _I, "lowbit_step": _I}
 PARALLEL_MIN = 1 << 17  # weights from which the rows are split over torch's threads (a fork/join costs µs)
 
