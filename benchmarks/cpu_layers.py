@@ -11,6 +11,7 @@ again and again); the ratios are original / quantized from the same rounds. One 
 instruction set (``ATEN_CPU_CAPABILITY`` is read when torch loads).
 
     PYTHONPATH=src python benchmarks/cpu_layers.py [--threads 1] [--rounds 5] [--isa native avx2]
+    PYTHONPATH=src python benchmarks/cpu_layers.py --m 512 --modes hot --rounds 3 --calls 3   # prefill layers
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def worker(args) -> None:
     rows = []
     for k, n in SHAPES:
         w = torch.randn(n, k) / k**0.5
-        x = torch.randn(1, k)
+        x = torch.randn(args.m, k)
         for label, (method, fields) in FORMATS.items():
             holder = nn.Sequential(nn.Linear(k, n, bias=False))
             with torch.no_grad():
@@ -96,13 +97,13 @@ def worker(args) -> None:
                 orig.weight.copy_(w)
             fns = {"orig": lambda: orig(x), "quant": lambda: q(x)}
             streams = {"orig": Stream(orig, x), "quant": Stream(q, x)}
-            times = {(name, mode): [] for name in fns for mode in MODES}
+            times = {(name, mode): [] for name in fns for mode in args.modes}
             with torch.inference_mode():
                 for fn in fns.values():
                     fn()
                 for _ in range(args.rounds):
                     for name, fn in fns.items():
-                        for mode in MODES:
+                        for mode in args.modes:
                             samples = []
                             for _ in range(args.calls):
                                 if mode == "cold":
@@ -116,14 +117,14 @@ def worker(args) -> None:
             row = {"format": label, "K": k, "N": n, "kernel": q.kernel.name,
                    "compute": str(q.compute_dtype).removeprefix("torch."), "isa": features.isa(),
                    "setup_s": round(setup, 2), "rel_err_vs_its_dequantized_weight": rel, "reason": q.kernel_reason}
-            for mode in MODES:
+            for mode in args.modes:
                 o, qq = min(times["orig", mode]), min(times["quant", mode])
                 row[f"orig_{mode}_us"], row[f"quant_{mode}_us"] = round(o, 1), round(qq, 1)
                 row[f"ratio_{mode}"] = round(o / qq, 3)
             rows.append(row)
-            print(f"  [{features.isa()}] {k}->{n} {label:28s} {row['kernel']:10s} {row['compute']:8s} streamed "
-                  f"x{row['ratio_streamed']:.2f}  cold x{row['ratio_cold']:.2f}  hot x{row['ratio_hot']:.2f}",
-                  file=sys.stderr, flush=True)
+            ratios = "  ".join(f"{mode} x{row[f'ratio_{mode}']:.2f}" for mode in args.modes)
+            print(f"  [{features.isa()}] M={args.m} {k}->{n} {label:28s} {row['kernel']:10s} {row['compute']:8s} "
+                  f"{ratios}", file=sys.stderr, flush=True)
     print(json.dumps({"device": describe_device(), "rows": rows}))
 
 
@@ -133,6 +134,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=7, help="calls per variant, mode and round (median kept)")
     parser.add_argument("--isa", nargs="+", default=["native", "avx2"])
+    parser.add_argument("--m", type=int, default=1, help="rows of activations (1: decode; 512: a prefill window)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--name", default="cpu_layers", help="results file name (before the date)")
@@ -150,8 +153,8 @@ def main() -> None:
             env.update(ATEN_CPU_CAPABILITY="avx2", LOWBIT_CPU_ISA="avx2")
         load = loadavg()
         done = subprocess.run([sys.executable, __file__, "--worker", "--threads", str(args.threads), "--rounds",
-                               str(args.rounds), "--calls", str(args.calls)], env=env, stdout=subprocess.PIPE,
-                              text=True, check=True)
+                               str(args.rounds), "--calls", str(args.calls), "--m", str(args.m), "--modes",
+                               *args.modes], env=env, stdout=subprocess.PIPE, text=True, check=True)
         out = json.loads(done.stdout.strip().splitlines()[-1])
         device = out["device"]
         for row in out["rows"]:
@@ -160,7 +163,7 @@ def main() -> None:
     summary = {}
     for isa in args.isa:
         mine = [r for r in rows if r["mode"] == isa]
-        for mode in MODES:
+        for mode in args.modes:
             worst = min(mine, key=lambda r: r[f"ratio_{mode}"])
             summary[f"{isa}_{mode}"] = {"min_ratio": worst[f"ratio_{mode}"], "at": f"{worst['format']} "
                                         f"{worst['K']}->{worst['N']}", "all_at_least_1": all(
@@ -168,7 +171,7 @@ def main() -> None:
     print(json.dumps(summary, indent=1))
     if not args.no_write:
         path = write_results(args.name, rows, device, extra={"threads": args.threads, "rounds": args.rounds,
-                                                                "summary": summary,
+                                                                "m": args.m, "summary": summary,
                                                                 "elapsed_s": round(time.perf_counter() - start)})
         print(f"wrote {path}")
 

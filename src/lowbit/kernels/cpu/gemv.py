@@ -32,7 +32,7 @@ from lowbit.qtypes import ZeroKind, fp4_e2m1
 ROWS = 8  # rows interleaved chunk by chunk, the rows of one pass of the 4-bit kernels (GROWS in gemv.c, R in dot8.c)
 GEMV4_CHUNK = 16  # bytes (32 codes) of one row stored before the next row's (gemv.c)
 DENSE_MIN_M = 8  # rows of activations from which dequantize + dense matmul is faster (benchmarks/cpu_linear.py)
-DENSE_SLICE_BYTES = 1 << 20  # fp32 weights dequantized at a time on that path (65536 x 640, M=512: 0.5-1.3 MB best)
+DENSE_SLICE_BYTES = 4 << 20  # fp32 weights dequantized at a time there (M=512: see dequantized_matmul)
 FP8_BITS = 2.0**120  # an e4m3 byte shifted into fp32's exponent and mantissa is its value times 2^-120
 
 torch.library.define("lowbit::gemv4_cpu", "(Tensor x, Tensor codes, Tensor? table, Tensor scales, Tensor? offsets, "
@@ -45,8 +45,9 @@ def dequantized_matmul(x: torch.Tensor, n: int, rows: Callable[[int, int], torch
                        bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` in fp32 for many rows of ``x`` (prefill), in ``x``'s dtype. ``rows(r0, r1)`` dequantizes
     rows [r0, r1) of ``W`` to fp32 (r0 a multiple of ``ROWS``); a slice of about ``DENSE_SLICE_BYTES`` at a time is
-    multiplied while it is in the cache: 1.35x faster than dequantizing all of a 65536 x 640 int8 layer first, and
-    faster than the fp32 original, whose weights are 4x the bytes."""
+    multiplied while it is in the cache. For a 65536 x 640 int8 head at M=512 that was 1.4x faster than dequantizing
+    it all first, and as fast as the fp32 original (2 cores, AMD EPYC); smaller slices won there and lost on small
+    layers, where a whole layer at once is best (``benchmarks/cpu_layers.py --m 512``)."""
     x2, lead = flat(x)
     x2 = x2.float()
     step = max(8 * ROWS, DENSE_SLICE_BYTES // (4 * x2.shape[1]) // ROWS * ROWS)
