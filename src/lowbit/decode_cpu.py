@@ -29,6 +29,7 @@ from lowbit.kernels.cpu import native
 from lowbit.kernels.cpu.native import ptr
 from lowbit.kernels.cpu.step import ACTIVATIONS, Block, Model, NativeCall, linear
 from lowbit.nn import QuantLinear
+from lowbit.stepping import bypassed
 
 # Prompts from this many tokens run through the model's forward at once: below it the C step token by token is
 # faster (Gemma-3-270M int4, 2 AVX2 cores: an 8-token prompt took 0.70 s through the forward, whose layers dequantize
@@ -226,7 +227,8 @@ class CpuStep:
         n = input_ids.shape[1]
         if n >= PREFILL_MIN:
             cache = DynamicCache(config=self.model.config)
-            logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0, -1]
+            with bypassed(self.model):
+                logits = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0, -1]
             if self.take_cache(cache, n):
                 self.logits.copy_(logits)
                 return int(logits.argmax())

@@ -31,7 +31,7 @@ from lowbit.archs import find_blocks
 from lowbit.decode_cpu import CACHE_STEP, CpuEngine, CpuStep, Unsupported, step_for, why_not
 from lowbit.errors import LowbitError
 from lowbit.nn import fuse_projections
-from lowbit.stepping import attach, detach
+from lowbit.stepping import attach, bypassed, detach
 
 WARM_STEPS = 3  # eager steps before a step is recorded (the first of them compile the blocks)
 
@@ -81,8 +81,9 @@ class _Step:
         self.warm = 0
 
     def step(self) -> None:
-        logits = self.model(input_ids=self.tok, past_key_values=self.cache, cache_position=self.pos,
-                            use_cache=True).logits[:, -1]
+        with bypassed(self.model):
+            logits = self.model(input_ids=self.tok, past_key_values=self.cache, cache_position=self.pos,
+                                use_cache=True).logits[:, -1]
         if self.logits is None:
             self.logits = torch.empty_like(logits)
         self.logits.copy_(logits)
@@ -114,7 +115,7 @@ class _Step:
     def prompt(self, input_ids: torch.Tensor, logits_to_keep: int = 0):
         """Run the prompt (eagerly: it runs once, not worth a compile) on the emptied cache; the model's output."""
         self.cache.reset()
-        with torch.compiler.set_stance("force_eager"):
+        with torch.compiler.set_stance("force_eager"), bypassed(self.model):
             return self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True,
                               logits_to_keep=logits_to_keep,
                               cache_position=torch.arange(input_ids.shape[1], device=input_ids.device))

@@ -13,6 +13,7 @@ states out run the original forward.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, Protocol
 
@@ -41,18 +42,25 @@ def attach(model: nn.Module, engine: Engine) -> None:
     if getattr(model, "_lowbit_step_forward", None) is not None:
         return
     original = model.forward
-    state: dict[str, Any] = {"cache": None, "pos": 0, "lacking": []}
+    state: dict[str, Any] = {"cache": None, "pos": 0, "lacking": [], "inside": False}
 
     @functools.wraps(original)  # the original's signature: generate asks it for logits_to_keep, among others
     def forward(input_ids=None, *args, **kwargs):
-        from transformers.modeling_outputs import CausalLMOutputWithPast
-
         key = "cache" if "cache" in kwargs else "past_key_values"
         cache = kwargs.get(key)
         simple = not args and not torch.is_grad_enabled() and input_ids is not None and input_ids.shape[0] == 1 \
             and cache is not None and not engine.refused and not any(kwargs.get(k) for k in _NOT_SIMPLE)
-        if not simple:
+        if not simple or state["inside"]:  # inside: the engine's own calls of the model (its step, its prompt)
             return original(input_ids, *args, **kwargs)
+        state["inside"] = True
+        try:
+            return _dispatch(input_ids, kwargs, key, cache)
+        finally:
+            state["inside"] = False
+
+    def _dispatch(input_ids, kwargs, key, cache):
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
         n, ours = input_ids.shape[1], state["cache"] is cache
         where = kwargs.get("position_ids", kwargs.get("cache_position"))
         if where is not None:
@@ -78,12 +86,27 @@ def attach(model: nn.Module, engine: Engine) -> None:
             state.update(cache=cache, pos=pos + n, lacking=lacking)
         return out
 
-    model._lowbit_step_forward, model._lowbit_forward = forward, original
+    model._lowbit_step_forward, model._lowbit_forward, model._lowbit_step_state = forward, original, state
     model.forward = forward
+
+
+@contextlib.contextmanager
+def bypassed(model: nn.Module):
+    """Calls of ``model`` inside run its own forward, not the attached engine: the engines' and the decoder's own
+    calls of the model (their prompts and steps, on caches of their own)."""
+    state = getattr(model, "_lowbit_step_state", None)
+    inside = state is not None and state["inside"]
+    if state is not None:
+        state["inside"] = True
+    try:
+        yield
+    finally:
+        if state is not None:
+            state["inside"] = inside
 
 
 def detach(model: nn.Module) -> None:
     """Undo :func:`attach`: the model's own forward again."""
     if getattr(model, "_lowbit_step_forward", None) is not None:
         model.forward = model._lowbit_forward
-        model._lowbit_step_forward = model._lowbit_forward = None
+        model._lowbit_step_forward = model._lowbit_forward = model._lowbit_step_state = None
