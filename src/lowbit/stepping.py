@@ -52,11 +52,8 @@ def attach(model: nn.Module, engine: Engine) -> None:
             and cache is not None and not engine.refused and not any(kwargs.get(k) for k in _NOT_SIMPLE)
         if not simple or state["inside"]:  # inside: the engine's own calls of the model (its step, its prompt)
             return original(input_ids, *args, **kwargs)
-        state["inside"] = True
-        try:
+        with _inside(state):
             return _dispatch(input_ids, kwargs, key, cache)
-        finally:
-            state["inside"] = False
 
     def _dispatch(input_ids, kwargs, key, cache):
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -91,18 +88,22 @@ def attach(model: nn.Module, engine: Engine) -> None:
 
 
 @contextlib.contextmanager
-def bypassed(model: nn.Module):
-    """Calls of ``model`` inside run its own forward, not the attached engine: the engines' and the decoder's own
-    calls of the model (their prompts and steps, on caches of their own)."""
-    state = getattr(model, "_lowbit_step_state", None)
-    inside = state is not None and state["inside"]
+def _inside(state: dict[str, Any] | None):
+    """Mark an attached forward's state as running the engine (None: nothing attached, nothing to mark)."""
+    before = state is not None and state["inside"]
     if state is not None:
         state["inside"] = True
     try:
         yield
     finally:
         if state is not None:
-            state["inside"] = inside
+            state["inside"] = before
+
+
+def bypassed(model: nn.Module):
+    """Calls of ``model`` inside run its own forward, not the attached engine: the engines' and the decoder's own
+    calls of the model (their prompts and steps, on caches of their own)."""
+    return _inside(getattr(model, "_lowbit_step_state", None))
 
 
 def detach(model: nn.Module) -> None:

@@ -28,6 +28,9 @@ static void group_sums(const float *x, int m, int k, int group, float *xs) {
  * bit 31 and bits 26..20 gives the fp32 whose value is the e4m3 value * 2^-120 (subnormals included) */
 #define FP8_MASK 0x87F00000
 
+/* the table of integer codes (a NULL table): each code its own value */
+static const float IDENTITY[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
 #ifdef __AVX512F__
 typedef __m512 vec;
 #define vzero _mm512_setzero_ps
@@ -186,8 +189,7 @@ void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, con
     int groups = k / group, blocks = (n + GROWS - 1) / GROWS;
     float *xs = o ? malloc(sizeof(float) * (size_t)m * groups) : NULL;
     if (o) group_sums(x, m, k, group, xs);
-    static const float identity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    lut t = make_lut(table ? table : identity);  /* built once for every pass */
+    lut t = make_lut(table ? table : IDENTITY);  /* built once for every pass */
 #ifdef __AVX512F__
     const int half = 0;
 #else
@@ -224,8 +226,7 @@ void lowbit_gemv4(const float *x, int m, int k, const uint8_t *codes, int n, con
  * split: byte j of a 16-byte chunk holds input j (low nibble) and j + 16 (high), else inputs 2j and 2j + 1 */
 void lowbit_dequant4(const uint8_t *codes, int rows, int k, const float *table, const float *s, const float *o,
                      int group, int split, float *w, int threads) {
-    static const float identity[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    const float *t = table ? table : identity;
+    const float *t = table ? table : IDENTITY;
     float pairs[256][2];
     for (int b = 0; b < 256; b++) pairs[b][0] = t[b & 15], pairs[b][1] = t[b >> 4];
     int groups = k / group, hi = split ? 16 : 1, step = split ? 1 : 2;

@@ -51,13 +51,13 @@ def dequantized_matmul(x: torch.Tensor, n: int, rows: Callable[[int, int], torch
     x2, lead = flat(x)
     x2 = x2.float()
     step = max(8 * ROWS, DENSE_SLICE_BYTES // (4 * x2.shape[1]) // ROWS * ROWS)
-    y = torch.empty(x2.shape[0], n) if step < n else None
-    for r0 in range(0, n, step):
-        part = x2 @ rows(r0, min(n, r0 + step)).T
-        if y is None:
-            y = part
-        else:
-            y[:, r0:r0 + part.shape[1]] = part
+    if step >= n:
+        y = x2 @ rows(0, n).T
+    else:
+        y = torch.empty(x2.shape[0], n)
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            y[:, r0:r1] = x2 @ rows(r0, r1).T
     if bias is not None:
         y += bias.float()
     return y.reshape(*lead, n).to(x.dtype)
