@@ -17,7 +17,7 @@ from lowbit.formats import IntFormat
 from lowbit.loading.checkpoint import open_checkpoint
 from lowbit.methods.mixed import MixedConfig, mixed_config
 
-CANDIDATES = "int8,int4,hqq4,nf4"
+CANDIDATES = "int8,int4,hqq4,nf4,int4g0"  # int4g0: one scale per output channel
 INT8_KEY = IntFormat(bits=8, group_size=None, symmetric=True).key()
 
 
@@ -45,7 +45,7 @@ def test_every_layer_is_stored_as_its_candidate_stores_it(folders):
     src, root, lay, plan, uniform = folders
     mixed = load_tensors(root / "mixed" / "model.safetensors")
     alone = {label: load_tensors(folder / "model.safetensors") for label, folder in uniform.items()}
-    assert len({label for label, _ in plan.values()}) == 4
+    assert len({label for label, _ in plan.values()}) == 5
     for name, (label, fmt) in plan.items():
         for part in fmt.tensor_names():
             key = f"{name}.{part}"
@@ -104,11 +104,12 @@ def test_damaged_config_is_one_line(entry, match):
 
 
 def test_switches_turn_on_the_methods_settings():
-    cands = parse_candidates("gptq3+act_order+mse,gptq4,nf4+double_quant,int4g128", 32)
+    cands = parse_candidates("gptq3+act_order+mse,gptq4,nf4+double_quant,int4g128,gptq4g0+act_order", 32)
     assert cands["gptq3+act_order+mse"].replace(act_order=False, mse=False) == cands["gptq4"].replace(bits=3)
     assert cands["gptq3+act_order+mse"].act_order and cands["gptq3+act_order+mse"].mse
     assert not cands["gptq4"].act_order and cands["nf4+double_quant"].double_quant
     assert cands["int4g128"].group_size == 128
+    assert cands["gptq4g0+act_order"].group_size is None and cands["gptq4g0+act_order"].act_order
 
 
 @pytest.mark.parametrize("gptq, bpw", [("gptq4", 4.9), ("gptq4+act_order+mse", 5.6)])  # act_order stores g_idx

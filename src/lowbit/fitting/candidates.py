@@ -2,7 +2,8 @@
 
 A candidate is a registered method or alias (``int8``, ``int4``, ``nf4``, ``mxfp4``, ``fp8``, ...) or a method
 name followed by its bits (``hqq4``, ``gptq3``, ``rtn4``), then optionally ``g`` and a group size (``int4g128``) and
-``+`` switches that turn on the method's yes/no settings (``gptq3+act_order+mse``, ``nf4+double_quant``).
+``+`` switches that turn on the method's yes/no settings (``gptq3+act_order+mse``, ``nf4+double_quant``); ``g0``
+is one scale per output channel (``gptq4g0+act_order``).
 ``group_size`` (when given) sets the group of every grouped candidate (``block_size`` of code books); per-channel
 ones (``int8``) stay per channel. The layout reads
 the checkpoint's skeleton on meta: which Linears a method quantizes, each candidate's format for each of them
@@ -56,7 +57,7 @@ def _switches(name: str, cfg: QuantConfig, switches: list[str]) -> QuantConfig:
 
 def _build(name: str, group_size: int | None) -> QuantConfig:
     """``int4``, ``hqq3``, ``gptq4g128``, ``gptq3+act_order+mse``: a name, then optionally its bits, then optionally
-    ``g`` and a group size (which wins over ``group_size``), then optionally ``+`` switches."""
+    ``g`` and a group size (which wins over ``group_size``; ``g0``: per channel), then optionally ``+`` switches."""
     spec, *switches = name.split("+")
     head, group = _GROUP.fullmatch(spec).groups()
     m = _BITS.fullmatch(head)
@@ -67,7 +68,12 @@ def _build(name: str, group_size: int | None) -> QuantConfig:
                           "gptq4+act_order)")
     cfg = build_config(base, **({"bits": int(bits)} if bits else {}))
     group = int(group) if group else group_size
-    if group is not None:
+    if group == 0:  # one scale per output channel, as ``--group-size 0`` says elsewhere
+        if not isinstance(cfg, IntGroupConfig):
+            raise ConfigError(f"candidate {name!r}: g0 (one scale per output channel) needs an integer method; "
+                              f"{cfg.method} stores blocks (give a block size such as g64)")
+        cfg = cfg.replace(group_size=None)
+    elif group is not None:
         if isinstance(cfg, CodebookConfig):
             cfg = cfg.replace(block_size=group)
         elif isinstance(cfg, IntGroupConfig) and cfg.group_size is not None:
