@@ -33,12 +33,13 @@ import torch  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit import realmodels  # noqa: E402
+from lowbit.calibration.data import calibration_samples  # noqa: E402
 from lowbit.data import text_path  # noqa: E402
 from lowbit.eval import load_text, perplexity  # noqa: E402
 from lowbit.eval.report import calibration_ids  # noqa: E402
 from lowbit.fitting.candidates import layout, parse_candidates  # noqa: E402
 from lowbit.fitting.plan import choose, parse_budget  # noqa: E402
-from lowbit.fitting.sensitivity import measure  # noqa: E402
+from lowbit.fitting.sensitivity import any_calibrated, measure  # noqa: E402
 from lowbit.loading.checkpoint import open_checkpoint  # noqa: E402
 from lowbit.loading.tokenizer import load_tokenizer  # noqa: E402
 from lowbit.methods.mixed import mixed_config  # noqa: E402
@@ -81,7 +82,9 @@ def run_model(name: str, args, work: Path) -> list[dict]:
         sens = json.loads(cache.read_text())
     else:
         ids = calibration_ids(tok, load_text(text_path("wiki.calib.txt")), args.samples, args.seq_len)
-        sens = measure(model, ids, lay, cands, args.estimator, log=lambda s: print(s, flush=True))
+        calib = calibration_samples(tok, load_text(text_path("wiki.calib.txt")), args.calib_samples, 512)
+        sens = measure(model, ids, lay, cands, args.estimator, log=lambda s: print(s, flush=True),
+                       hessian_ids=calib if any_calibrated(cands) else None)
         cache.write_text(json.dumps(sens))
     sens_seconds = time.perf_counter() - t
     del model

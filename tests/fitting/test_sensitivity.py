@@ -59,3 +59,34 @@ def test_fewer_bits_rate_as_more_damage(tiny, estimator):
     for name in sens["int8"]:
         values = [sens[label][name] for label in ("int8", "int4", "int3", "int2")]
         assert 0 < values[0] < values[1] < values[2] < values[3], (name, values)
+
+
+def test_calibrated_candidates_are_scored_with_the_calibration_windows_hessians(tiny, monkeypatch):
+    """GPTQ is scored as the runner quantizes it: with X^T X / rows over the windows given as ``hessian_ids``
+    (every token of them), not with the few scored rows (GPTQ fitted to those cancels its error on exactly them)."""
+    from lowbit.methods.gptq import GptqQuantizer
+
+    src, model = tiny
+    calib = token_ids(n=24, batch=3)
+    name = "model.layers.1.mlp.down_proj"
+    layer = dict(model.named_modules())[name]
+    xs = []
+    handle = layer.register_forward_hook(lambda m, a, o: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    try:
+        with torch.inference_mode():
+            for window in calib:
+                model(input_ids=window[None])
+    finally:
+        handle.remove()
+    x = torch.cat(xs)
+    want = x.T @ x / x.shape[0]
+    assert x.shape[0] == 72
+    seen = {}
+    original = GptqQuantizer.quantize_layer
+    monkeypatch.setattr(GptqQuantizer, "quantize_layer",
+                        lambda self, n, w, h: seen.setdefault(n, h.clone()) is None or original(self, n, w, h))
+    cands = parse_candidates("int8,gptq4", 32)
+    lay = layout(open_checkpoint(src), cands)
+    sens = measure(model, token_ids(n=16, batch=2), lay, cands, "output-fisher", max_rows=8, hessian_ids=calib)
+    torch.testing.assert_close(seen[name], want)
+    assert set(seen) == set(lay.names) and sens["gptq4"][name] > 0

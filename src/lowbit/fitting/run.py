@@ -9,12 +9,12 @@ from typing import Callable
 
 import torch
 
-from lowbit.calibration.data import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, read_calibration_text
+from lowbit.calibration.data import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, calibration_samples, read_calibration_text
 from lowbit.errors import ConfigError
 from lowbit.eval.report import calibration_ids
 from lowbit.fitting.candidates import Layout, layout, parse_candidates
 from lowbit.fitting.plan import FitPlan, above_full_precision, check_reachable, choose, parse_budget
-from lowbit.fitting.sensitivity import default_estimator, measure
+from lowbit.fitting.sensitivity import any_calibrated, default_estimator, measure
 from lowbit.loading.checkpoint import open_checkpoint
 from lowbit.loading.output_folder import check_output
 from lowbit.methods.mixed import MixedConfig, mixed_config
@@ -73,9 +73,12 @@ def fit(src: str | Path, out: str | Path | None, budget: str | float | int, cand
     from lowbit.loading.tokenizer import load_tokenizer
 
     text = read_calibration_text(calib or text_path("wiki.calib.txt"))
-    ids = calibration_ids(load_tokenizer(ckpt.path), text, samples, seq_len)
+    tokenizer = load_tokenizer(ckpt.path)
+    ids = calibration_ids(tokenizer, text, samples, seq_len)
+    # calibrated candidates are scored as the runner will quantize them: with the Hessians of its windows
+    hessian_ids = calibration_samples(tokenizer, text, calib_samples, calib_seq_len) if any_calibrated(cands) else None
     model = from_pretrained(src, dtype=torch.float32, progress=progress)
-    sens = measure(model, ids, lay, cands, estimator, max_rows, log=log)
+    sens = measure(model, ids, lay, cands, estimator, max_rows, log=log, hessian_ids=hessian_ids)
     del model
     plan = choose(lay, sens, bud, str(src), estimator, {label: cfg.to_dict() for label, cfg in cands.items()})
     say(plan.summary())

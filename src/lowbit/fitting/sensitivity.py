@@ -18,8 +18,11 @@ Four estimators, all on calibration windows, all with every other layer at full 
 - ``loss``: the increase of the model's next-token loss (nats per token) when only that layer is quantized. One
   forward pass per layer and candidate, so minutes, but it measures the quantity perplexity is made of.
 
-A calibrated candidate (GPTQ) quantizes the layer with the Hessian of the same captured rows (``X^T X / rows``)
-through its quantizer's ``quantize_layer``; data-free ones through their own ``quantize``.
+A calibrated candidate (GPTQ) quantizes the layer through its quantizer's ``quantize_layer`` with the Hessian
+``X^T X / rows`` of the layer's inputs over ``hessian_ids``: the calibration windows the quantization itself will
+use (``fit``'s ``calib_samples``). Not with the few rows its error is scored on: GPTQ fitted to 1,024 rows of a
+layer with more inputs than that cancels its error on exactly those rows, and the estimate then rated GPTQ far
+too good on wide layers. Data-free candidates quantize through their own ``quantize``.
 """
 
 from __future__ import annotations
@@ -45,8 +48,12 @@ def default_estimator(candidates: dict[str, QuantConfig]) -> str:
     """``auto``: ``output-fisher`` when a candidate is calibrated (GPTQ moves weights far but cancels much of it in
     its output, which the weight diagonal cannot see; its plans scored better at all 4 budgets measured), else
     ``fisher`` (better than ``output`` at all 7 budgets measured with data-free candidates)."""
-    calibrated = any(get(cfg.method).quantizer_cls.requires_calibration for cfg in candidates.values())
-    return "output-fisher" if calibrated else "fisher"
+    return "output-fisher" if any_calibrated(candidates) else "fisher"
+
+
+def any_calibrated(candidates: dict[str, QuantConfig]) -> bool:
+    """Whether a candidate needs calibration data (GPTQ)."""
+    return any(get(cfg.method).quantizer_cls.requires_calibration for cfg in candidates.values())
 
 
 def _quantizers(candidates: dict[str, QuantConfig], lay: Layout) -> dict[str, object]:
@@ -58,12 +65,14 @@ def _quantizers(candidates: dict[str, QuantConfig], lay: Layout) -> dict[str, ob
     return out
 
 
-def quantized_weight(sub, name: str, w: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-    """Layer ``name``'s weight as candidate quantizer ``sub`` stores it, decoded to fp32."""
+def quantized_weight(sub, name: str, w: torch.Tensor, x: torch.Tensor | None,
+                     hessian: torch.Tensor | None = None) -> torch.Tensor:
+    """Layer ``name``'s weight as candidate quantizer ``sub`` stores it, decoded to fp32; a calibrated one with
+    ``hessian`` (else the Hessian of the rows ``x``)."""
     if getattr(sub, "requires_calibration", False):
-        if x is None:
+        if hessian is None and x is None:
             raise ConfigError(f"no calibration rows reached {name}; expected the forward pass to use every layer")
-        hessian = x.T @ x / x.shape[0]
+        hessian = x.T @ x / x.shape[0] if hessian is None else hessian.clone()  # GPTQ factors it in place
         stored = sub.quantize_layer(name, w.clone(), hessian)
     else:
         stored = sub.quantize(name, w)
@@ -147,6 +156,33 @@ def _gradients_of(model: nn.Module, names: tuple[str, ...]):
             p.requires_grad_(flags[n])
 
 
+def input_hessians(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """name → ``X^T X / rows`` of each named Linear's inputs over every token of the windows ``ids`` (what GPTQ
+    quantizes a layer with), from one forward pass per window."""
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    rows = dict.fromkeys(names, 0)
+
+    def hook(name: str):
+        def fn(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            if name not in sums:
+                sums[name] = torch.zeros(x.shape[1], x.shape[1])
+            sums[name].addmm_(x.T, x)
+            rows[name] += x.shape[0]
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():  # not inference_mode: the sums are divided after it
+            for window in ids:
+                model(input_ids=window[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: h.div_(rows[n]) for n, h in sums.items()}
+
+
 def fisher_diagonal(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Mean over the windows of each named Linear's squared weight gradient of the next-token loss."""
     with _gradients_of(model, names) as modules:
@@ -192,13 +228,18 @@ def output_gradients(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...]
 
 def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[str, QuantConfig],
             estimator: str = "fisher", max_rows: int = 1024, seed: int = 0,
-            log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
-    """label → layer → sensitivity of the fp32 ``model`` (left as it was) on the calibration windows ``ids``."""
+            log: Callable[[str], None] | None = None,
+            hessian_ids: torch.Tensor | None = None) -> dict[str, dict[str, float]]:
+    """label → layer → sensitivity of the fp32 ``model`` (left as it was) on the calibration windows ``ids``;
+    calibrated candidates quantize with the Hessians of ``hessian_ids`` (the windows their quantization will use;
+    None: of the scored rows)."""
     if estimator not in ESTIMATORS:
         raise ConfigError(f"estimator={estimator!r} is unknown; expected one of {', '.join(ESTIMATORS)}")
     start = time.perf_counter()
     subs = _quantizers(candidates, lay)
-    need_rows = estimator == "output" or any(getattr(s, "requires_calibration", False) for s in subs.values())
+    calibrated = any(getattr(s, "requires_calibration", False) for s in subs.values())
+    hessians = input_hessians(model, hessian_ids, lay.names) if calibrated and hessian_ids is not None else {}
+    need_rows = estimator == "output" or (calibrated and not hessians)
     rows = capture_inputs(model, ids, list(lay.names), max_rows, seed) if need_rows else {}
     modules = dict(model.named_modules())
     tail = _TailLoss(model, ids) if estimator == "loss" else None
@@ -210,7 +251,7 @@ def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[s
         w = linear.weight.data.float().clone()
         x = rows.get(name)
         for label, sub in subs.items():
-            wq = quantized_weight(sub, name, w, x)
+            wq = quantized_weight(sub, name, w, x, hessians.get(name))
             if estimator == "fisher":
                 out[label][name] = float(0.5 * (fisher[name] * (wq - w).pow(2)).sum())
             elif estimator == "output-fisher":
