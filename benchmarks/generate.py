@@ -10,10 +10,9 @@ Modes (each writes its rows into one JSON file as it goes, so a run cut off keep
   call compiles, the second is timed.
 - ``fast``: ``lowbit.compile_for_decode(model)`` then its ``generate`` (fused projections, per-layer compile, one
   CUDA graph per decode step), beside the others in the same run.
-- ``attached``: ``lowbit.compile_for_decode(model)`` and ``stepping.attach(model, GraphEngine(model))``, then the
-  user's own ``model.generate(ids, ...)`` (default cache): each new token of a batch of one replays the recorded
-  step; the first call records, the
-  median of three timed calls is reported. Modes run in the order above, whatever the order given: ``fast`` and
+- ``attached``: ``lowbit.compile_for_decode(model)`` (which attaches ``GraphEngine``), then the user's own
+  ``model.generate(ids, ...)`` (default cache): each new token of a batch of one replays the recorded step; the
+  first call records, the median of three timed calls is reported. Modes run in the order above, whatever the order given: ``fast`` and
   ``attached`` change the model.
 
 Variants: ``bf16`` (the model as built) and ``lowbit.quantize_`` copies (lm_head and embeddings stay bf16).
@@ -36,8 +35,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lowbit  # noqa: E402
-from lowbit import stepping  # noqa: E402
-from lowbit.generation import GraphEngine  # noqa: E402
 from decode import PROMPT, VARIANTS, copy_gbs, llama_8b, weight_bytes  # noqa: E402
 
 
@@ -154,8 +151,7 @@ def main() -> None:
                     elif mode == "fast":
                         tps, toks = fast_tps(lowbit.compile_for_decode(model), model, b, args.tokens)
                     else:
-                        lowbit.compile_for_decode(model)
-                        stepping.attach(model, GraphEngine(model))
+                        lowbit.compile_for_decode(model)  # attaches GraphEngine: model.generate replays the step
                         tps, toks = generate_tps(model, b, args.tokens, reps=3)
                 except Exception as e:  # noqa: BLE001 - recorded; the other cells still run
                     payload["notes"][f"{name} {mode} batch {b}"] = f"{type(e).__name__}: {e}"[:400]

@@ -87,7 +87,7 @@ def _greedy_within_margin(model, out, prompt):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not CUDA, reason="no CUDA device: there the step is a recorded CUDA graph (gpu_run.sh runs it)"))])
 def test_model_generate_replays_the_recorded_step(monkeypatch, device):
-    """With ``GraphEngine`` attached (on CUDA after ``compile_for_decode``; on the CPU the same engine runs its step
+    """With ``GraphEngine`` attached (on CUDA by ``compile_for_decode``; on the CPU the same engine runs its step
     eagerly), ``model.generate`` of a batch of one runs its steps (counted), past its first cache (which doubles);
     its tokens are greedy ones. Continuing the cache it was given (a chat's next turn) first runs the tokens it lacks
     through the model: the next logits are the plain model's. A batch of two runs the model's own forward."""
@@ -105,9 +105,10 @@ def test_model_generate_replays_the_recorded_step(monkeypatch, device):
     original = generation.GraphEngine.step
     monkeypatch.setattr(generation.GraphEngine, "step",
                         lambda self, x, pos, lacking: steps.append(pos) or original(self, x, pos, lacking))
-    if device == "cuda":
+    if device == "cuda":  # compile_for_decode attaches the engine itself there
         lowbit.compile_for_decode(model)
-    stepping.attach(model, generation.GraphEngine(model))
+    else:
+        stepping.attach(model, generation.GraphEngine(model))
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
         out = model.generate(ids, do_sample=False, max_new_tokens=60, min_new_tokens=60, past_key_values=cache)

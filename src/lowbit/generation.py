@@ -17,8 +17,8 @@ unless ``compile=True``, which compiles the model's whole forward once with indu
 ``CACHE_STEP``, compiles again).
 Greedy only, no stopping criteria: exactly ``max_new_tokens`` are generated. The model is changed in place (fused
 projections, compiled blocks or forward). ``model.generate`` keeps working; on the CPU, for a batch of one, it runs
-the C step (``stepping.attach`` with ``decode_cpu.CpuEngine``), and on CUDA ``stepping.attach(model,
-GraphEngine(model))`` makes each of its new tokens one replay of the recorded step; sampling, stopping criteria and
+the C step (``stepping.attach`` with ``decode_cpu.CpuEngine``), and on CUDA, where ``GraphEngine`` is attached,
+each of its new tokens is one replay of the recorded step; sampling, stopping criteria and
 streamers work as usual around them.
 """
 
@@ -214,8 +214,8 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     (``compile_step_cpu``; the decoder runs the prompt eagerly, but a later ``model.generate`` would compile again
     for each new shape). On the CPU a batch of one runs lowbit's C step where it can (``decode_cpu``), and so does
     ``model.generate`` of a batch of one afterwards (``stepping.attach``: a prompt through the model's forward,
-    then one C call per token). On CUDA, ``stepping.attach(model, GraphEngine(model))`` does the same with the
-    recorded step: a prompt on a fresh cache, then one replay per token.
+    then one C call per token). On CUDA ``model.generate`` of a batch of one afterwards replays the recorded step
+    (``stepping.attach(model, GraphEngine(model))``: a prompt on a fresh cache, then one replay per token).
 
     Returns a :class:`Decoder`; ``decoder.generate(input_ids, max_new_tokens)`` gives the same tokens as
     ``model.generate(input_ids, do_sample=False, ...)`` up to rounding differences of the compiled code (and, on
@@ -233,4 +233,6 @@ def compile_for_decode(model: nn.Module, fuse: bool = True, compile: bool | None
     decoder = Decoder(model, compile_cpu=compile and device.type == "cpu")
     if device.type == "cpu" and decoder.c_step_reason is None:
         attach(model, CpuEngine(model))  # model.generate runs the C step too
+    elif device.type == "cuda":
+        attach(model, GraphEngine(model))  # model.generate of a batch of one replays the recorded step
     return decoder
