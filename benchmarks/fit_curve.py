@@ -81,10 +81,11 @@ def run_model(name: str, args, work: Path) -> list[dict]:
     if cache.exists():
         sens = json.loads(cache.read_text())
     else:
-        ids = calibration_ids(tok, load_text(text_path("wiki.calib.txt")), args.samples, args.seq_len)
-        calib = calibration_samples(tok, load_text(text_path("wiki.calib.txt")), args.calib_samples, 512)
-        sens = measure(model, ids, lay, cands, args.estimator, log=lambda s: print(s, flush=True),
-                       hessian_ids=calib if any_calibrated(cands) else None)
+        calib_text = load_text(text_path("wiki.calib.txt"))
+        ids = calibration_ids(tok, calib_text, args.samples, args.seq_len)
+        # GPTQ candidates scored with the Hessians of the windows _score quantizes them with
+        calib = calibration_samples(tok, calib_text, args.calib_samples, 512) if any_calibrated(cands) else None
+        sens = measure(model, ids, lay, cands, args.estimator, log=lambda s: print(s, flush=True), hessian_ids=calib)
         cache.write_text(json.dumps(sens))
     sens_seconds = time.perf_counter() - t
     del model

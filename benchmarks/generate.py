@@ -12,8 +12,8 @@ Modes (each writes its rows into one JSON file as it goes, so a run cut off keep
   CUDA graph per decode step), beside the others in the same run.
 - ``attached``: ``lowbit.compile_for_decode(model)`` (which attaches ``GraphEngine``), then the user's own
   ``model.generate(ids, ...)`` (default cache): each new token of a batch of one replays the recorded step; the
-  first call records, the median of three timed calls is reported. Modes run in the order above, whatever the order given: ``fast`` and
-  ``attached`` change the model.
+  first call records, the median of three timed calls is reported. Modes run in the order above, whatever the
+  order given: ``fast`` and ``attached`` change the model.
 
 Variants: ``bf16`` (the model as built) and ``lowbit.quantize_`` copies (lm_head and embeddings stay bf16).
 

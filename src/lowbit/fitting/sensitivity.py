@@ -237,7 +237,7 @@ def measure(model: nn.Module, ids: torch.Tensor, lay: Layout, candidates: dict[s
         raise ConfigError(f"estimator={estimator!r} is unknown; expected one of {', '.join(ESTIMATORS)}")
     start = time.perf_counter()
     subs = _quantizers(candidates, lay)
-    calibrated = any(getattr(s, "requires_calibration", False) for s in subs.values())
+    calibrated = any_calibrated(candidates)
     hessians = input_hessians(model, hessian_ids, lay.names) if calibrated and hessian_ids is not None else {}
     need_rows = estimator == "output" or (calibrated and not hessians)
     rows = capture_inputs(model, ids, list(lay.names), max_rows, seed) if need_rows else {}
