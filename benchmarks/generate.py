@@ -4,8 +4,10 @@ Modes (each writes its rows into one JSON file as it goes, so a run cut off keep
 
 - ``host``: host time of one layer call at M=1 (down_proj, 14336 -> 4096; 200 calls queued, timed before the GPU is
   waited for), ``nn.Linear`` bf16 against ``QuantLinear`` int4 g128 and int8, and the wall time per call.
-- ``eager``: ``model.generate(ids, max_new_tokens=T, do_sample=False)``, the default (dynamic) cache, no compile
-  (the median of three timed calls).
+- ``eager``: ``model.generate(ids, max_new_tokens=T, do_sample=False)``, the default (dynamic) cache, no compile.
+  Host-bound eager speed drifts within a process (the same model's first round can run at half its later speed), so
+  every variant is timed in each of ``--eager-rounds`` rounds, the order reversed every other round, before any
+  other mode compiles anything; the median per variant is reported with its rounds.
 - ``static``: the same with ``cache_implementation="static"`` (transformers compiles the forward itself); the first
   call compiles, the second is timed.
 - ``fast``: ``lowbit.compile_for_decode(model)`` then its ``generate`` (fused projections, per-layer compile, one
@@ -89,6 +91,25 @@ def generate_tps(model, batch: int, tokens: int, reps: int = 1, **kw) -> tuple[f
     return sorted(speeds)[len(speeds) // 2], out[:, PROMPT:].cpu()
 
 
+def eager_rows(models: dict, batches, tokens: int, rounds: int) -> list[dict]:
+    """Eager ``generate`` of every variant in each round, the order reversed every other round (see ``eager``)."""
+    rows = []
+    for b in batches:
+        speeds: dict[str, list[float]] = {name: [] for name in models}
+        first: dict[str, list[int]] = {}
+        for r in range(rounds + 1):  # round 0 warms every variant up and is not counted
+            for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
+                tps, toks = generate_tps(models[name], b, tokens, reps=1)
+                if r:
+                    speeds[name].append(round(tps, 1))
+                first[name] = toks[0, :8].tolist()
+        for name, got in speeds.items():
+            rows.append({"mode": "eager", "variant": name, "batch": b, "tok_s": sorted(got)[len(got) // 2],
+                         "rounds": got, "first_tokens": first[name]})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def fast_tps(decoder, model, batch: int, tokens: int) -> tuple[float, torch.Tensor]:
     """``decoder.generate`` timed on its second call (the first compiles and records the step's graph)."""
     prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda",
@@ -111,6 +132,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1])
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--eager-tokens", type=int, default=32)
+    ap.add_argument("--eager-rounds", type=int, default=5)
     ap.add_argument("--layers", type=int, default=32)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -139,14 +161,16 @@ def main() -> None:
             lowbit.quantize_(models[name], lowbit.config(method, **fields))
     if "bf16" not in args.variants:
         del base
+    if "eager" in modes:
+        payload["rows"] += eager_rows(models, args.batches, args.eager_tokens, args.eager_rounds)
+        write()
+        modes.remove("eager")
     for name in args.variants:
         model = models.pop(name)
         for mode in modes:
             for b in args.batches:
                 try:
-                    if mode == "eager":
-                        tps, toks = generate_tps(model, b, args.eager_tokens, reps=3)
-                    elif mode == "static":
+                    if mode == "static":
                         tps, toks = generate_tps(model, b, args.tokens, cache_implementation="static")
                     elif mode == "fast":
                         tps, toks = fast_tps(lowbit.compile_for_decode(model), model, b, args.tokens)
