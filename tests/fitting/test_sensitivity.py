@@ -9,7 +9,7 @@ from helpers import make_llama, token_ids
 
 import lowbit
 from lowbit.fitting.candidates import layout, parse_candidates
-from lowbit.fitting.sensitivity import measure, output_gradients
+from lowbit.fitting.sensitivity import measure, output_gradients, window_rows
 from lowbit.loading.checkpoint import open_checkpoint
 
 
@@ -44,11 +44,27 @@ def test_output_gradients_match_autograd(tiny):
         handle.remove()
     assert x.shape == (32, layer.in_features) and g2.shape == (32, layer.out_features)
     torch.testing.assert_close(x, torch.cat([t.reshape(-1, t.shape[-1]) for t in want_x]))
-    torch.testing.assert_close(g2, torch.cat([t.grad.reshape(-1, t.shape[-1]) for t in want_g]).pow(2))
-    xs, gs = output_gradients(model, ids, (name,), max_rows=10, seed=3)[name]  # a seeded pick: the same rows of both
-    pick = torch.randperm(32, generator=torch.Generator().manual_seed(3))[:10].sort().values
+    full = torch.cat([t.grad.reshape(-1, t.shape[-1]) for t in want_g]).pow(2)
+    torch.testing.assert_close(g2, full / 2)  # every row, weighted 1 / windows: the mean over the 2 windows
+    xs, gs = output_gradients(model, ids, (name,), max_rows=10, seed=3)[name]  # a pick: the same rows of both
+    pick, weights = window_rows(2, 16, 10, seed=3)
+    assert {0, 16} <= set(pick.tolist())
     torch.testing.assert_close(xs, x[pick])
-    torch.testing.assert_close(gs, g2[pick])
+    torch.testing.assert_close(gs, full[pick] * weights[:, None])
+
+
+@pytest.mark.parametrize("windows,width,rows", [(4, 512, 1024), (16, 512, 1024), (3, 5, 6), (2, 8, 100)])
+def test_window_rows_hold_every_windows_first_position(windows, width, rows):
+    """The attention sink (each window's first position) is always scored; the weighted rows estimate the mean
+    over the windows of a sum over every position: exactly for a constant, and for any values once all are held."""
+    pick, weights = window_rows(windows, width, rows)
+    held = pick.tolist()
+    assert len(held) == len(set(held)) == min(rows, windows * width) and held == sorted(held)
+    assert set(range(0, windows * width, width)) <= set(held)
+    assert float(weights.sum()) == pytest.approx(width)
+    values = torch.rand(windows * width, generator=torch.Generator().manual_seed(1))
+    if rows >= windows * width:
+        assert float((values[pick] * weights).sum()) == pytest.approx(float(values.sum()) / windows)
 
 
 @pytest.mark.parametrize("estimator", ["fisher", "output-fisher", "output"])
