@@ -207,11 +207,11 @@ def window_rows(windows: int, width: int, max_rows: int, seed: int = 0) -> tuple
     first = torch.arange(windows) * width
     rest_total = total - windows
     rest = max(0, min(max_rows - windows, rest_total))
-    others = seeded_rows(rest_total, rest, seed) if rest else torch.zeros(0, dtype=torch.long)
+    others = seeded_rows(rest_total, rest, seed)
     others = others + others // (width - 1) + 1 if width > 1 else others  # skip each window's first position
-    keep = torch.cat([first, others]).sort()
-    weights = torch.where(keep.values % width == 0, 1.0, rest_total / max(rest, 1)) / windows
-    return keep.values, weights
+    keep = torch.cat([first, others]).sort().values
+    weights = torch.where(keep % width == 0, 1.0, rest_total / max(rest, 1)) / windows
+    return keep, weights
 
 
 def output_gradients(model: nn.Module, ids: torch.Tensor, names: tuple[str, ...], max_rows: int = 1024,
