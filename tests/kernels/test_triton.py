@@ -234,7 +234,8 @@ def test_triton_matches_reference(layers, name, compute, m):
     {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 2, "SWAP": True,
      "FLAT": 1},
     {"path": "gemv4", "BN": 16, "CPI": 1, "SPLIT_K": 3, "num_warps": 2, "num_stages": 1, "DEC": 1, "EV": 1, "PD": 1},
-], ids=["gemv-split3", "gemm16-split11", "gemm64-cpi3", "gemm64-swap-flat", "gemv4-split3"])
+    {"path": "dequant"},
+], ids=["gemv-split3", "gemm16-split11", "gemm64-cpi3", "gemm64-swap-flat", "gemv4-split3", "dequant"])
 def test_explicit_configs_match_reference(layers, name, cfg):
     """Configs the tuner may pick that the default paths do not take (odd split-K, several chunks a step)."""
     from lowbit.kernels.triton import ops
@@ -256,7 +257,8 @@ def test_explicit_configs_match_reference(layers, name, cfg):
     {"path": "gemm", "BM": 16, "BN": 64, "CPI": 1, "SPLIT_K": 2, "num_warps": 4, "num_stages": 3, "SWAP": True},
     {"path": "gemm", "BM": 64, "BN": 128, "CPI": 1, "SPLIT_K": 1, "num_warps": 8, "num_stages": 3},
     {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3, "PK": 0},
-], ids=["swap16-split2", "tile64", "tile64-fp32-decode"])
+    {"path": "dequant"},
+], ids=["swap16-split2", "tile64", "tile64-fp32-decode", "dequant"])
 def test_gemm_decodes_int4_weights_exactly(fmt, compute, cfg):
     """x = identity: each output is one weight times 1.0 (fp32 sums of exact products), so the GEMM returns its
     decoded weights: bit for bit the reference's dequantization rounded to x's dtype, for every decode path with
@@ -531,3 +533,15 @@ def test_kernels_build_with_their_integer_arguments_as_constants(kernel):
     backend.load_dialects(context)
     options = backend.parse_options({})
     source.make_ir(target, options, backend.get_codegen_implementation(options), backend.get_module_map(), context)
+
+
+def test_the_tuner_tries_int4_dequantized_to_x_dtype_from_m64():
+    from lowbit.kernels.triton import tune
+    from lowbit.kernels.triton.family import TritonFormat
+
+    int4 = TritonFormat(Family.INT4, 128)
+    assert {"path": "dequant"} in tune.candidates(int4, torch.bfloat16, 64)
+    assert {"path": "dequant"} in tune.candidates(int4, torch.bfloat16, 4096)
+    assert {"path": "dequant"} not in tune.candidates(int4, torch.bfloat16, 16)
+    assert {"path": "dequant"} not in tune.candidates(TritonFormat(Family.INT8), torch.bfloat16, 256)
+    assert tune.short({"path": "dequant"}) == "dequantize + cuBLAS"

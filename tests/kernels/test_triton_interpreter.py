@@ -44,6 +44,7 @@ CONFIGS = [
     # gemv4 (int4 with one group a chunk; other formats run gemv with the same tiles)
     {"path": "gemv4", "BN": 32, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 1, "DEC": 0, "EV": 1, "PD": 0},
     {"path": "gemv4", "BN": 64, "CPI": 1, "SPLIT_K": 4, "num_warps": 4, "num_stages": 1, "DEC": 1, "EV": 1, "PD": 1},
+    {"path": "dequant"},  # int4: dequantized to x's dtype, then F.linear; other formats: the fused GEMM
 ]
 N, K = 72, 512  # N: not a multiple of any tile; K: 4 chunks, so every split above divides it
 
@@ -74,9 +75,46 @@ print(json.dumps(out))
 def test_kernels_match_the_reference_in_the_interpreter():
     results = in_interpreter(SCRIPT)
     assert results.pop("counters_left") == 0  # every split-K launch leaves its tile counters at zero
-    assert len(results) == 8 * 10 * 2  # formats x configs x M
+    assert len(results) == 8 * 11 * 2  # formats x configs x M
     bad = {k: v for k, v in results.items()
            if not (v["rel"] < 3e-3 and v["dtype"] == "torch.float16" and v["same_again"])}
     assert not bad, f"kernels differ from the reference op (fp16 out, relative error < 3e-3): {bad}"
     shapes = {tuple(v["shape"]) for v in results.values()}
     assert shapes == {(1, 72), (3, 72)}
+
+
+DEQUANT = r'''
+import json, sys
+import torch
+
+sys.path.insert(0, sys.argv[1])
+import kernel_conformance as conformance
+
+exec(conformance.INTERPRETER_PATCH)
+from lowbit.kernels import get_kernel, kernel_request
+from lowbit.kernels.triton.dequant import dequantize4
+
+torch.manual_seed(0)
+out = {}
+for case in ("int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-bf16-scales", "int4-g256-asym",
+             "int4-channel-asym"):
+    fmt = conformance.FORMATS[case]
+    kernel = get_kernel("triton_int4")
+    for n in (72, 16):  # 72: a partial block of rows and a partial program
+        request = kernel_request(fmt, (n, 512), "cpu", torch.float16)
+        t = conformance.stored(fmt, torch.randn(n, 512) / 512 ** 0.5)
+        w, s, z = kernel.tensors(t, kernel.layout(t, request))
+        for dtype in (torch.float16, torch.float32):
+            got = dequantize4(w, s, z, kernel.triton_format(request).group, 512, dtype)
+            want = fmt.decode(t, torch.float32).to(dtype)
+            out[f"{case} N={n} {dtype}"] = int((got != want).sum())
+print(json.dumps(out))
+'''
+
+
+def test_int4_dequantized_in_one_launch_is_the_reference_decode_bit_for_bit():
+    """The ``dequant`` path's weight: every format of int4 the kernels take (groups, symmetric, float zeros, bf16
+    scales, per channel), partial row blocks, fp16 and fp32; each weight equal to the reference's decode."""
+    results = in_interpreter(DEQUANT)
+    assert len(results) == 6 * 2 * 2
+    assert not {k: v for k, v in results.items() if v}, results

@@ -132,6 +132,13 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     ``xs`` (dynamic fp8 only): per-row scales of an fp8 ``x2``. ``via``: ``torch.library.wrap_triton`` when
     traced inside the op; then every written buffer is made here (no global counters, no aliased outputs).
     """
+    if cfg["path"] == "dequant" and tf.family is Family.INT4:  # the weight in x's dtype, then cuBLAS (dequant.py)
+        from lowbit.kernels.triton.dequant import dequantize4
+
+        wd = dequantize4(w, s, z, tf.group, x2.shape[1], x2.dtype, via)
+        return torch.nn.functional.linear(x2, wd, None if bias is None else bias.to(x2.dtype))
+    if cfg["path"] == "dequant":  # a forced config on another format: the fused GEMM
+        cfg = {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
     p = plan(x2, s, z, bias, tf, cfg, xs)
     m, n = p.ints[0], p.ints[1]
     device = x2.device
@@ -186,6 +193,8 @@ class Bound:
         x2 = x.reshape(-1, k).contiguous()
         m, n, device = x2.shape[0], self.n, x2.device
         cfg = tune.config_for(tf, x2.dtype, m, k, n, measure and (lambda: measure(x2)))
+        if cfg["path"] == "dequant":  # no fast path: the product's own time dwarfs the launch
+            return launch(x2, w, s, z, bias, tf, cfg).reshape(*x.shape[:-1], n)
         p = plan(x2, s, z, bias, tf, cfg)
         out = torch.empty(m, n, dtype=x2.dtype, device=device)
         ws = workspace(device, p.split * m * n) if p.split > 1 else out

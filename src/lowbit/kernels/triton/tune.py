@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 TUNE_ENV = "LOWBIT_TUNE"
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GEMV_MAX_M = 4  # above this the GEMV re-reads each weight too often
+DEQUANT_MIN_M = 64  # from this bucket the tuner also tries int4 dequantized to x's dtype + cuBLAS (dequant.py)
 
 
 def bucket(m: int) -> int:
@@ -153,6 +154,8 @@ def candidates(tf: TritonFormat, dtype: torch.dtype, m: int) -> list[dict]:
             out.append(cfg | {"PK": 0})
     if tf.dynamic and b >= 16 and dtype == torch.bfloat16:
         out.append({"path": "scaled_mm"})
+    if tf.family is Family.INT4 and b >= DEQUANT_MIN_M:
+        out.append({"path": "dequant"})
     return out
 
 
@@ -196,6 +199,8 @@ def _triton_version() -> str:
 def short(cfg: dict) -> str:
     if cfg["path"] == "scaled_mm":
         return "torch._scaled_mm"
+    if cfg["path"] == "dequant":
+        return "dequantize + cuBLAS"
     if cfg["path"] == "gemv4":
         tile = f"BN{cfg['BN']} dec{cfg.get('DEC', 0)}{' prefetch' if cfg.get('PD') else ''}"
     elif cfg["path"] == "gemv":

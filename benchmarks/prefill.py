@@ -1,0 +1,139 @@
+"""int4 at large M (prefill): the fused GEMM against the weight dequantized to bf16 + cuBLAS, per layer and in a
+model's prompt forward.
+
+1. ``layers``: for the Llama-3-8B shapes (and the fused q/k/v and gate/up of the decode path), int4 g128 with bf16
+   x at M = 64 ... 4096: ``F.linear`` in bf16; lowbit's fused GEMM at the config cached for that M bucket
+   (``tuned_<gpu>.json``; the heuristic default where none is); lowbit's ``dequant`` path (``dequant.py``); each
+   result checked against the reference op. Times are ``ops.bench_gpu``'s (CUDA-graph replays, L2 flushed).
+   The configs the tuner would now keep (``dequant`` where it is faster than the cached one at the bucket's
+   M) are written beside the results (``proposed_configs``).
+2. ``model``: the 8B-shaped Llama of decode.py (random weights, 32 layers), a batch of one prompt of P tokens:
+   the eager prompt forward ``model(ids)`` (what ``generate`` runs before its first token) in bf16 and in int4 g128,
+   with the cached configs and then with every int4 key of M >= 64 set to ``dequant``, in one process.
+
+    PYTHONPATH=src python benchmarks/prefill.py --out DIR [--ms 64 256 1024] [--prompts 512 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import lowbit  # noqa: E402
+from decode import llama_8b  # noqa: E402
+from gpu_linear import device_info, quant_linear, ref_out, rel_err  # noqa: E402
+
+SHAPES = ((4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672), (4096, 6144), (4096, 28672))
+MS = (64, 128, 256, 512, 1024, 2048, 4096)
+DEQUANT = {"path": "dequant"}
+
+
+def layer_rows(ms) -> tuple[list[dict], dict]:
+    from lowbit.kernels.triton import ops, tune
+
+    rows, proposed = [], {}
+    for k, n in SHAPES:
+        torch.manual_seed(0)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        ql = quant_linear(w, "int4", {"group_size": 128})
+        wt, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
+        tf = ql.kernel.triton_format(ql.request)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            key = tune.key(tf, torch.bfloat16, m, k, n)
+            cached = tune.cache().get(key) or tune.default(tf, torch.bfloat16, m, k, n)
+            ref = ref_out(ql, x)
+            row = {"K": k, "N": n, "M": m, "bucket": tune.bucket(m), "cached": tune.short(cached),
+                   "bf16_us": ops.bench_gpu(lambda: F.linear(x, w))}
+            for name, cfg in (("fused", cached), ("dequant", DEQUANT)):
+                row[f"{name}_us"] = ops.bench_gpu(lambda cfg=cfg: ops.run(x, wt, s, z, None, tf, cfg))
+                row[f"{name}_err"] = rel_err(ops.run(x, wt, s, z, None, tf, cfg), ref)
+                row[f"{name}_vs_bf16"] = round(row["bf16_us"] / row[f"{name}_us"], 3)
+            rows.append(row)
+            print({k2: (round(v, 2) if isinstance(v, float) else v) for k2, v in row.items()}, flush=True)
+            if m == tune.bucket(m) and row["dequant_us"] < row["fused_us"]:
+                proposed[key] = DEQUANT
+            del x, ref
+        del ql, w
+        torch.cuda.empty_cache()
+    return rows, proposed
+
+
+def prompt_ms(model, ids, reps: int = 5) -> float:
+    """Median ms of the eager prompt forward (no cache kept)."""
+    times = []
+    with torch.no_grad():
+        for i in range(reps + 1):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            torch.cuda.synchronize()
+            if i:  # the first call tunes nothing (LOWBIT_TUNE unset) but compiles the kernels
+                times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def model_rows(prompts, layers: int) -> list[dict]:
+    import copy
+
+    from lowbit.kernels.triton import launcher, tune
+
+    model = llama_8b(layers)
+    quant = lowbit.quantize_(copy.deepcopy(model), lowbit.config("int4", group_size=128))
+    rows = []
+    for p in prompts:
+        ids = torch.randint(0, 128256, (1, p), device="cuda")
+        row = {"prompt": p, "layers": layers, "bf16_ms": prompt_ms(model, ids)}
+        row["int4_cached_ms"] = prompt_ms(quant, ids)
+        saved = dict(tune.cache())
+        for k, n in ((4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)):  # q/o, k/v, gate/up, down
+            tune.cache()[tune.key(quant_tf(quant), torch.bfloat16, p, k, n)] = DEQUANT
+        launcher._BOUND.clear()  # the eager fast path keeps each shape's first launch: start again
+        row["int4_dequant_ms"] = prompt_ms(quant, ids)
+        tune.cache().clear()
+        tune.cache().update(saved)
+        launcher._BOUND.clear()
+        for name in ("int4_cached", "int4_dequant"):
+            row[f"{name}_vs_bf16"] = round(row["bf16_ms"] / row[f"{name}_ms"], 3)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def quant_tf(model):
+    from lowbit.nn import QuantLinear
+
+    ql = next(m for m in model.modules() if isinstance(m, QuantLinear))
+    return ql.kernel.triton_format(ql.request)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--ms", type=int, nargs="+", default=list(MS))
+    ap.add_argument("--prompts", type=int, nargs="*", default=[512, 2048])
+    ap.add_argument("--layers", type=int, default=32)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = {"date": datetime.date.today().isoformat(), "script": "benchmarks/prefill.py", "device": device_info()}
+    path = args.out / f"prefill-{datetime.date.today().isoformat()}.json"
+    info["layers"], info["proposed_configs"] = layer_rows(args.ms)
+    path.write_text(json.dumps(info, indent=1))
+    if args.prompts:
+        info["model"] = model_rows(args.prompts, args.layers)
+        path.write_text(json.dumps(info, indent=1))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
