@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import (
-    CALIB_TEXT, FAST_CALIB, char_tokenizer, contents, logits, make_bert, make_gemma3, make_llama_with_tokenizer,
-    run_cli, token_ids,
+    CALIB_TEXT, FAST_CALIB, char_tokenizer, contents, folder_tensors, logits, make_bert, make_gemma3,
+    make_llama_with_tokenizer, run_cli, token_ids,
 )
 
 import lowbit
@@ -79,11 +79,11 @@ def test_an_interrupted_run_resumes_at_the_block_it_was_on(llama, tmp_path, monk
     seen = []
     original = GptqQuantizer.calibrate_block
 
-    def interrupted(self, block, prefix, inputs):
+    def interrupted(self, block, prefix, inputs, reference=None):
         seen.append(prefix)
         if prefix.endswith(".1") and len(seen) == 2:
             raise KeyboardInterrupt  # Ctrl-C while block 1 is being quantized
-        return original(self, block, prefix, inputs)
+        return original(self, block, prefix, inputs, reference)
 
     monkeypatch.setattr(GptqQuantizer, "calibrate_block", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -97,23 +97,60 @@ def test_an_interrupted_run_resumes_at_the_block_it_was_on(llama, tmp_path, monk
     assert contents(out) == contents(whole)
 
 
+def test_fp_targets_change_only_the_layers_whose_inputs_the_quantized_model_changed(llama, tmp_path):
+    """Block 0's q/k/v see the embeddings in both models, so their targets are their own weights and GPTQ gives the
+    same bytes; every later Linear's inputs differ once a Linear before it is quantized."""
+    cfg = lowbit.config("gptq", bits=3, group_size=32)
+    plain, _ = lowbit.quantize_calibrated(llama, tmp_path / "plain", cfg, **FAST)
+    fp, _ = lowbit.quantize_calibrated(llama, tmp_path / "fp", cfg.replace(fp_targets=True), **FAST)
+    a, b = folder_tensors(plain), folder_tensors(fp)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        same = torch.equal(a[name], b[name])
+        first = name.startswith("model.layers.0.self_attn.") and name.split(".")[4] in ("q_proj", "k_proj", "v_proj")
+        if name.endswith((".qweight", ".scales")):
+            assert same == first, name
+    assert lowbit.from_pretrained(fp).config.quantization_config["fp_targets"] is True
+
+
+def test_an_interrupted_fp_targets_run_resumes_with_the_full_precision_stream(llama, tmp_path, monkeypatch):
+    cfg = lowbit.config("gptq", group_size=32, fp_targets=True)
+    whole, _ = lowbit.quantize_calibrated(llama, tmp_path / "whole", cfg, **FAST)
+    original = GptqQuantizer.calibrate_block
+
+    def stop_at_1(self, block, prefix, inputs, reference=None):
+        if prefix.endswith(".1"):
+            raise KeyboardInterrupt
+        return original(self, block, prefix, inputs, reference)
+
+    monkeypatch.setattr(GptqQuantizer, "calibrate_block", stop_at_1)
+    with pytest.raises(KeyboardInterrupt):
+        lowbit.quantize_calibrated(llama, tmp_path / "out", cfg, **FAST)
+    (work,) = tmp_path.glob(".out.calib-*")
+    assert sorted(p.name for p in work.iterdir()) == [
+        "block-0.safetensors", "inputs-1.safetensors", "reference-1.safetensors", "state.json"]
+    monkeypatch.setattr(GptqQuantizer, "calibrate_block", original)
+    out, _ = lowbit.quantize_calibrated(llama, tmp_path / "out", cfg, **FAST)
+    assert contents(out) == contents(whole)
+
+
 def test_a_changed_setting_does_not_resume_from_an_earlier_run(llama, tmp_path, monkeypatch):
     cfg = lowbit.config("gptq", group_size=32)
     calls = []
     original = GptqQuantizer.calibrate_block
 
-    def stop_at_1(self, block, prefix, inputs):
+    def stop_at_1(self, block, prefix, inputs, reference=None):
         calls.append(prefix)
         if prefix.endswith(".1"):
             raise KeyboardInterrupt
-        return original(self, block, prefix, inputs)
+        return original(self, block, prefix, inputs, reference)
 
     monkeypatch.setattr(GptqQuantizer, "calibrate_block", stop_at_1)
     with pytest.raises(KeyboardInterrupt):
         lowbit.quantize_calibrated(llama, tmp_path / "out", cfg, **FAST)
     monkeypatch.setattr(GptqQuantizer, "calibrate_block", original)
     seen = []
-    monkeypatch.setattr(GptqQuantizer, "calibrate_block", lambda s, b, p, i: seen.append(p) or original(s, b, p, i))
+    monkeypatch.setattr(GptqQuantizer, "calibrate_block", lambda s, b, p, i, r=None: seen.append(p) or original(s, b, p, i, r))
     lowbit.quantize_calibrated(llama, tmp_path / "out", cfg.replace(bits=3), **FAST)
     assert seen == ["model.layers.0", "model.layers.1"]  # started over
 

@@ -67,7 +67,7 @@ def test_size_budget_counts_the_whole_output(src, tmp_path):
     ("4bpw", "int4,awq", "cannot be chosen per layer; expected one of fp4"),
     ("four", "int4", "budget 'four' is not a budget"),
     ("4bpw", " , ", "no candidates given"),
-    ("4bpw", "int4,gptq4+fast", "gptq has no switch 'fast'; expected one of +act_order, +mse, +static_groups"),
+    ("4bpw", "int4,gptq4+fast", "gptq has no switch 'fast'; expected one of +act_order, +fp_targets, +mse, +static_groups"),
     ("4bpw", "int4,gptq4+awq_balance", "gptq has no switch 'awq_balance'"),
     ("4bpw", "int4+quantize_lm_head", "rtn has no switch 'quantize_lm_head'; expected one of +symmetric"),
     ("4bpw", "int4,nf4g0", "g0 (one scale per output channel) needs an integer method; nf4 stores blocks"),

@@ -128,3 +128,31 @@ def test_fit_with_a_calibrated_candidate_runs_the_runner(tmp_path, gptq, bpw):
     assert (logits(model, ids) - fp).norm() / fp.norm() < 0.3
     saved = json.loads((tmp_path / "out" / "fit_plan.json").read_text())
     assert saved["bpw"] == res.plan.bpw and len(saved["layers"]) == len(res.layout.names)
+
+
+def test_calibrated_layers_are_quantized_in_the_blocks_call_order(tmp_path, monkeypatch):
+    """Two GPTQ candidates (one with fp_targets) take alternate layers: each stage (q/k/v, o, gate/up, down) is
+    quantized before the next whichever candidate holds it, so every layer is calibrated on the inputs it will see."""
+    from lowbit.methods.gptq import GptqQuantizer
+
+    src = make_llama_with_tokenizer(tmp_path / "src")
+    cands = parse_candidates("gptq4,gptq3+fp_targets", 32)
+    lay = layout(open_checkpoint(src), cands)
+    plan = {name: (label, lay.formats[label][name]) for name, label in
+            ((n, "gptq4" if i % 2 else "gptq3+fp_targets") for i, n in enumerate(lay.names))}
+    seen: list[tuple[str, bool]] = []
+    original = GptqQuantizer.calibrate_stage
+
+    def record(self, block, prefix, inputs, linears, reference=None):
+        seen.extend((n, reference is not None) for n in linears)
+        return original(self, block, prefix, inputs, linears, reference)
+
+    monkeypatch.setattr(GptqQuantizer, "calibrate_stage", record)
+    lowbit.quantize_calibrated(src, tmp_path / "out", mixed_config(cands, plan), text="abc " * 400, samples=4,
+                               seq_len=32)
+    order = [".q_proj", ".k_proj", ".v_proj", ".o_proj", ".gate_proj", ".up_proj", ".down_proj"]
+    stage = {s: i for i, group in enumerate(([0, 1, 2], [3], [4, 5], [6])) for j in group for s in [order[j]]}
+    for block in ("model.layers.0.", "model.layers.1."):
+        mine = [stage[n[n.rindex("."):]] for n, _ in seen if n.startswith(block)]
+        assert len(mine) == 7 and mine == sorted(mine), seen
+    assert all(fp == (plan[n][0] == "gptq3+fp_targets") for n, fp in seen)  # the reference went to fp_targets only

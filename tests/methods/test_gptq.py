@@ -15,7 +15,7 @@ from lowbit.formats import IntFormat
 from lowbit.kernels import choose
 from lowbit.methods import gptq as gptq_module
 from lowbit.methods._gptq_linalg import inverse_factor_, permute_
-from lowbit.methods.gptq import GptqConfig, gptq
+from lowbit.methods.gptq import GptqConfig, fp_target, gptq
 
 
 def correlated_inputs(k: int = 256, rows: int = 4096, seed: int = 0) -> torch.Tensor:
@@ -118,9 +118,34 @@ def test_config_round_trip_and_errors():
     for fields, message in [({"bits": 5}, "gptq.bits=5 is out of range"),
                             ({"group_size": 48}, "gptq.group_size=48 is out of range"),
                             ({"damp": 0}, "gptq.damp=0.0 is out of range; expected 0 < damp <= 1"),
-                            ({"block_size": 0}, "gptq.block_size=0 is out of range")]:
+                            ({"block_size": 0}, "gptq.block_size=0 is out of range"),
+                            ({"fp_targets": True, "awq_balance": True},
+                             "gptq.fp_targets=True with awq_balance=True: AWQ's scales change")]:
         with pytest.raises(ConfigError, match=message):
             lowbit.config("gptq", **fields)
+    assert "fp_targets" not in cfg.to_dict()  # saved only when set, so earlier folders keep their config
+    assert lowbit.config("gptq", fp_targets=True).to_dict()["fp_targets"] is True
+
+
+def test_fp_target_is_the_weight_where_inputs_agree_and_the_least_squares_fit_where_they_differ():
+    x = correlated_inputs(k=64, rows=2048).double()
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    n = x.shape[0]
+    h = x.T @ x / n
+    assert torch.equal(fp_target(w, h, torch.zeros_like(h), 0.01), w.float())  # no difference: no change
+    # the full-precision model's inputs: a distortion of the quantized model's that X can predict, and noise it cannot
+    mix = torch.eye(64, dtype=torch.float64) + 0.2 * torch.randn(64, 64, generator=torch.Generator().manual_seed(4))
+    x_fp = x @ mix + 0.05 * correlated_inputs(k=64, rows=2048, seed=1).double()
+    target = x_fp @ w.T
+    got = fp_target(w, h, (x_fp - x).T @ x / n, 1e-9).double()
+    best = torch.linalg.lstsq(x, target).solution.T
+    torch.testing.assert_close(got, best, rtol=1e-3, atol=1e-3)
+    assert (target - x @ got.T).norm() < 0.5 * (target - x @ w.T).norm()
+    # the error against the full-precision outputs splits into the fit's residual and GPTQ's own objective
+    q = w + 0.1 * torch.randn(w.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    whole = (target - x @ q.T).square().sum()
+    parts = (target - x @ got.T).square().sum() + (x @ (got - q).T).square().sum()
+    torch.testing.assert_close(whole, parts, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("fmt", [IntFormat(4, 64, False), IntFormat(3, 64, True)], ids=lambda s: s.describe())
@@ -190,6 +215,13 @@ class TestGptqAwqBalance(CalibratedConformance):
         before, after = lowbit.from_pretrained(src).state_dict(), lowbit.from_pretrained(out).state_dict()
         norm = "model.layers.0.post_attention_layernorm"  # the gate/up group's scale is folded into it
         assert quantizer.alphas[norm][0] > 0 and not torch.equal(before[norm + ".weight"], after[norm + ".weight"])
+
+
+class TestGptqFpTargets(CalibratedConformance):
+    method = "gptq"
+    fields = {"group_size": 32, "act_order": True, "fp_targets": True}
+    bad_fields = [({"damp": 2}, "gptq.damp=2")]
+    max_logit_error = 0.26  # as act_order alone
 
 
 def reference_inverse_factor(h: torch.Tensor) -> torch.Tensor:

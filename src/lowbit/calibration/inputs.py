@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.errors import CalibrationError
+
 
 
 @dataclasses.dataclass
@@ -80,17 +82,21 @@ class BlockInputs:
     def tokens(self) -> int:
         return sum(b.hidden.shape[0] * b.hidden.shape[1] for b in self.batches)
 
-    def run(self, block: nn.Module, first: int | None = None) -> list[torch.Tensor]:
-        """The block's outputs, one tensor per batch (of the ``first`` batches only, if given)."""
+    def run(self, block: nn.Module, first: int | None = None, only: int | None = None) -> list[torch.Tensor]:
+        """The block's outputs, one tensor per batch (of the ``first`` batches only, or batch ``only``, if given)."""
+        batches = self.batches[:first] if only is None else self.batches[only:only + 1]
         with torch.no_grad():
-            return [_first(block(b.hidden, *b.args, **b.kwargs)) for b in self.batches[:first]]
+            return [_first(block(b.hidden, *b.args, **b.kwargs)) for b in batches]
 
     def feed(self, block: nn.Module, modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None],
-             first: int | None = None) -> None:
-        """Run the block over every batch (or the ``first`` ones), calling ``fn(name, x)`` with each named
-        module's input ``x``."""
-        with self.hooks(modules, lambda name, args, kwargs: fn(name, args[0] if args else next(iter(kwargs.values())))):
-            self.run(block, first)
+             first: int | None = None, only: int | None = None) -> None:
+        """Run the block over every batch (or the ``first`` ones, or batch ``only``), calling ``fn(name, x)`` with
+        each named module's input ``x``."""
+        def hook(name: str, args: tuple, kwargs: dict) -> None:  # returns None: the module's input is not replaced
+            fn(name, args[0] if args else next(iter(kwargs.values())))
+
+        with self.hooks(modules, hook):
+            self.run(block, first, only)
 
     def calls(self, block: nn.Module, name: str, module: nn.Module) -> list[tuple[tuple, dict]]:
         """The (args, kwargs) ``module`` receives in each batch, to run it alone later (e.g. attention)."""
@@ -108,6 +114,44 @@ class BlockInputs:
         finally:
             for h in handles:
                 h.remove()
+
+
+def call_stages(block: nn.Module, linears: dict[str, nn.Module], inputs: BlockInputs) -> list[list[str]]:
+    """The Linears in call order, grouped by shared input (q/k/v; gate/up), from one batch."""
+    order: list[tuple[str, torch.Tensor]] = []  # the inputs are held so that their ids stay unique
+    inputs.feed(block, linears, lambda name, x: order.append((name, x)), first=1)
+    check_used(linears, {name for name, _ in order})
+    stages: list[list[str]] = []
+    prev = None
+    for name, x in order:
+        if name in (n for stage in stages for n in stage):
+            continue
+        if stages and x is prev:
+            stages[-1].append(name)
+        else:
+            stages.append([name])
+        prev = x
+    return stages
+
+
+def check_used(linears: dict[str, nn.Module], used: set[str]) -> None:
+    missing = [n for n in linears if n not in used]
+    if missing:
+        raise CalibrationError(f"{missing[0]} received no input while its block ran; expected every Linear of a "
+                               "block to be used; keep it unquantized with modules_to_not_convert")
+
+
+@dataclasses.dataclass
+class Reference:
+    """What the full-precision model computes at one block: the block before any of its layers was quantized, and
+    its inputs from the full-precision blocks before it (for methods that match the full-precision outputs)."""
+
+    block: nn.Module
+    inputs: BlockInputs
+
+    def modules(self, linears: dict[str, nn.Module], prefix: str) -> dict[str, nn.Module]:
+        """The full-precision copies of ``linears`` (named in the model, under ``prefix``)."""
+        return {n: self.block.get_submodule(n[len(prefix) + 1:]) for n in linears}
 
 
 def _first(out: Any) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from lowbit.calibration.inputs import BlockInputs
+from lowbit.calibration.inputs import BlockInputs, Reference
 from lowbit.formats import WeightFormat
 from lowbit.quantizer import Quantizer
 
@@ -22,8 +22,16 @@ class CalibratedQuantizer(Quantizer):
 
     requires_calibration: ClassVar[bool] = True
 
-    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
+    @property
+    def wants_reference(self) -> bool:
+        """Whether :meth:`calibrate_block` needs the full-precision model's view of each block (``reference``):
+        the runner then also carries the full-precision blocks' outputs, which doubles the inputs it holds."""
+        return False
+
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs,
+                        reference: Reference | None = None) -> Stored:
         """Quantize the block's Linears that ``self.formats`` names (``prefix`` + "." + name within the block).
+        ``reference`` is given when :attr:`wants_reference` says so.
 
         Returns their stored tensors, and leaves ``block`` computing what the quantized model will compute:
         every quantized Linear's weight replaced by its dequantized value (see :func:`use_dequantized`), and

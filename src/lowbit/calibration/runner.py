@@ -12,6 +12,7 @@ atomically, as ``quantize_folder`` writes it, and the work folder removed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lowbit.calibration.data import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, calibration_samples, read_calibration_text
 from lowbit.archs import find_blocks
-from lowbit.calibration.inputs import BlockInputs, capture
+from lowbit.calibration.inputs import BlockInputs, Reference, capture
 from lowbit.calibration.method import CalibratedQuantizer
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError, FormatError
@@ -99,13 +100,14 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
 
     work = _Work(out, _fingerprint(ckpt, cfg, ids))
     with work.guard():
-        start, hidden = work.resume(len(blocks), device)
+        start, hidden, ref = work.resume(len(blocks), device)
         hidden0, calls = capture(model, blocks, list(ids.split(batch_size)), device)
         _free(model)  # the embeddings and everything else outside the blocks are not needed any more
         release_freed_memory()
         if log is not None:
             log(f"captured {ids.shape[0]} x {ids.shape[1]} tokens; starting at block {start} of {len(blocks)}")
         hidden = hidden if hidden is not None else hidden0
+        ref = (ref if ref is not None else hidden0) if quantizer.wants_reference else None  # the fp model's stream
         del hidden0
         bar = tqdm(total=len(blocks), initial=start, desc=f"{cfg.method} blocks", unit="block", disable=not progress)
         for i in range(start, len(blocks)):
@@ -114,17 +116,20 @@ def quantize_calibrated(src: str | Path, out: str | Path, quantization: QuantCon
             block = blocks[i]
             _load_block(block, name, ckpt, source, device, work_dtype)
             inputs = BlockInputs(hidden, calls[i])
-            stored = quantizer.calibrate_block(block, name, inputs)
+            reference = None if ref is None else Reference(copy.deepcopy(block), BlockInputs(ref, calls[i]))
+            stored = quantizer.calibrate_block(block, name, inputs, reference)
             hidden = inputs.run(block)  # the quantized block's outputs feed the next block
-            work.save_block(i, _block_tensors(qmodel, block, name, stored, dtype), hidden)
+            if reference is not None:
+                ref = reference.inputs.run(reference.block)
+            work.save_block(i, _block_tensors(qmodel, block, name, stored, dtype), hidden, ref)
             _free(block)
-            del inputs, stored
+            del inputs, stored, reference
             release_freed_memory()
             bar.update()
             if log is not None:
                 log(f"block {i}: {time.perf_counter() - t0:.1f} s")
         bar.close()
-        del hidden, calls, model
+        del hidden, ref, calls, model
         with work.store() as done:  # the finished blocks, laid over the checkpoint
             tensors = output_tensors(plan, dtype, progress=progress, over=[done])
             folder = write_folder(out, tensors, shard_limit(max_shard_size, max_memory), qmodel, ckpt.path, overwrite=overwrite)
@@ -211,8 +216,9 @@ class _Work:
         self.claim = Claim(self.out)
         self.dir = self.claim.path("calib")
 
-    def resume(self, n_blocks: int, device) -> tuple[int, list[torch.Tensor] | None]:
-        """(first block to run, its inputs) from an earlier run of the same work, else (0, None)."""
+    def resume(self, n_blocks: int, device) -> tuple[int, list[torch.Tensor] | None, list[torch.Tensor] | None]:
+        """(first block to run, its inputs, the full-precision model's inputs to it where kept) from an earlier run
+        of the same work, else (0, None, None)."""
         for entries in side_entries(self.out).values():
             if "calib" not in entries or "lock" not in entries or not abandoned(entries["lock"]):
                 continue
@@ -227,20 +233,23 @@ class _Work:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir.mkdir()
             self._write_state(0)
-            return 0, None
+            return 0, None, None
         start = int(state["next_block"])
         if start == 0 or start > n_blocks:
-            return 0, None
-        with safe_open(str(self.dir / f"inputs-{start}.safetensors"), "pt", device="cpu") as f:
-            hidden = [f.get_tensor(str(i)).to(device) for i in range(len(f.keys()))]
-        return start, hidden
+            return 0, None, None
+        ref = self.dir / f"reference-{start}.safetensors"
+        return start, _load_list(self.dir / f"inputs-{start}.safetensors", device), \
+            _load_list(ref, device) if ref.exists() else None
 
-    def save_block(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor]) -> None:
+    def save_block(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor],
+                   ref: list[torch.Tensor] | None = None) -> None:
         _save(tensors, self.dir / f"block-{i}.safetensors")
-        _save({str(j): h.detach().to("cpu").contiguous() for j, h in enumerate(hidden)},
-              self.dir / f"inputs-{i + 1}.safetensors")
+        _save(_as_dict(hidden), self.dir / f"inputs-{i + 1}.safetensors")
+        if ref is not None:
+            _save(_as_dict(ref), self.dir / f"reference-{i + 1}.safetensors")
         self._write_state(i + 1)
         (self.dir / f"inputs-{i}.safetensors").unlink(missing_ok=True)
+        (self.dir / f"reference-{i}.safetensors").unlink(missing_ok=True)
 
     def store(self) -> StoredSource:
         """The finished blocks' tensors by name, read from the work folder when the output is written."""
@@ -277,6 +286,15 @@ def _state(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
+
+
+def _as_dict(batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {str(j): h.detach().to("cpu").contiguous() for j, h in enumerate(batches)}
+
+
+def _load_list(path: Path, device) -> list[torch.Tensor]:
+    with safe_open(str(path), "pt", device="cpu") as f:
+        return [f.get_tensor(str(i)).to(device) for i in range(len(f.keys()))]
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -91,7 +91,7 @@ class AwqQuantizer(CalibratedQuantizer):
         if not self.pre_quantized:  # before any calibration work: an unsupported architecture fails here
             require_balance(self.model_type, self.config.method)
 
-    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs, reference=None) -> Stored:
         t0 = time.perf_counter()
         linears = self.block_linears(block, prefix)
         self.alphas.update(balance_block(block, prefix, inputs, linears, self.formats, self.model_type, self.config))

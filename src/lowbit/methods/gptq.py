@@ -11,6 +11,11 @@ With ``awq_balance``, each block first gets AWQ's per-channel scales (``methods.
 search judged by RTN, folded into the norm or Linear before each balance group), then GPTQ quantizes the
 scaled weights; AWQ's clipping is left out (GPTQ's grid, or ``mse``, chooses the ranges).
 
+With ``fp_targets`` (the asymmetric calibration of GPTAQ, Li et al., 2025), each Linear is fitted to what the
+full-precision model computes, ``W X_fp``, instead of to its own weight on the quantized model's inputs ``X``: the
+runner carries the full-precision blocks' outputs beside the quantized ones, and GPTQ quantizes the least-squares
+target ``W* = W + W D (H + λI)^-1`` (:func:`fp_target`), so later layers correct the error of earlier ones.
+
 Calibrated block by block (``lowbit quantize --calib``): within a block, with ``true_sequential``, Linears
 that share an input (q/k/v; gate/up) are quantized together, and later ones see the earlier ones quantized.
 Stored as ``IntFormat``: the same layout as ``rtn``, so GPTQ models run on the same kernels.
@@ -25,7 +30,7 @@ import torch
 from torch import nn
 
 from lowbit.calibration.balance import require_balance
-from lowbit.calibration.inputs import BlockInputs
+from lowbit.calibration.inputs import BlockInputs, Reference, call_stages, check_used
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import IntGridConfig, saved_when_set
 from lowbit.errors import CalibrationError, ConfigError
@@ -49,11 +54,15 @@ class GptqConfig(IntGridConfig):
     true_sequential: bool = True
     mse: bool = False  # each group's grid: the range shrink (down to 0.8) with the least |error|^2.4, not min/max
     awq_balance: bool = saved_when_set(False)  # first AWQ's scale search and fold on the block's balance groups (no clipping)
+    fp_targets: bool = saved_when_set(False)  # match the full-precision model's outputs, not the layer's own (below)
 
     def validate(self) -> None:
         super().validate()
         if not 0 < self.damp <= 1:
             raise ConfigError(f"gptq.damp={self.damp} is out of range; expected 0 < damp <= 1 (usually 0.01)")
+        if self.fp_targets and self.awq_balance:
+            raise ConfigError("gptq.fp_targets=True with awq_balance=True: AWQ's scales change each Linear's inputs, "
+                              "so they no longer meet the full-precision model's; expected one of the two")
         if not 1 <= self.block_size <= 4096:
             raise ConfigError(f"gptq.block_size={self.block_size} is out of range; expected 1..4096 (usually 128)")
 
@@ -77,25 +86,41 @@ class GptqQuantizer(CalibratedQuantizer):
         g_idx = cfg.act_order and not cfg.static_groups and group is not None
         return IntFormat(bits=cfg.bits, group_size=group, symmetric=cfg.symmetric, g_idx=g_idx)
 
-    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
+    @property
+    def wants_reference(self) -> bool:
+        return self.config.fp_targets
+
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs,
+                        reference: Reference | None = None) -> Stored:
         linears = self.block_linears(block, prefix)
         if self.config.awq_balance:
             cfg = self.config
             rtn = {n: dataclasses.replace(f, g_idx=False) for n, f in self.formats.items() if n in linears}
             awq = AwqConfig(bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric)
             self.alphas.update(balance_block(block, prefix, inputs, linears, rtn, self.model_type, awq))
-        stages = _stages(block, linears, inputs) if self.config.true_sequential else [list(linears)]
+        stages = call_stages(block, linears, inputs) if self.config.true_sequential else [list(linears)]
         stored: Stored = {}
         for stage in stages:  # later stages see the earlier ones quantized
-            hessians = _hessians(block, {n: linears[n] for n in stage}, inputs)
-            for name in stage:
-                t0 = time.perf_counter()
-                h = hessians.pop(name)
-                if any(other is h for other in hessians.values()):
-                    h = h.clone()  # shared with a Linear still to come (q/k/v; gate/up), and GPTQ works in place
-                stored[name] = self.quantize_layer(name, linears[name].weight, h)
-                use_dequantized(linears[name], self.formats[name], stored[name])
-                self.timings[name] = time.perf_counter() - t0
+            stored.update(self.calibrate_stage(block, prefix, inputs, {n: linears[n] for n in stage}, reference))
+        return stored
+
+    def calibrate_stage(self, block: nn.Module, prefix: str, inputs: BlockInputs, linears: dict[str, nn.Linear],
+                        reference: Reference | None = None) -> Stored:
+        """GPTQ of ``linears`` (of the block, as it computes now) from one pass over the batches; each then computes
+        with its quantized weight. ``lowbit fit``'s ``mixed`` calls it stage by stage in the block's call order."""
+        hessians, deltas = _hessians(block, linears, inputs, reference if self.config.fp_targets else None, prefix)
+        stored: Stored = {}
+        for name in linears:
+            t0 = time.perf_counter()
+            h = hessians.pop(name)
+            w = linears[name].weight
+            if name in deltas:
+                w = fp_target(w, h, deltas.pop(name), self.config.damp)
+            if any(other is h for other in hessians.values()):
+                h = h.clone()  # shared with a Linear still to come (q/k/v; gate/up), and GPTQ works in place
+            stored[name] = self.quantize_layer(name, w, h)
+            use_dequantized(linears[name], self.formats[name], stored[name])
+            self.timings[name] = time.perf_counter() - t0
         return stored
 
     def quantize_layer(self, name: str, weight: torch.Tensor, hessian: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -113,30 +138,17 @@ class GptqQuantizer(CalibratedQuantizer):
         return f"gptq: {len(self.timings)} layers in {total:.1f} s ({per_layer:.0f} ms per layer){awq}"
 
 
-def _stages(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs) -> list[list[str]]:
-    """The Linears in call order, grouped by shared input (q/k/v; gate/up), from one batch."""
-    order: list[tuple[str, torch.Tensor]] = []  # the inputs are held so that their ids stay unique
-    inputs.feed(block, linears, lambda name, x: order.append((name, x)), first=1)
-    _check_used(linears, {name for name, _ in order})
-    stages: list[list[str]] = []
-    prev = None
-    for name, x in order:
-        if name in (n for stage in stages for n in stage):
-            continue
-        if stages and x is prev:
-            stages[-1].append(name)
-        else:
-            stages.append([name])
-        prev = x
-    return stages
-
-
-def _hessians(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs) -> dict[str, torch.Tensor]:
-    """H = X^T X / n of each Linear from one pass over the batches; Linears fed the same tensor share one H."""
+def _hessians(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs, reference: Reference | None = None,
+              prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """H = X^T X / n of each Linear from one pass over the batches, and with ``reference`` D = (X_fp - X)^T X / n,
+    X_fp its input in the full-precision model (same batch, same positions); Linears fed the same tensor share
+    one H and one D."""
     sums: dict[str, torch.Tensor] = {}
+    deltas: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(linears, 0)
     shared: dict[str, str] = {}  # Linear → the one before it that was fed the same tensor
     last: list = [None, None]  # the previous call's input and the Linear whose H it went into (kept: ids stay unique)
+    fp_inputs: dict[str, torch.Tensor] = {}  # this batch's inputs in the full-precision model
 
     def add(name: str, x: torch.Tensor) -> None:
         counts[name] += x.numel() // x.shape[-1]
@@ -147,24 +159,49 @@ def _hessians(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInpu
         if name not in sums:
             sums[name] = torch.zeros(x2.shape[1], x2.shape[1], device=x2.device)
         sums[name].addmm_(x2.T, x2)
+        if reference is not None:
+            if name not in deltas:
+                deltas[name] = torch.zeros_like(sums[name])
+            deltas[name].addmm_((fp_inputs[name].reshape(x2.shape).float() - x2).T, x2)
         last[0], last[1] = x, name
 
-    inputs.feed(block, linears, add)
+    if reference is None:
+        inputs.feed(block, linears, add)
+    else:  # batch by batch: the full-precision block's inputs of a batch, then the block's own
+        fp_linears = reference.modules(linears, prefix)
+        for j in range(len(inputs.batches)):
+            fp_inputs.clear()
+            reference.inputs.feed(reference.block, fp_linears, fp_inputs.setdefault, only=j)
+            inputs.feed(block, linears, add, only=j)
+        fp_inputs.clear()
     last.clear()
-    _check_used(linears, {n for n, c in counts.items() if c})
+    check_used(linears, {n for n, c in counts.items() if c})
     for name in linears:
-        if name in sums:
-            sums[name].div_(counts[name])
+        for table in (sums, deltas):
+            if name in table:
+                table[name].div_(counts[name])
     for name, first in shared.items():
         sums[name] = sums[first]
-    return sums
+        if first in deltas:
+            deltas[name] = deltas[first]
+    return sums, deltas
 
 
-def _check_used(linears: dict[str, nn.Linear], used: set[str]) -> None:
-    missing = [n for n in linears if n not in used]
-    if missing:
-        raise CalibrationError(f"{missing[0]} received no input while its block ran; expected every Linear of a "
-                               "block to be used; keep it unquantized with modules_to_not_convert")
+def fp_target(weight: torch.Tensor, hessian: torch.Tensor, delta: torch.Tensor, damp: float) -> torch.Tensor:
+    """The weight W* = W + W D (H + λI)^-1 whose outputs on the quantized model's inputs X best match the
+    full-precision model's W X_fp in least squares (D = (X_fp - X)^T X / n, H = X^T X / n, λ = ``damp`` × mean
+    diag H). ``|X_fp W^T - X Q^T|^2 = |X_fp W^T - X W*^T|^2 + |X (W* - Q)^T|^2`` for any Q (the first residual is
+    orthogonal to X's columns), so GPTQ of W* on H minimizes the error against the full-precision outputs."""
+    w = weight.detach().float()
+    hd = hessian.to(w.device, torch.float32).clone()
+    dead = hd.diagonal() == 0
+    hd[dead, dead] = 1
+    hd.diagonal().add_(damp * hd.diagonal().mean())
+    factor, info = torch.linalg.cholesky_ex(hd, out=(hd, torch.empty((), dtype=torch.int32)))
+    if info.item() != 0:
+        raise CalibrationError(f"the Hessian of a layer's inputs is not positive definite with damp={damp}; raise "
+                               "damp (e.g. --opt damp=0.1) or give more calibration samples")
+    return w + torch.cholesky_solve((w @ delta.to(w.device, torch.float32)).T, factor).T
 
 
 def _inverse_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:

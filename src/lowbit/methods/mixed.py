@@ -4,7 +4,7 @@ The config records the candidates (``candidates``: "label {method config JSON}",
 "bits": 4, ...}``) and, for every quantized Linear, the candidate it uses and the format it stores (``plan``:
 "module.name label {format key JSON}"). Loading needs only the formats; quantizing hands each layer to its
 candidate's own quantizer: data-free candidates through their ``quantize``, calibrated ones (GPTQ) through their
-``calibrate_block`` on the layers of the block that are theirs, after the block's data-free layers are quantized.
+``calibrate_stage``, stage by stage in the block's call order, after the block's data-free layers are quantized.
 Candidates that move scales across layers (AWQ, SmoothQuant) cannot share a block with other methods and are
 refused. Layers the plan does not name stay at full precision.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.calibration.inputs import BlockInputs
+from lowbit.calibration.inputs import BlockInputs, call_stages
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError, FormatError
@@ -138,18 +138,34 @@ class MixedQuantizer(CalibratedQuantizer):
     def quantize(self, name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.subs[self.label(name)].quantize(name, weight)
 
-    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
-        """The block's data-free layers first (rounded, then computing with their quantized weights), then each
-        calibrated candidate on its own layers, seeing those already quantized."""
+    @property
+    def wants_reference(self) -> bool:
+        return any(isinstance(s, CalibratedQuantizer) and s.wants_reference for s in self.subs.values())
+
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs, reference=None) -> Stored:
+        """The block's data-free layers first (rounded, then computing with their quantized weights), then the
+        calibrated ones in the block's call order, a stage (Linears fed one input) at a time, each candidate on its
+        own layers of the stage: every layer sees those before it quantized, as it will run (which ``fp_targets``
+        needs: its targets assume the inputs the layer is calibrated on)."""
         stored: Stored = {}
+        calibrated: dict[str, nn.Linear] = {}
         for name, linear in self.block_linears(block, prefix).items():
             sub = self.subs[self.label(name)]
             if not sub.requires_calibration:
                 stored[name] = sub.quantize(name, linear.weight.data)
                 use_dequantized(linear, self.formats[name], stored[name])
-        for sub in self.subs.values():
-            if isinstance(sub, CalibratedQuantizer) and sub.block_linears(block, prefix):
-                stored.update(sub.calibrate_block(block, prefix, inputs))
+            else:
+                calibrated[name] = linear
+        subs = {id(s): s for s in (self.subs[self.label(n)] for n in calibrated)}.values()
+        if not all(hasattr(s, "calibrate_stage") for s in subs):  # a plugin's method: each on its own layers
+            for sub in subs:
+                stored.update(sub.calibrate_block(block, prefix, inputs, reference if sub.wants_reference else None))
+            return stored
+        for stage in call_stages(block, calibrated, inputs) if calibrated else []:
+            for sub in {id(s): s for s in (self.subs[self.label(n)] for n in stage)}.values():
+                mine = {n: calibrated[n] for n in stage if self.subs[self.label(n)] is sub}
+                ref = reference if sub.wants_reference else None
+                stored.update(sub.calibrate_stage(block, prefix, inputs, mine, ref))
         return stored
 
     def summary(self) -> str | None:

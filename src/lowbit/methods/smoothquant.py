@@ -68,7 +68,7 @@ class SmoothQuantQuantizer(CalibratedQuantizer):
         if not self.pre_quantized:  # before any calibration work: an unsupported architecture fails here
             require_balance(self.model_type, self.config.method)
 
-    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs) -> Stored:
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs, reference=None) -> Stored:
         """Smooth every group, quantize every Linear, and make each compute as W8A8 does (its input rounded
         per token to int8 by a forward pre-hook), so the next block is calibrated on what the model computes."""
         t0 = time.perf_counter()
