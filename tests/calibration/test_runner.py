@@ -97,6 +97,21 @@ def test_an_interrupted_run_resumes_at_the_block_it_was_on(llama, tmp_path, monk
     assert contents(out) == contents(whole)
 
 
+def interrupt_at_block_1(src, out, cfg, monkeypatch) -> None:
+    """A run stopped by Ctrl-C when block 1 starts, which leaves its work folder to resume."""
+    original = GptqQuantizer.calibrate_block
+
+    def stop_at_1(self, block, prefix, inputs, reference=None):
+        if prefix.endswith(".1"):
+            raise KeyboardInterrupt
+        return original(self, block, prefix, inputs, reference)
+
+    monkeypatch.setattr(GptqQuantizer, "calibrate_block", stop_at_1)
+    with pytest.raises(KeyboardInterrupt):
+        lowbit.quantize_calibrated(src, out, cfg, **FAST)
+    monkeypatch.setattr(GptqQuantizer, "calibrate_block", original)
+
+
 def test_fp_targets_change_only_the_layers_whose_inputs_the_quantized_model_changed(llama, tmp_path):
     """Block 0's q/k/v see the embeddings in both models, so their targets are their own weights and GPTQ gives the
     same bytes; every later Linear's inputs differ once a Linear before it is quantized."""
@@ -116,41 +131,21 @@ def test_fp_targets_change_only_the_layers_whose_inputs_the_quantized_model_chan
 def test_an_interrupted_fp_targets_run_resumes_with_the_full_precision_stream(llama, tmp_path, monkeypatch):
     cfg = lowbit.config("gptq", group_size=32, fp_targets=True)
     whole, _ = lowbit.quantize_calibrated(llama, tmp_path / "whole", cfg, **FAST)
-    original = GptqQuantizer.calibrate_block
-
-    def stop_at_1(self, block, prefix, inputs, reference=None):
-        if prefix.endswith(".1"):
-            raise KeyboardInterrupt
-        return original(self, block, prefix, inputs, reference)
-
-    monkeypatch.setattr(GptqQuantizer, "calibrate_block", stop_at_1)
-    with pytest.raises(KeyboardInterrupt):
-        lowbit.quantize_calibrated(llama, tmp_path / "out", cfg, **FAST)
+    interrupt_at_block_1(llama, tmp_path / "out", cfg, monkeypatch)
     (work,) = tmp_path.glob(".out.calib-*")
     assert sorted(p.name for p in work.iterdir()) == [
         "block-0.safetensors", "inputs-1.safetensors", "reference-1.safetensors", "state.json"]
-    monkeypatch.setattr(GptqQuantizer, "calibrate_block", original)
     out, _ = lowbit.quantize_calibrated(llama, tmp_path / "out", cfg, **FAST)
     assert contents(out) == contents(whole)
 
 
 def test_a_changed_setting_does_not_resume_from_an_earlier_run(llama, tmp_path, monkeypatch):
     cfg = lowbit.config("gptq", group_size=32)
-    calls = []
+    interrupt_at_block_1(llama, tmp_path / "out", cfg, monkeypatch)
     original = GptqQuantizer.calibrate_block
-
-    def stop_at_1(self, block, prefix, inputs, reference=None):
-        calls.append(prefix)
-        if prefix.endswith(".1"):
-            raise KeyboardInterrupt
-        return original(self, block, prefix, inputs, reference)
-
-    monkeypatch.setattr(GptqQuantizer, "calibrate_block", stop_at_1)
-    with pytest.raises(KeyboardInterrupt):
-        lowbit.quantize_calibrated(llama, tmp_path / "out", cfg, **FAST)
-    monkeypatch.setattr(GptqQuantizer, "calibrate_block", original)
     seen = []
-    monkeypatch.setattr(GptqQuantizer, "calibrate_block", lambda s, b, p, i, r=None: seen.append(p) or original(s, b, p, i, r))
+    monkeypatch.setattr(GptqQuantizer, "calibrate_block",
+                        lambda s, b, p, i, r=None: seen.append(p) or original(s, b, p, i, r))
     lowbit.quantize_calibrated(llama, tmp_path / "out", cfg.replace(bits=3), **FAST)
     assert seen == ["model.layers.0", "model.layers.1"]  # started over
 
