@@ -91,6 +91,8 @@ def plan(x2: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, bias: torch.
     chunks = k // 128
     if cfg["path"] == "gemv4" and (xs is not None or not tune.gemv4_fits(tf)):
         cfg = dict(cfg, path="gemv", PF=1)  # a forced config on another format: the general GEMV, same tiles
+    if cfg["path"] == "dequant":  # a forced config on another format than int4: the fused GEMM
+        cfg = {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
     gemv = cfg["path"] in ("gemv", "gemv4")
     cpi = cfg["CPI"] if not gemv and chunks % cfg["CPI"] == 0 else 1  # the GEMV prefetches one chunk instead
     tiles = (m if gemv else triton_cdiv(m, cfg["BM"])) * triton_cdiv(n, cfg["BN"])
@@ -137,8 +139,6 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
 
         wd = dequantize4(w, s, z, tf.group, x2.shape[1], x2.dtype, via)
         return torch.nn.functional.linear(x2, wd, None if bias is None else bias.to(x2.dtype))
-    if cfg["path"] == "dequant":  # a forced config on another format: the fused GEMM
-        cfg = {"path": "gemm", "BM": 64, "BN": 64, "CPI": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
     p = plan(x2, s, z, bias, tf, cfg, xs)
     m, n = p.ints[0], p.ints[1]
     device = x2.device

@@ -160,13 +160,17 @@ def candidates(tf: TritonFormat, dtype: torch.dtype, m: int) -> list[dict]:
     return out
 
 
+def fixed(tf: TritonFormat, m: int) -> dict | None:
+    """int4 at M >= ``DEQUANT_ALWAYS_M`` (long prompts; the last bucket starts at 256) is dequantized + cuBLAS,
+    whatever is cached."""
+    return {"path": "dequant"} if tf.family is Family.INT4 and m >= DEQUANT_ALWAYS_M else None
+
+
 def config_for(tf: TritonFormat, dtype: torch.dtype, m: int, k: int, n: int,
                measure: Callable[[], Callable[[dict], float]] | None = None) -> dict:
-    """The cached config, else (with $LOWBIT_TUNE=1 and a ``measure`` maker) a freshly tuned one, else the default.
-    int4 at M >= ``DEQUANT_ALWAYS_M`` (long prompts; the last bucket starts at 256) is dequantized + cuBLAS."""
-    if tf.family is Family.INT4 and m >= DEQUANT_ALWAYS_M:
-        return {"path": "dequant"}
-    found = cache().get(key(tf, dtype, m, k, n))
+    """The fixed path of this M (``fixed``), else the cached config, else (with $LOWBIT_TUNE=1 and a ``measure``
+    maker) a freshly tuned one, else the default."""
+    found = fixed(tf, m) or cache().get(key(tf, dtype, m, k, n))
     if found is not None:
         return found
     if measure is not None and os.environ.get(TUNE_ENV) == "1" and not torch.cuda.is_current_stream_capturing():
@@ -220,6 +224,6 @@ def describe(tf: TritonFormat, dtype: torch.dtype, k: int, n: int) -> str:
     known = cache() if torch.cuda.is_available() else {}
     parts = []
     for m in (1, 16, 256):
-        cfg = known.get(key(tf, dtype, m, k, n))
+        cfg = fixed(tf, m) or known.get(key(tf, dtype, m, k, n))
         parts.append(f"M{m}: {short(cfg or default(tf, dtype, m, k, n))}{'' if cfg else ' (untuned)'}")
     return "; ".join(parts)
