@@ -70,6 +70,9 @@ def test_size_budget_counts_the_whole_output(src, tmp_path):
     ("4bpw", "int4,gptq4+fast", "gptq has no switch 'fast'; expected one of +act_order, +fp_targets, +mse, +static_groups"),
     ("4bpw", "int4,gptq4+awq_balance", "gptq has no switch 'awq_balance'"),
     ("4bpw", "int4+quantize_lm_head", "rtn has no switch 'quantize_lm_head'; expected one of +symmetric"),
+    ("4bpw", "int4,gptq4+fp_alpha=half", "candidate 'gptq4+fp_alpha=half': fp_alpha='half' is not a number"),
+    ("4bpw", "int4,gptq4+bits=3", "gptq has no number 'bits'; expected one of +act_order"),
+    ("4bpw", "int4,gptq4+fp_targets+fp_alpha=2", "gptq.fp_alpha=2.0 is out of range"),
     ("4bpw", "int4,nf4g0", "g0 (one scale per output channel) needs an integer method; nf4 stores blocks"),
 ])
 def test_bad_input_is_one_line(src, tmp_path, budget, candidates, expected):

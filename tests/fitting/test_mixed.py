@@ -110,6 +110,9 @@ def test_switches_turn_on_the_methods_settings():
     assert not cands["gptq4"].act_order and cands["nf4+double_quant"].double_quant
     assert cands["int4g128"].group_size == 128
     assert cands["gptq4g0+act_order"].group_size is None and cands["gptq4g0+act_order"].act_order
+    numbers = parse_candidates("gptq3+fp_targets+fp_alpha=0.5+damp=0.05+block_size=64", 32)
+    assert numbers["gptq3+fp_targets+fp_alpha=0.5+damp=0.05+block_size=64"] == \
+        cands["gptq4"].replace(bits=3, fp_targets=True, fp_alpha=0.5, damp=0.05, block_size=64)
 
 
 @pytest.mark.parametrize("gptq, bpw", [("gptq4", 4.9), ("gptq4+act_order+mse", 5.6)])  # act_order stores g_idx

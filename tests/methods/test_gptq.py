@@ -120,10 +120,11 @@ def test_config_round_trip_and_errors():
                             ({"damp": 0}, "gptq.damp=0.0 is out of range; expected 0 < damp <= 1"),
                             ({"block_size": 0}, "gptq.block_size=0 is out of range"),
                             ({"fp_targets": True, "awq_balance": True},
-                             "gptq.fp_targets=True with awq_balance=True: AWQ's scales change")]:
+                             "gptq.fp_targets=True with awq_balance=True: AWQ's scales change"),
+                            ({"fp_targets": True, "fp_alpha": 0}, "gptq.fp_alpha=0.0 is out of range; expected 0 <")]:
         with pytest.raises(ConfigError, match=message):
             lowbit.config("gptq", **fields)
-    assert "fp_targets" not in cfg.to_dict()  # saved only when set, so earlier folders keep their config
+    assert not {"fp_targets", "fp_alpha"} & set(cfg.to_dict())  # saved only when set: earlier folders keep their config
     assert lowbit.config("gptq", fp_targets=True).to_dict()["fp_targets"] is True
 
 
@@ -146,6 +147,9 @@ def test_fp_target_is_the_weight_where_inputs_agree_and_the_least_squares_fit_wh
     whole = (target - x @ q.T).square().sum()
     parts = (target - x @ got.T).square().sum() + (x @ (got - q).T).square().sum()
     torch.testing.assert_close(whole, parts, rtol=1e-4, atol=0)
+    # fp_alpha: that share of the way from W to the fit
+    torch.testing.assert_close(fp_target(w, h, (x_fp - x).T @ x / n, 1e-9, alpha=0.25).double(), w + 0.25 * (got - w),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", [IntFormat(4, 64, False), IntFormat(3, 64, True)], ids=lambda s: s.describe())

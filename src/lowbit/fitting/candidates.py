@@ -2,8 +2,8 @@
 
 A candidate is a registered method or alias (``int8``, ``int4``, ``nf4``, ``mxfp4``, ``fp8``, ...) or a method
 name followed by its bits (``hqq4``, ``gptq3``, ``rtn4``), then optionally ``g`` and a group size (``int4g128``) and
-``+`` switches that turn on the method's yes/no settings (``gptq3+act_order+mse``, ``nf4+double_quant``); ``g0``
-is one scale per output channel (``gptq4g0+act_order``).
+``+`` switches that turn on the method's yes/no settings (``gptq3+act_order+mse``, ``nf4+double_quant``) or set a
+number (``gptq3+fp_targets+fp_alpha=0.5``); ``g0`` is one scale per output channel (``gptq4g0+act_order``).
 ``group_size`` (when given) sets the group of every grouped candidate (``block_size`` of code books); per-channel
 ones (``int8``) stay per channel. The layout reads
 the checkpoint's skeleton on meta: which Linears a method quantizes, each candidate's format for each of them
@@ -35,6 +35,7 @@ _MOST_PARTS = 4  # stored tensors of a quantized layer at most (codes, scales, z
 _ENTRY = 96  # bytes of a header entry beside its name: '"": {"dtype": "F32", "shape": [..], "data_offsets": [..]},'
 _GROUP = re.compile(r"(.+?)(?:g(\d+))?", re.DOTALL)
 _BITS = re.compile(r"([a-z_]+)([2-8])")
+_IN_NAME = {"bits", "group_size"}  # given by the name itself (gptq3g64), not by a +setting
 
 
 def fittable() -> list[str]:
@@ -43,15 +44,26 @@ def fittable() -> list[str]:
 
 
 def _switches(name: str, cfg: QuantConfig, switches: list[str]) -> QuantConfig:
-    """``cfg`` with each named yes/no setting of its method turned on (``+act_order``); the model-wide ones of every
-    method (``quantize_lm_head``, ``strict``) and those that act on a whole block are not per-layer choices."""
+    """``cfg`` with each named yes/no setting of its method turned on (``+act_order``) and each named number set
+    (``+fp_alpha=0.5``); the model-wide ones of every method (``quantize_lm_head``, ``strict``) and those that act
+    on a whole block are not per-layer choices."""
     model_wide = set(QuantConfig.field_names()) | BLOCK_WIDE_SWITCHES
-    flags = sorted(f.name for f in dataclasses.fields(cfg) if f.type in (bool, "bool") and f.name not in model_wide)
-    for flag in switches:
-        if flag not in flags:
-            raise ConfigError(f"candidate {name!r}: {cfg.method} has no switch {flag!r}; expected one of "
-                              f"{', '.join('+' + f for f in flags) or '(none: this method has no yes/no settings)'}")
-        cfg = cfg.replace(**{flag: True})
+    kinds = {f.name: {"bool": bool, "float": float, "int": int}.get(f.type if isinstance(f.type, str) else
+                                                                    getattr(f.type, "__name__", ""))
+             for f in dataclasses.fields(cfg) if f.name not in model_wide}
+    flags = sorted(n for n, kind in kinds.items() if kind is bool)
+    numbers = sorted(n for n, kind in kinds.items() if kind in (float, int) and n not in _IN_NAME)
+    for switch in switches:
+        flag, eq, value = switch.partition("=")
+        if not eq and flag not in flags or eq and flag not in numbers:
+            raise ConfigError(f"candidate {name!r}: {cfg.method} has no {'number' if eq else 'switch'} {flag!r}; "
+                              f"expected one of {', '.join(['+' + f for f in flags] + [f'+{n}=N' for n in numbers])}")
+        try:
+            setting = kinds[flag](value) if eq else True
+        except ValueError:
+            raise ConfigError(f"candidate {name!r}: {flag}={value!r} is not a number; expected e.g. +{flag}="
+                              f"{getattr(cfg, flag)}") from None
+        cfg = cfg.replace(**{flag: setting})
     return cfg
 
 

@@ -53,8 +53,10 @@ class GptqConfig(IntGridConfig):
     block_size: int = 128  # columns per lazy batch update (the saved name; ``lazy_batch`` in gptq())
     true_sequential: bool = True
     mse: bool = False  # each group's grid: the range shrink (down to 0.8) with the least |error|^2.4, not min/max
-    awq_balance: bool = saved_when_set(False)  # first AWQ's scale search and fold on the block's balance groups (no clipping)
+    awq_balance: bool = saved_when_set(False)  # first AWQ's scale search and fold on the block's balance groups
+    # (no clipping)
     fp_targets: bool = saved_when_set(False)  # match the full-precision model's outputs, not the layer's own (below)
+    fp_alpha: float = saved_when_set(1.0)  # with fp_targets: the share of the correction toward them applied
 
     def validate(self) -> None:
         super().validate()
@@ -63,6 +65,9 @@ class GptqConfig(IntGridConfig):
         if self.fp_targets and self.awq_balance:
             raise ConfigError("gptq.fp_targets=True with awq_balance=True: AWQ's scales change each Linear's inputs, "
                               "so they no longer meet the full-precision model's; expected one of the two")
+        if not 0 < self.fp_alpha <= 1:
+            raise ConfigError(f"gptq.fp_alpha={self.fp_alpha} is out of range; expected 0 < fp_alpha <= 1 (the share "
+                              "of fp_targets' correction applied; 1 is the full least-squares fit)")
         if not 1 <= self.block_size <= 4096:
             raise ConfigError(f"gptq.block_size={self.block_size} is out of range; expected 1..4096 (usually 128)")
 
@@ -115,7 +120,7 @@ class GptqQuantizer(CalibratedQuantizer):
             h = hessians.pop(name)
             w = linears[name].weight
             if name in deltas:
-                w = fp_target(w, h, deltas.pop(name), self.config.damp)
+                w = fp_target(w, h, deltas.pop(name), self.config.damp, self.config.fp_alpha)
             if any(other is h for other in hessians.values()):
                 h = h.clone()  # shared with a Linear still to come (q/k/v; gate/up), and GPTQ works in place
             stored[name] = self.quantize_layer(name, w, h)
@@ -187,11 +192,13 @@ def _hessians(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInpu
     return sums, deltas
 
 
-def fp_target(weight: torch.Tensor, hessian: torch.Tensor, delta: torch.Tensor, damp: float) -> torch.Tensor:
+def fp_target(weight: torch.Tensor, hessian: torch.Tensor, delta: torch.Tensor, damp: float,
+              alpha: float = 1.0) -> torch.Tensor:
     """The weight W* = W + W D (H + λI)^-1 whose outputs on the quantized model's inputs X best match the
     full-precision model's W X_fp in least squares (D = (X_fp - X)^T X / n, H = X^T X / n, λ = ``damp`` × mean
     diag H). ``|X_fp W^T - X Q^T|^2 = |X_fp W^T - X W*^T|^2 + |X (W* - Q)^T|^2`` for any Q (the first residual is
-    orthogonal to X's columns), so GPTQ of W* on H minimizes the error against the full-precision outputs."""
+    orthogonal to X's columns), so GPTQ of W* on H minimizes the error against the full-precision outputs. ``alpha``
+    < 1 moves only that share of the way from W to W* (GPTAQ's reference code applies 0.25)."""
     w = weight.detach().float()
     hd = hessian.to(w.device, torch.float32).clone()
     dead = hd.diagonal() == 0
@@ -201,7 +208,7 @@ def fp_target(weight: torch.Tensor, hessian: torch.Tensor, delta: torch.Tensor, 
     if info.item() != 0:
         raise CalibrationError(f"the Hessian of a layer's inputs is not positive definite with damp={damp}; raise "
                                "damp (e.g. --opt damp=0.1) or give more calibration samples")
-    return w + torch.cholesky_solve((w @ delta.to(w.device, torch.float32)).T, factor).T
+    return w + alpha * torch.cholesky_solve((w @ delta.to(w.device, torch.float32)).T, factor).T
 
 
 def _inverse_factor(h: torch.Tensor, damp: float, name: str) -> torch.Tensor:
