@@ -409,17 +409,48 @@ def test_inductor_runs_the_kernels_inside_its_graph(name):
 
 
 @needs_cuda
+def test_int4_prompt_path_runs_inside_inductors_graph():
+    """From M = 512 int4 dequantizes to x's dtype and multiplies with cuBLAS (tune.fixed); compiled in one graph, the
+    dequantizing kernel is in inductor's code and the result is the eager one (to an ulp or so of bf16: the product
+    may be a different cuBLAS call)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    ql = layer(FORMATS["int4-g128-asym"], 512, 1024, "cuda", torch.bfloat16)
+    x = torch.randn(600, 1024, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        eager = ql(x)
+        got, code = run_and_get_code(torch.compile(ql, fullgraph=True), x)
+    torch.testing.assert_close(got, eager, rtol=2**-7, atol=2**-7 * eager.abs().max().item())
+    src = "\n".join(code)
+    assert "dequant4_kernel" in src and "lowbit.triton_linear" not in src, src[-2000:]
+
+
+@needs_cuda
 def test_eager_fast_path_equals_the_op():
     """A plain eager call skips the op's dispatch (launcher.linear); it computes what the op computes, for every
     M bucket and for unaligned inputs."""
     ql = layer(FORMATS["int4-g128-asym"], 512, 1024, "cuda", torch.bfloat16)
     w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
     tf = ql.kernel.triton_format(ql.request)
-    for m in (1, 2, 16, 64, 300):
+    for m in (1, 2, 16, 64, 300, 600):
         x = torch.randn(m + 1, 1024, device="cuda", dtype=torch.bfloat16)
         for xv in (x[:m], x.view(-1)[1:1 + m * 1024].view(m, 1024)):  # aligned, then 2 bytes off
             for _ in range(2):  # the second call runs the compiled kernel directly
                 assert torch.equal(ql(xv), torch.ops.lowbit.triton_linear(xv, w, s, z, ql.bias, *tf.op_args()))
+
+
+@needs_cuda
+def test_eager_prompt_path_shares_one_buffer_across_layers():
+    """From M = 512 eager int4 layers dequantize into one shared buffer per dtype (launched directly after the
+    first call); layers of different sizes called in turn each still give the op's result."""
+    pair = [layer(FORMATS["int4-g128-asym"], n, k, "cuda", torch.bfloat16) for n, k in ((512, 1024), (2048, 512))]
+    xs = [torch.randn(2, 300, ql.in_features, device="cuda", dtype=torch.bfloat16) for ql in pair]
+    for _ in range(3):
+        for ql, x in zip(pair, xs):
+            w, s, z = ql.kernel.tensors(ql._buffers, ql._prepared)
+            want = torch.ops.lowbit.triton_linear(x, w, s, z, ql.bias, *ql.kernel.triton_format(ql.request).op_args())
+            assert torch.equal(ql(x), want)
 
 
 @needs_cuda

@@ -105,7 +105,7 @@ for case in ("int4-g32-asym", "int4-g64-sym", "int4-g64-float-zero", "int4-g128-
         t = conformance.stored(fmt, torch.randn(n, 512) / 512 ** 0.5)
         w, s, z = kernel.tensors(t, kernel.layout(t, request))
         for dtype in (torch.float16, torch.float32):
-            got = dequantize4(w, s, z, kernel.triton_format(request).group, 512, dtype)
+            got, _ = dequantize4(w, s, z, kernel.triton_format(request).group, 512, dtype)
             want = fmt.decode(t, torch.float32).to(dtype)
             out[f"{case} N={n} {dtype}"] = int((got != want).sum())
 print(json.dumps(out))

@@ -5,7 +5,9 @@ tensor cores wait on that decoding: on an H100 it ran at 0.45-0.60x bf16 at M = 
 x's dtype costs one pass over it (the packed words read, 2 bytes a weight written), after which the product is
 bf16's own. The tuner times both for each (shape, M bucket) and keeps the faster. The weight made is each
 ``(q - z) * s`` in fp32, rounded once to x's dtype, as the reference op's ``decode`` makes it, so the result is the
-reference op's bit for bit. Its buffer lives for the one call: a layer's weight in x's dtype, transiently.
+reference op's bit for bit. Inside the op its buffer lives for the one call; eager calls (``launcher.Bound``) share
+one buffer per device and dtype, as large as the largest layer's weight in x's dtype, and launch the compiled
+kernel directly.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import triton
 import triton.language as tl
 
 BN = 64  # rows a program; each program writes one chunk of 128 inputs of them
+WARPS = 4
 
 
 @triton.jit
@@ -41,14 +44,20 @@ def dequant4_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, stride_sn, stride_sg,
         tl.store(out_rows + (c * 128 + i * 16 + j)[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def dequantize4(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, group: int, k: int, dtype: torch.dtype,
-                via=None) -> torch.Tensor:
-    """The [N, K] weight in ``dtype`` from the int4 kernel layout (``group`` 0: per channel); ``via`` as in
-    ``launcher.launch``."""
+def launch_args(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, group: int, k: int,
+                out: torch.Tensor) -> tuple[tuple[int, int], tuple, dict]:
+    """(grid, arguments, constexprs) of the launch that writes the [N, K] weight into ``out``."""
     n = s.shape[0]
-    out = torch.empty(n, k, dtype=dtype, device=w.device)
     ssn, ssg = (s.stride(0), s.stride(1)) if s.dim() == 2 else (1, 0)
+    consts = dict(GS=group or 1 << 30, HAS_Z=z is not None, ZERO=8.0, BN=BN)
+    return (triton.cdiv(n, BN), k // 128), (w, s, z if z is not None else s, out, n, k, ssn, ssg), consts
+
+
+def dequantize4(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None, group: int, k: int, dtype: torch.dtype,
+                via=None, out: torch.Tensor | None = None):
+    """The [N, K] weight in ``dtype`` from the int4 kernel layout (``group`` 0: per channel), into ``out`` if given;
+    ``via`` as in ``launcher.launch``. Returns (weight, the compiled kernel, or what ``via`` returns)."""
+    out = torch.empty(s.shape[0], k, dtype=dtype, device=w.device) if out is None else out
+    grid, args, consts = launch_args(w, s, z, group, k, out)
     kernel = via(dequant4_kernel) if via is not None else dequant4_kernel
-    kernel[(triton.cdiv(n, BN), k // 128)](w, s, z if z is not None else s, out, n, k, ssn, ssg,
-                                           GS=group or 1 << 30, HAS_Z=z is not None, ZERO=8.0, BN=BN, num_warps=4)
-    return out
+    return out, kernel[grid](*args, **consts, num_warps=WARPS)

@@ -137,7 +137,7 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
     if cfg["path"] == "dequant" and tf.family is Family.INT4:  # the weight in x's dtype, then cuBLAS (dequant.py)
         from lowbit.kernels.triton.dequant import dequantize4
 
-        wd = dequantize4(w, s, z, tf.group, x2.shape[1], x2.dtype, via)
+        wd, _ = dequantize4(w, s, z, tf.group, x2.shape[1], x2.dtype, via)
         return torch.nn.functional.linear(x2, wd, None if bias is None else bias.to(x2.dtype))
     p = plan(x2, s, z, bias, tf, cfg, xs)
     m, n = p.ints[0], p.ints[1]
@@ -159,16 +159,17 @@ def launch(x2: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor |
 
 
 @functools.lru_cache(maxsize=16)
-def _workspaces(device: torch.device) -> list[torch.Tensor]:
+def _workspaces(device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
     return []
 
 
-def workspace(device: torch.device, numel: int) -> torch.Tensor:
-    """A float32 split-K workspace of at least ``numel`` on ``device``, shared by the eager launches (they run
-    in stream order). Outgrown ones are kept: a recorded CUDA graph may still point into them."""
-    spaces = _workspaces(device)
+def workspace(device: torch.device, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A workspace of at least ``numel`` on ``device`` (float32: split-K partial sums; x's dtype: a dequantized
+    weight), shared by the eager launches (they run in stream order). Outgrown ones are kept: a recorded CUDA graph
+    or a bound launch may still point into them."""
+    spaces = _workspaces(device, dtype)
     if not spaces or spaces[-1].numel() < numel:
-        spaces.append(torch.empty(max(numel, 1 << 20), dtype=torch.float32, device=device))
+        spaces.append(torch.empty(max(numel, 1 << 20), dtype=dtype, device=device))
     return spaces[-1]
 
 
@@ -181,7 +182,7 @@ class Bound:
         self.w = weakref.ref(w, lambda _: _BOUND.pop(key, None))  # the entry goes with the weight
         self.s, self.z, self.bias, self.tf = s, z, bias, tf
         self.n = s.shape[0]
-        self.fast: dict[tuple, Callable] = {}
+        self.fast: dict[tuple, Callable] = {}  # (M, x dtype) -> fast(x, x_ptr) -> y
 
     def matches(self, w, s, z, bias, tf) -> bool:
         return self.w() is w and self.s is s and self.z is z and self.bias is bias and self.tf is tf
@@ -193,8 +194,8 @@ class Bound:
         x2 = x.reshape(-1, k).contiguous()
         m, n, device = x2.shape[0], self.n, x2.device
         cfg = tune.config_for(tf, x2.dtype, m, k, n, measure and (lambda: measure(x2)))
-        if cfg["path"] == "dequant":  # no fast path: the product's own time dwarfs the launch
-            return launch(x2, w, s, z, bias, tf, cfg).reshape(*x.shape[:-1], n)
+        if cfg["path"] == "dequant" and tf.family is Family.INT4:
+            return self.dequant(x, x2, m)
         p = plan(x2, s, z, bias, tf, cfg)
         out = torch.empty(m, n, dtype=x2.dtype, device=device)
         ws = workspace(device, p.split * m * n) if p.split > 1 else out
@@ -207,8 +208,50 @@ class Bound:
                         | (0 if bias is None else bias.data_ptr())) & 15)
         if aligned and x.is_contiguous() and not interpreting() and hasattr(compiled, "run"):
             self.table = table
-            self.fast[m, x2.dtype] = _direct(compiled, p, fixed, ws, locks(device), device.index)
+            self.fast[m, x2.dtype] = _output(_direct(compiled, p, fixed, ws, locks(device), device.index), n)
         return out.reshape(*x.shape[:-1], n)
+
+    def dequant(self, x: torch.Tensor, x2: torch.Tensor, m: int) -> torch.Tensor:
+        """The weight dequantized into the shared buffer of x's dtype, then cuBLAS; after the first launch the
+        compiled dequantizing kernel is called directly (the host work of a prompt's layers is what a
+        prompt of a few hundred tokens waits on)."""
+        from lowbit.kernels.triton.dequant import dequant4_kernel, dequantize4, launch_args
+
+        w, s, z, tf, n, k = self.w(), self.s, self.z, self.tf, self.n, x2.shape[1]
+        buf = workspace(x2.device, n * k, x2.dtype)[:n * k].view(n, k)
+        bias = None if self.bias is None else self.bias.to(x2.dtype)
+        wd, compiled = dequantize4(w, s, z, tf.group, k, x2.dtype, out=buf)
+        aligned = not ((w.data_ptr() | s.data_ptr() | (0 if z is None else z.data_ptr())) & 15)
+        if aligned and x.is_contiguous() and not interpreting() and hasattr(compiled, "run"):
+            grid, args, consts = launch_args(w, s, z, tf.group, k, buf)
+            ptrs = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
+            tail = tuple(consts[name] for name in dequant4_kernel.arg_names[len(args):])
+            launch_w = _bound_run(compiled, grid, ptrs + tail, x2.device.index)
+
+            def fast(x: torch.Tensor, x_ptr: int) -> torch.Tensor:
+                launch_w()
+                return torch.nn.functional.linear(x, wd, bias)
+            self.fast[m, x2.dtype] = fast
+        return torch.nn.functional.linear(x2, wd, bias).reshape(*x.shape[:-1], n)
+
+
+def _bound_run(compiled, grid: tuple, args: tuple, index: int) -> Callable[[], None]:
+    """``compiled`` launched with fixed arguments (integers and data pointers) on the current stream."""
+    run, function, meta = compiled.run, compiled.function, compiled.packed_metadata
+    g0, g1, g2 = (*grid, 1, 1)[:3]
+    stream = torch._C._cuda_getCurrentRawStream
+
+    def bound() -> None:
+        run(g0, g1, g2, stream(index), function, meta, None, None, None, *args)
+    return bound
+
+
+def _output(direct: Callable[[int, int], None], n: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def fast(x: torch.Tensor, x_ptr: int) -> torch.Tensor:
+        out = x.new_empty((*x.shape[:-1], n))
+        direct(x_ptr, out.data_ptr())
+        return out
+    return fast
 
 
 def _direct(compiled, p: Plan, fixed: tuple, ws: torch.Tensor, counters: torch.Tensor, index: int) -> Callable:
@@ -240,9 +283,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor | 
         x_ptr = x.data_ptr()
         fast = b.fast.get((x.numel() // x.shape[-1], x.dtype))
         if fast is not None and not x_ptr & 15 and x.get_device() == torch.cuda.current_device():
-            out = x.new_empty((*x.shape[:-1], b.n))
-            fast(x_ptr, out.data_ptr())
-            return out
+            return fast(x, x_ptr)
     with on_device(x.device):  # Triton launches on the current device
         return b.launch(x, measure)
 

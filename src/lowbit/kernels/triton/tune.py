@@ -25,7 +25,8 @@ TUNE_ENV = "LOWBIT_TUNE"
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GEMV_MAX_M = 4  # above this the GEMV re-reads each weight too often
 DEQUANT_MIN_M = 64  # from this bucket the tuner also tries int4 dequantized to x's dtype + cuBLAS (dequant.py)
-DEQUANT_ALWAYS_M = 256  # and from this M int4 always takes it: faster on all six 8B shapes at M >= 256 (H100)
+DEQUANT_ALWAYS_M = 512  # and from this M int4 always takes it (H100: per layer faster on all six 8B shapes from
+# M = 256, but an eager prompt of 256 tokens waits on the host, and there the fused GEMM's single launch wins)
 
 
 def bucket(m: int) -> int:
@@ -161,7 +162,7 @@ def candidates(tf: TritonFormat, dtype: torch.dtype, m: int) -> list[dict]:
 
 
 def fixed(tf: TritonFormat, m: int) -> dict | None:
-    """int4 at M >= ``DEQUANT_ALWAYS_M`` (long prompts; the last bucket starts at 256) is dequantized + cuBLAS,
+    """int4 at M >= ``DEQUANT_ALWAYS_M`` (long prompts; past the last bucket, 256) is dequantized + cuBLAS,
     whatever is cached."""
     return {"path": "dequant"} if tf.family is Family.INT4 and m >= DEQUANT_ALWAYS_M else None
 
