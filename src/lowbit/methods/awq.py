@@ -38,7 +38,7 @@ from lowbit.calibration.balance import (
     group_outputs,
     require_balance,
 )
-from lowbit.calibration.inputs import BlockInputs
+from lowbit.calibration.inputs import BlockInputs, Reference
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import IntGridConfig
 from lowbit.errors import ConfigError
@@ -91,7 +91,8 @@ class AwqQuantizer(CalibratedQuantizer):
         if not self.pre_quantized:  # before any calibration work: an unsupported architecture fails here
             require_balance(self.model_type, self.config.method)
 
-    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs, reference=None) -> Stored:
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs,
+                        reference: Reference | None = None) -> Stored:
         t0 = time.perf_counter()
         linears = self.block_linears(block, prefix)
         self.alphas.update(balance_block(block, prefix, inputs, linears, self.formats, self.model_type, self.config))

@@ -53,8 +53,7 @@ class GptqConfig(IntGridConfig):
     block_size: int = 128  # columns per lazy batch update (the saved name; ``lazy_batch`` in gptq())
     true_sequential: bool = True
     mse: bool = False  # each group's grid: the range shrink (down to 0.8) with the least |error|^2.4, not min/max
-    awq_balance: bool = saved_when_set(False)  # first AWQ's scale search and fold on the block's balance groups
-    # (no clipping)
+    awq_balance: bool = saved_when_set(False)  # AWQ's scale search and fold on the balance groups first (no clip)
     fp_targets: bool = saved_when_set(False)  # match the full-precision model's outputs, not the layer's own (below)
     fp_alpha: float = saved_when_set(1.0)  # with fp_targets: the share of the correction toward them applied
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.calibration.inputs import BlockInputs, call_stages
+from lowbit.calibration.inputs import BlockInputs, Reference, call_stages
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError, FormatError
@@ -142,7 +142,8 @@ class MixedQuantizer(CalibratedQuantizer):
     def wants_reference(self) -> bool:
         return any(isinstance(s, CalibratedQuantizer) and s.wants_reference for s in self.subs.values())
 
-    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs, reference=None) -> Stored:
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs,
+                        reference: Reference | None = None) -> Stored:
         """The block's data-free layers first (rounded, then computing with their quantized weights), then the
         calibrated ones in the block's call order, a stage (Linears fed one input) at a time, each candidate on its
         own layers of the stage: every layer sees those before it quantized, as it will run (which ``fp_targets``

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lowbit.calibration.balance import balance_groups, channel_stat, fold, group_inputs, require_balance
-from lowbit.calibration.inputs import BlockInputs
+from lowbit.calibration.inputs import BlockInputs, Reference
 from lowbit.calibration.method import CalibratedQuantizer, Stored, use_dequantized
 from lowbit.config import QuantConfig
 from lowbit.errors import ConfigError
@@ -68,7 +68,8 @@ class SmoothQuantQuantizer(CalibratedQuantizer):
         if not self.pre_quantized:  # before any calibration work: an unsupported architecture fails here
             require_balance(self.model_type, self.config.method)
 
-    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs, reference=None) -> Stored:
+    def calibrate_block(self, block: nn.Module, prefix: str, inputs: BlockInputs,
+                        reference: Reference | None = None) -> Stored:
         """Smooth every group, quantize every Linear, and make each compute as W8A8 does (its input rounded
         per token to int8 by a forward pre-hook), so the next block is calibrated on what the model computes."""
         t0 = time.perf_counter()

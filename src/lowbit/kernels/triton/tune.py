@@ -225,6 +225,8 @@ def describe(tf: TritonFormat, dtype: torch.dtype, k: int, n: int) -> str:
     known = cache() if torch.cuda.is_available() else {}
     parts = []
     for m in (1, 16, 256):
-        cfg = fixed(tf, m) or known.get(key(tf, dtype, m, k, n))
+        cfg = known.get(key(tf, dtype, m, k, n))
         parts.append(f"M{m}: {short(cfg or default(tf, dtype, m, k, n))}{'' if cfg else ' (untuned)'}")
+    if fixed(tf, DEQUANT_ALWAYS_M):
+        parts.append(f"M{DEQUANT_ALWAYS_M}+: {short(fixed(tf, DEQUANT_ALWAYS_M))}")
     return "; ".join(parts)
